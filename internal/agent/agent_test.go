@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// session runs an Agent on pipes and returns a function that sends one frame and reads
+// responses until the one with the wanted id.
+type session struct {
+	t   testing.TB
+	in  *io.PipeWriter
+	out *bufio.Reader
+}
+
+var testReaper = NewReaper()
+
+func startAgent(t testing.TB) *session {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	a := New(t.TempDir(), os.Environ(), testReaper)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Serve(ctx, inR, outW)
+		outW.Close()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		inW.Close()
+		<-done
+	})
+	return &session{t: t, in: inW, out: bufio.NewReader(outR)}
+}
+
+func (s *session) send(raw string) {
+	s.t.Helper()
+	if _, err := io.WriteString(s.in, raw+"\n"); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *session) call(req Request) Response {
+	s.t.Helper()
+	b, _ := json.Marshal(req)
+	s.send(string(b))
+	return s.wait(req.ID)
+}
+
+func (s *session) wait(id string) Response {
+	s.t.Helper()
+	for {
+		line, err := s.out.ReadBytes('\n')
+		if err != nil {
+			s.t.Fatalf("read response: %v", err)
+		}
+		var r Response
+		if err := json.Unmarshal(line, &r); err != nil {
+			s.t.Fatalf("bad response %q: %v", line, err)
+		}
+		if r.ID == id {
+			return r
+		}
+	}
+}
+
+func TestAgentRuns(t *testing.T) {
+	s := startAgent(t)
+	hello := s.call(Request{Op: OpHello, ID: "h"})
+	if hello.Version != ProtocolVersion || !strings.Contains(strings.Join(hello.Languages, ","), "bash") {
+		t.Fatalf("hello = %+v", hello)
+	}
+	tests := []struct {
+		name, code   string
+		wantOutput   string
+		wantExit     int
+		wantTimedOut bool
+		timeout      time.Duration
+	}{
+		{"exit 0", "echo hi", "hi\n", 0, false, 0},
+		{"exit 3", "exit 3", "", 3, false, 0},
+		{"interleaved", "echo a; echo b >&2; echo c", "a\nb\nc\n", 0, false, 0},
+		{"signal", "kill -9 $$", "", 137, false, 0},
+		{"env", "echo $FOO", "bar\n", 0, false, 0},
+		{"timeout keeps output", "echo before; sleep 30", "before\n", 124, true, 300 * time.Millisecond},
+		{"background children do not hold the run", "sleep 30 & echo started", "started\n", 0, false, 0},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := Request{Op: OpRun, ID: "r" + string(rune('a'+i)), Language: "bash", Code: tc.code, Env: map[string]string{"FOO": "bar"}}
+			if tc.timeout > 0 {
+				req.TimeoutMS = tc.timeout.Milliseconds()
+			}
+			r := s.call(req)
+			if r.Op != OpResult || r.Output != tc.wantOutput || r.ExitCode != tc.wantExit || r.TimedOut != tc.wantTimedOut {
+				t.Fatalf("got %+v, want output %q exit %d timed_out %v", r, tc.wantOutput, tc.wantExit, tc.wantTimedOut)
+			}
+		})
+	}
+}
+
+func TestAgentErrors(t *testing.T) {
+	s := startAgent(t)
+	s.send("{not json")
+	if r := s.wait(""); r.Op != OpError || r.Code != ErrCodeBadFrame {
+		t.Fatalf("bad frame: got %+v", r)
+	}
+	if r := s.call(Request{Op: OpRun, ID: "x", Language: "cobol", Code: "x"}); r.Code != ErrCodeUnsupportedLanguage {
+		t.Fatalf("cobol: got %+v", r)
+	}
+	// A partial line followed by a newline, then a hello: the agent is still in sync.
+	s.send(`{"op":"run","id":"cut`)
+	if r := s.wait(""); r.Code != ErrCodeBadFrame {
+		t.Fatalf("partial frame: got %+v", r)
+	}
+	if r := s.call(Request{Op: OpHello, ID: "h2"}); r.Op != OpHello {
+		t.Fatalf("hello after partial frame: got %+v", r)
+	}
+}
+
+func TestAgentCancel(t *testing.T) {
+	s := startAgent(t)
+	b, _ := json.Marshal(Request{Op: OpRun, ID: "long", Language: "bash", Code: "echo x; sleep 30"})
+	s.send(string(b))
+	s.send(`{"op":"cancel","id":"long"}`)
+	if r := s.wait("long"); r.ExitCode != 137 {
+		t.Fatalf("cancelled run: got %+v", r)
+	}
+}
+
+func TestAgentOutputCap(t *testing.T) {
+	s := startAgent(t)
+	r := s.call(Request{Op: OpRun, ID: "big", Language: "bash", MaxOutput: 1000,
+		Code: "echo START; head -c 10000000 /dev/zero | tr '\\0' x; echo; echo END"})
+	if !r.Truncated || !strings.HasPrefix(r.Output, "START\n") || !strings.HasSuffix(r.Output, "\nEND\n") ||
+		!strings.Contains(r.Output, "bytes truncated") || len(r.Output) > 1100 {
+		t.Fatalf("got truncated=%v len=%d head=%q tail=%q", r.Truncated, len(r.Output), r.Output[:20], r.Output[len(r.Output)-20:])
+	}
+}
+
+func TestCapBuffer(t *testing.T) {
+	for _, tc := range []struct {
+		max    int
+		writes []string
+		want   string
+	}{
+		{10, []string{"abc"}, "abc"},
+		{10, []string{"0123456789"}, "0123456789"},
+		{10, []string{"01234", "56789", "ab"}, "01234\n[... 2 bytes truncated ...]\n789ab"},
+		{4, []string{"a", "b", "c", "d", "e", "f"}, "ab\n[... 2 bytes truncated ...]\nef"},
+		{4, []string{"abcdefghij"}, "ab\n[... 6 bytes truncated ...]\nij"},
+	} {
+		b := newCapBuffer(tc.max)
+		for _, w := range tc.writes {
+			b.Write([]byte(w))
+		}
+		if got := b.String(); got != tc.want {
+			t.Errorf("max %d writes %q: got %q, want %q", tc.max, tc.writes, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,71 @@
+// Package agent is the sandbox agent: the small program that runs as PID 1 inside every Docker
+// sandbox, and the framed protocol the worker speaks with it over the container's attached
+// stdin and stdout.
+//
+// The protocol is newline-delimited JSON: one Request per line from the worker, one Response per
+// line from the agent. JSON escapes newlines inside strings, so a line is always one whole
+// frame, and a frame cut short by a worker that died mid-write only spoils one line: the agent
+// answers it with an error and reads on. A new attachment starts by writing a bare newline (which
+// ends any partial line) and a hello.
+//
+// Runs are independent: each has an id chosen by the worker, and the agent answers each with
+// exactly one result or error frame. Frames of different runs may interleave.
+package agent
+
+import "time"
+
+// ProtocolVersion is bumped when frames change incompatibly.
+const ProtocolVersion = 1
+
+// Ops of requests and responses.
+const (
+	OpHello  = "hello"
+	OpRun    = "run"
+	OpCancel = "cancel"
+	OpResult = "result"
+	OpError  = "error"
+)
+
+// Request is a frame from the worker to the agent.
+type Request struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	// Run fields.
+	Code      string            `json:"code,omitempty"`
+	Language  string            `json:"language,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+	// MaxOutput caps the output kept (head and tail); 0 means DefaultMaxOutput.
+	MaxOutput int `json:"max_output,omitempty"`
+}
+
+// Response is a frame from the agent to the worker.
+type Response struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	// Hello fields.
+	Version   int      `json:"version,omitempty"`
+	Languages []string `json:"languages,omitempty"`
+	// Result fields.
+	Output     string `json:"output,omitempty"`
+	ExitCode   int    `json:"exit_code"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+	Truncated  bool   `json:"truncated,omitempty"`
+	DurationUS int64  `json:"duration_us,omitempty"`
+	// Error fields: Code is "unsupported_language", "bad_frame" or "start_failed".
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Error codes of OpError responses.
+const (
+	ErrCodeUnsupportedLanguage = "unsupported_language"
+	ErrCodeBadFrame            = "bad_frame"
+	ErrCodeStartFailed         = "start_failed"
+)
+
+// DefaultMaxOutput is the output cap when a run does not set one.
+const DefaultMaxOutput = 256 << 10
+
+// Duration returns the run's duration.
+func (r *Response) Duration() time.Duration { return time.Duration(r.DurationUS) * time.Microsecond }

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+)
+
+// Reaper starts processes and collects the exit status of every child, including orphans
+// re-parented to the agent as PID 1 (which would otherwise stay zombies).
+//
+// It waits with wait4(-1) on SIGCHLD, so processes must be started through Start, never through
+// os/exec (whose Wait would race with the reaper for the status). Start holds mu from fork to
+// registration and the reaper takes mu before looking a pid up, so a child that exits at once
+// is never missed.
+type Reaper struct {
+	mu      sync.Mutex
+	waiting map[int]chan syscall.WaitStatus
+}
+
+// NewReaper starts reaping; it runs for the life of the process.
+func NewReaper() *Reaper {
+	r := &Reaper{waiting: map[int]chan syscall.WaitStatus{}}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	go func() {
+		for range sigs {
+			r.reap()
+		}
+	}()
+	r.reap()
+	return r
+}
+
+// Start forks and execs argv0 and returns the pid and a channel that receives its status.
+func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr) (int, <-chan syscall.WaitStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pid, err := syscall.ForkExec(argv0, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan syscall.WaitStatus, 1)
+	r.waiting[pid] = ch
+	return pid, ch, nil
+}
+
+func (r *Reaper) reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return
+		}
+		r.mu.Lock()
+		if ch, ok := r.waiting[pid]; ok {
+			ch <- ws
+			delete(r.waiting, pid)
+		}
+		r.mu.Unlock()
+	}
+}

@@ -1,0 +1,138 @@
+// Package envs is the contract between a codefleet worker and the backends that run code:
+// an Env creates, finds and destroys Sandboxes; a Sandbox runs snippets one process at a time.
+//
+// Backends live in subpackages (docker, daytona) and import this package, never the reverse.
+// Every backend passes the conformance suite in envtest.
+//
+// A snippet that fails, times out or is killed is a Result (its exit code says how); the error
+// return of Run is only for faults of the sandbox or the backend, and wraps one of the sentinel
+// errors below so the worker can map it onto a wire error code.
+package envs
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Backends wrap them with %w; callers test with errors.Is.
+var (
+	// ErrNotFound: no sandbox with that id (destroy treats it as success).
+	ErrNotFound = errors.New("sandbox not found")
+	// ErrUnsupportedLanguage: the sandbox's image has no interpreter for the language.
+	ErrUnsupportedLanguage = errors.New("unsupported language")
+	// ErrSandboxFailed: the sandbox could not be created, or it died (OOM, removed behind our back).
+	ErrSandboxFailed = errors.New("sandbox failed")
+	// ErrBackendUnavailable: the backend (Docker daemon, Daytona API) cannot be reached.
+	ErrBackendUnavailable = errors.New("backend unavailable")
+	// ErrClosed: the Sandbox or Env was closed.
+	ErrClosed = errors.New("closed")
+)
+
+// Labels every backend puts on what it creates, reverse-DNS as Docker recommends.
+const (
+	LabelManagedBy    = "io.codefleet.managed-by"
+	LabelWorker       = "io.codefleet.worker"
+	LabelTenant       = "io.codefleet.tenant"
+	LabelConversation = "io.codefleet.conversation"
+	// ManagedByValue is the value of LabelManagedBy.
+	ManagedByValue = "codefleet"
+)
+
+// Spec describes the sandbox to create for one conversation.
+type Spec struct {
+	// Tenant and Conversation own the sandbox; they become labels.
+	Tenant       string
+	Conversation string
+	// Image is the image (Docker) or snapshot/image (Daytona); empty means the backend default.
+	Image string
+	// Env is sandbox-wide environment, applied to every run.
+	Env map[string]string
+	// Labels are extra labels (the worker id among them).
+	Labels map[string]string
+}
+
+// Info describes an existing sandbox.
+type Info struct {
+	// ID is the backend's id of the sandbox (container id, Daytona sandbox id).
+	ID      string
+	Backend string
+	Tenant  string
+	// Conversation is the conversation the sandbox belongs to.
+	Conversation string
+	Image        string
+	Labels       map[string]string
+	Created      time.Time
+}
+
+// Exec is one snippet to run.
+type Exec struct {
+	Code     string
+	Language string
+	// Env is this run's environment, on top of the sandbox's.
+	Env map[string]string
+	// Timeout bounds the run; when it passes, the run's processes are killed, the output so far
+	// is kept, ExitCode is 124 and TimedOut is true. The sandbox and its files survive.
+	Timeout time.Duration
+}
+
+// Result is the outcome of a snippet that ran.
+type Result struct {
+	// Output is stdout and stderr interleaved as produced, capped: when over the cap, the head
+	// and the tail are kept with a marker saying how many bytes were cut between them.
+	Output string
+	// ExitCode is the process's status: 124 on timeout, 128+N when killed by signal N.
+	ExitCode  int
+	TimedOut  bool
+	Truncated bool
+	// Duration is the wall time of the run inside the sandbox.
+	Duration time.Duration
+}
+
+// Env is a backend: it makes and finds sandboxes.
+type Env interface {
+	// Name returns the backend's name ("docker", "daytona").
+	Name() string
+	// Create makes a sandbox for spec and returns it ready to run code. On error nothing is
+	// left behind.
+	Create(ctx context.Context, spec Spec) (Sandbox, error)
+	// Open re-attaches to an existing sandbox by id, as a restarted worker does. It returns
+	// ErrNotFound when there is no such sandbox, ErrSandboxFailed when it exists but cannot run.
+	Open(ctx context.Context, id string) (Sandbox, error)
+	// List returns the sandboxes this Env manages whose labels include all of match.
+	List(ctx context.Context, match map[string]string) ([]Info, error)
+	// Destroy removes a sandbox and its files. It is idempotent: an unknown id is not an error.
+	Destroy(ctx context.Context, id string) error
+	// Close releases the Env's resources; sandboxes are left as they are.
+	Close() error
+}
+
+// Sandbox is one conversation's sandbox. Run is safe to call from several goroutines, but the
+// worker runs one snippet of a conversation at a time.
+type Sandbox interface {
+	// Info describes the sandbox.
+	Info() Info
+	// Languages returns the languages the sandbox's image can run.
+	Languages() []string
+	// Run runs one snippet as a fresh process and returns its Result. A context cancelled
+	// before the run ends kills the run. The error wraps ErrUnsupportedLanguage,
+	// ErrSandboxFailed, ErrBackendUnavailable or ErrClosed.
+	Run(ctx context.Context, exec Exec) (Result, error)
+	// Close detaches from the sandbox without destroying it (it can be re-opened).
+	Close() error
+}
+
+// MergeEnv returns base overlaid by over, as a new map; nil when both are empty.
+func MergeEnv(base, over map[string]string) map[string]string {
+	if len(base) == 0 && len(over) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(base)+len(over))
+	for k, v := range base {
+		m[k] = v
+	}
+	for k, v := range over {
+		m[k] = v
+	}
+	return m
+}

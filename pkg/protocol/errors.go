@@ -1,0 +1,54 @@
+package protocol
+
+import "fmt"
+
+// Code is a machine-readable error code of the contract.
+type Code string
+
+// The error codes of the contract. The list is closed within a version: new codes are added,
+// none are renamed or removed.
+const (
+	// CodeBadRequest: the request is malformed (JSON, a field, the subject).
+	CodeBadRequest Code = "bad_request"
+	// CodeUnsupportedLanguage: the language is unknown or the sandbox's image lacks it.
+	CodeUnsupportedLanguage Code = "unsupported_language"
+	// CodeImageNotAllowed: sandbox.image is not on the worker's allow-list.
+	CodeImageNotAllowed Code = "image_not_allowed"
+	// CodeCapacity: no worker can take a new sandbox now.
+	CodeCapacity Code = "capacity"
+	// CodeBusy: the conversation's queue of pending runs is full.
+	CodeBusy Code = "busy"
+	// CodeSandboxFailed: the sandbox could not be created or died.
+	CodeSandboxFailed Code = "sandbox_failed"
+	// CodeBackendUnavailable: the backend (Docker daemon, Daytona API) cannot be reached.
+	CodeBackendUnavailable Code = "backend_unavailable"
+	// CodeWorkerLost: the worker holding the conversation went away mid-run.
+	CodeWorkerLost Code = "worker_lost"
+	// CodeInternal: a bug or an unexpected fault.
+	CodeInternal Code = "internal"
+)
+
+// Codes lists every error code of the contract.
+var Codes = []Code{
+	CodeBadRequest, CodeUnsupportedLanguage, CodeImageNotAllowed, CodeCapacity, CodeBusy,
+	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal,
+}
+
+// Error is the error object of RunResult and CloseResult. It implements error.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+// Errorf returns an Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Is makes errors.Is match on the code: errors.Is(err, &Error{Code: CodeBusy}).
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
+}

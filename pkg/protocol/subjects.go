@@ -1,0 +1,82 @@
+package protocol
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the first token of every codefleet subject.
+const DefaultPrefix = "codefleet"
+
+// DispatcherQueue is the queue group dispatchers share.
+const DispatcherQueue = "codefleet-dispatchers"
+
+// Headers the dispatcher sets on the internal worker requests (clients never send these).
+const (
+	HeaderTenant       = "Codefleet-Tenant"
+	HeaderConversation = "Codefleet-Conversation"
+	// HeaderRecreated marks the first run of a conversation whose earlier sandbox was lost.
+	HeaderRecreated = "Codefleet-Recreated"
+)
+
+// Subjects builds and parses the subjects of one prefix. The zero value uses DefaultPrefix.
+type Subjects struct {
+	Prefix string
+}
+
+func (s Subjects) prefix() string {
+	if s.Prefix == "" {
+		return DefaultPrefix
+	}
+	return s.Prefix
+}
+
+// Run returns the subject of a run request: <prefix>.run.<tenant>.<conversation>.
+func (s Subjects) Run(tenant, conversation string) string {
+	return s.prefix() + ".run." + tenant + "." + conversation
+}
+
+// Close returns the subject of a close request: <prefix>.close.<tenant>.<conversation>.
+func (s Subjects) Close(tenant, conversation string) string {
+	return s.prefix() + ".close." + tenant + "." + conversation
+}
+
+// RunAll and CloseAll are the wildcard subjects dispatchers subscribe to.
+func (s Subjects) RunAll() string   { return s.prefix() + ".run.*.*" }
+func (s Subjects) CloseAll() string { return s.prefix() + ".close.*.*" }
+
+// Worker returns the subject of one worker's verb ("run", "close"): <prefix>.worker.<id>.<verb>.
+func (s Subjects) Worker(workerID, verb string) string {
+	return s.prefix() + ".worker." + workerID + "." + verb
+}
+
+// WorkerGroup returns the subject group of one worker: <prefix>.worker.<id>.
+func (s Subjects) WorkerGroup(workerID string) string {
+	return s.prefix() + ".worker." + workerID
+}
+
+// ParseConversation extracts tenant and conversation from a run or close subject and checks
+// both. The error is a CodeBadRequest Error.
+func (s Subjects) ParseConversation(subject string) (verb, tenant, conversation string, err error) {
+	p := s.prefix() + "."
+	if !strings.HasPrefix(subject, p) {
+		return "", "", "", Errorf(CodeBadRequest, "subject %q is not under %q", trimForMessage(subject), s.prefix())
+	}
+	parts := strings.Split(subject[len(p):], ".")
+	if len(parts) != 3 || (parts[0] != "run" && parts[0] != "close") {
+		return "", "", "", Errorf(CodeBadRequest, "subject %q is not %s.run|close.<tenant>.<conversation>", trimForMessage(subject), s.prefix())
+	}
+	if !isToken(parts[1]) {
+		return "", "", "", Errorf(CodeBadRequest, "tenant %q must match [A-Za-z0-9_-]{1,%d}", trimForMessage(parts[1]), MaxIDLen)
+	}
+	if !isToken(parts[2]) {
+		return "", "", "", Errorf(CodeBadRequest, "conversation %q must match [A-Za-z0-9_-]{1,%d}", trimForMessage(parts[2]), MaxIDLen)
+	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+// Key returns the affinity key of a conversation: <tenant>.<conversation>.
+func Key(tenant, conversation string) string { return tenant + "." + conversation }
+
+// String implements fmt.Stringer for logs.
+func (s Subjects) String() string { return fmt.Sprintf("subjects(%s)", s.prefix()) }
