@@ -19,7 +19,7 @@ type session struct {
 	out *bufio.Reader
 }
 
-var testReaper = NewReaper()
+var testReaper = NewChildWaiter()
 
 func startAgent(t testing.TB) *session {
 	t.Helper()

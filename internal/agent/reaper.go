@@ -14,12 +14,23 @@ import (
 // os/exec (whose Wait would race with the reaper for the status). Start holds mu from fork to
 // registration and the reaper takes mu before looking a pid up, so a child that exits at once
 // is never missed.
+//
+// A Reaper made with NewChildWaiter instead waits for each child by its pid, touches no other
+// process's status, and is what a program that is not PID 1 (a test, a fake backend) uses.
 type Reaper struct {
 	mu      sync.Mutex
 	waiting map[int]chan syscall.WaitStatus
+	// perPid: wait for each child by pid instead of reaping every child.
+	perPid bool
 }
 
-// NewReaper starts reaping; it runs for the life of the process.
+// NewChildWaiter returns a Reaper that waits for the children it starts and nothing else.
+func NewChildWaiter() *Reaper {
+	return &Reaper{waiting: map[int]chan syscall.WaitStatus{}, perPid: true}
+}
+
+// NewReaper starts reaping every child of the process (PID 1's duty); it runs for the life of
+// the process.
 func NewReaper() *Reaper {
 	r := &Reaper{waiting: map[int]chan syscall.WaitStatus{}}
 	sigs := make(chan os.Signal, 16)
@@ -42,6 +53,19 @@ func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr) (int
 		return 0, nil, err
 	}
 	ch := make(chan syscall.WaitStatus, 1)
+	if r.perPid {
+		go func() {
+			var ws syscall.WaitStatus
+			for {
+				_, err := syscall.Wait4(pid, &ws, 0, nil)
+				if err != syscall.EINTR {
+					break
+				}
+			}
+			ch <- ws
+		}()
+		return pid, ch, nil
+	}
 	r.waiting[pid] = ch
 	return pid, ch, nil
 }

@@ -1,0 +1,143 @@
+package docker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/docker"
+	"github.com/codefleet/codefleet/pkg/envs/envtest"
+)
+
+func TestMain(m *testing.M) { testutil.MainWithLeftoverCheck(m) }
+
+func newEnv(t *testing.T, mut func(*docker.Config)) *docker.Env {
+	t.Helper()
+	testutil.RequireDocker(t)
+	cfg := docker.Config{Image: testutil.SandboxImage(), AgentPath: testutil.AgentBinary(t), Labels: testutil.TestLabels()}
+	if mut != nil {
+		mut(&cfg)
+	}
+	env, err := docker.New(cfg, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Close() })
+	return env
+}
+
+func TestConformance(t *testing.T) {
+	env := newEnv(t, nil)
+	envtest.Run(t, envtest.Config{Env: env, Labels: testutil.TestLabels(), MaxOutput: docker.DefaultMaxOutput})
+}
+
+// create makes a sandbox that the test destroys.
+func create(t *testing.T, env *docker.Env, spec envs.Spec) envs.Sandbox {
+	t.Helper()
+	spec.Tenant, spec.Conversation = "dockertest", strings.ReplaceAll(t.Name(), "/", "_")
+	spec.Labels = testutil.TestLabels()
+	sb, err := env.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() {
+		sb.Close()
+		env.Destroy(context.Background(), sb.Info().ID)
+	})
+	return sb
+}
+
+func runOK(t *testing.T, sb envs.Sandbox, lang, code string) envs.Result {
+	t.Helper()
+	res, err := sb.Run(context.Background(), envs.Exec{Language: lang, Code: code})
+	if err != nil {
+		t.Fatalf("run %q: %v", code, err)
+	}
+	return res
+}
+
+// TestLockedDown checks the defaults a user relies on for containment, from inside the sandbox.
+func TestLockedDown(t *testing.T) {
+	env := newEnv(t, nil)
+	sb := create(t, env, envs.Spec{})
+	checks := []struct {
+		name, code, want string
+	}{
+		{"unprivileged user", "id -u", "1000\n"},
+		{"workdir", "pwd", "/workspace\n"},
+		{"no capabilities", "grep CapEff /proc/self/status | tr -d '\\t'", "CapEff:0000000000000000\n"},
+		{"no new privileges", "grep NoNewPrivs /proc/self/status | tr -d '\\t'", "NoNewPrivs:1\n"},
+		{"no network but loopback", "ls /sys/class/net", "lo\n"},
+		{"memory limit 512 MiB", "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912\n"},
+		{"agent unreachable through /proc", "cat /proc/1/fd/1 2>&1 >/dev/null | grep -c 'Permission denied'", "1\n"},
+	}
+	for _, c := range checks {
+		if res := runOK(t, sb, "bash", c.code); res.Output != c.want {
+			t.Errorf("%s: %q printed %q (exit %d), want %q", c.name, c.code, res.Output, res.ExitCode, c.want)
+		}
+	}
+}
+
+// TestHostileSnippets: a fork bomb and a memory hog are contained, and the sandbox still answers.
+func TestHostileSnippets(t *testing.T) {
+	env := newEnv(t, nil)
+	sb := create(t, env, envs.Spec{})
+	ctx := context.Background()
+	res, err := sb.Run(ctx, envs.Exec{Language: "bash", Code: "bomb() { bomb | bomb & }; bomb", Timeout: 3e9})
+	if err != nil {
+		t.Fatalf("fork bomb: %v", err)
+	}
+	t.Logf("fork bomb: exit %d timed_out %v", res.ExitCode, res.TimedOut)
+	res, err = sb.Run(ctx, envs.Exec{Language: "python", Code: "x = bytearray(2 << 30)", Timeout: 20e9})
+	if err != nil {
+		t.Fatalf("memory hog: %v", err)
+	}
+	if res.ExitCode == 0 {
+		t.Errorf("allocating 2 GiB in a 512 MiB sandbox succeeded: %q", res.Output)
+	}
+	if got := runOK(t, sb, "bash", "echo alive"); got.Output != "alive\n" {
+		t.Fatalf("after hostile snippets: got %q", got.Output)
+	}
+}
+
+func TestMissingImage(t *testing.T) {
+	env := newEnv(t, nil)
+	_, err := env.Create(context.Background(), envs.Spec{Tenant: "t", Conversation: "c", Image: "codefleet-no-such-image:nope", Labels: testutil.TestLabels()})
+	if !errors.Is(err, envs.ErrSandboxFailed) || !strings.Contains(err.Error(), "codefleet-no-such-image:nope") {
+		t.Fatalf("got %v, want ErrSandboxFailed naming the image", err)
+	}
+}
+
+func TestDockerNotRunning(t *testing.T) {
+	env, err := docker.New(docker.Config{Host: "unix:///nonexistent/docker.sock", AgentPath: testutil.AgentBinary(t)}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = env.Create(context.Background(), envs.Spec{Tenant: "t", Conversation: "c"})
+	if !errors.Is(err, envs.ErrBackendUnavailable) || !strings.Contains(err.Error(), "not reachable") {
+		t.Fatalf("got %v, want ErrBackendUnavailable saying the daemon is not reachable", err)
+	}
+}
+
+func TestLanguages(t *testing.T) {
+	env := newEnv(t, nil)
+	sb := create(t, env, envs.Spec{})
+	got := strings.Join(sb.Languages(), ",")
+	if got != "python,bash,javascript,typescript" {
+		t.Fatalf("languages = %s", got)
+	}
+	if res := runOK(t, sb, "javascript", "const fs = require('fs'); fs.writeFileSync('js.txt', 'js'); console.log(1 + 1)"); res.Output != "2\n" || res.ExitCode != 0 {
+		t.Fatalf("javascript: %+v", res)
+	}
+	if res := runOK(t, sb, "typescript", "const n: number = 40;\nconsole.log(n + 2)"); res.Output != "42\n" || res.ExitCode != 0 {
+		t.Fatalf("typescript: %+v", res)
+	}
+	if res := runOK(t, sb, "bash", "ls -A"); res.Output != "js.txt\n" {
+		t.Fatalf("the workdir should hold only the snippet's file, got %q", res.Output)
+	}
+}

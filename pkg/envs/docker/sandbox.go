@@ -1,0 +1,296 @@
+package docker
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/rs/zerolog"
+
+	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/pkg/envs"
+)
+
+const (
+	// maxResponseFrame bounds one frame from the agent: the output cap plus JSON escaping.
+	// A snippet cannot write frames (the agent is not dumpable), but the reader stays bounded.
+	maxResponseFrame = 64 << 20
+	// answerGrace is how long past a run's timeout the agent may take to answer before the
+	// sandbox is declared failed.
+	answerGrace = 10 * time.Second
+)
+
+// sandbox is one attached container.
+type sandbox struct {
+	env  *Env
+	info envs.Info
+	log  zerolog.Logger
+
+	conn   types.HijackedResponse
+	wmu    sync.Mutex // serializes frames written to conn
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[string]chan agent.Response
+	dead    error // set once the stream is gone; every later Run fails with it
+
+	languages []string
+	closed    chan struct{}
+}
+
+var _ envs.Sandbox = (*sandbox)(nil)
+
+// attach opens the container's stdin/stdout stream and starts reading frames.
+func (e *Env) attach(ctx context.Context, id string, log zerolog.Logger) (*sandbox, error) {
+	conn, err := e.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return nil, e.classify("attach container", err)
+	}
+	sb := &sandbox{env: e, log: log, conn: conn, pending: map[string]chan agent.Response{}, closed: make(chan struct{})}
+	sb.info.ID = id
+	go sb.readLoop()
+	return sb, nil
+}
+
+// readLoop demultiplexes the attach stream and delivers the agent's frames to their runs.
+func (s *sandbox) readLoop() {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := stdcopy.StdCopy(pw, logWriter{s.log}, s.conn.Reader)
+		if err == nil {
+			err = io.EOF
+		}
+		pw.CloseWithError(err)
+	}()
+	r := bufio.NewReaderSize(pr, 64<<10)
+	var err error
+	for {
+		var line []byte
+		line, err = readFrame(r)
+		if err != nil {
+			break
+		}
+		var resp agent.Response
+		if jerr := json.Unmarshal(line, &resp); jerr != nil {
+			s.log.Warn().Err(jerr).Msg("bad frame from sandbox agent")
+			continue
+		}
+		s.mu.Lock()
+		ch := s.pending[resp.ID]
+		delete(s.pending, resp.ID)
+		s.mu.Unlock()
+		if ch != nil {
+			ch <- resp
+		}
+	}
+	pr.CloseWithError(err)
+	s.fail(err)
+}
+
+// fail marks the sandbox dead and fails every pending run.
+func (s *sandbox) fail(cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead != nil {
+		return
+	}
+	select {
+	case <-s.closed:
+		s.dead = fmt.Errorf("%w: docker: sandbox %s", envs.ErrClosed, short(s.info.ID))
+	default:
+		s.dead = fmt.Errorf("%w: docker: sandbox %s: the agent's stream ended (%s)", envs.ErrSandboxFailed, short(s.info.ID), s.stateOf(cause))
+	}
+	for id, ch := range s.pending {
+		close(ch)
+		delete(s.pending, id)
+	}
+}
+
+// stateOf describes why the container went away, for error messages.
+func (s *sandbox) stateOf(cause error) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := s.env.cli.ContainerInspect(ctx, s.info.ID)
+	switch {
+	case err != nil:
+		return "container gone: " + err.Error()
+	case c.State == nil:
+		return cause.Error()
+	case c.State.OOMKilled:
+		return "container killed: out of memory"
+	case !c.State.Running:
+		return fmt.Sprintf("container exited with status %d", c.State.ExitCode)
+	default:
+		return cause.Error()
+	}
+}
+
+func readFrame(r *bufio.Reader) ([]byte, error) {
+	var buf []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(buf)+len(chunk) > maxResponseFrame {
+			return nil, fmt.Errorf("frame over %d bytes", maxResponseFrame)
+		}
+		buf = append(buf, chunk...)
+		if err == nil {
+			return buf, nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}
+
+// call sends a request and waits for its response.
+func (s *sandbox) call(ctx context.Context, req agent.Request, deadline time.Duration) (agent.Response, error) {
+	ch := make(chan agent.Response, 1)
+	s.mu.Lock()
+	if s.dead != nil {
+		err := s.dead
+		s.mu.Unlock()
+		return agent.Response{}, err
+	}
+	s.pending[req.ID] = ch
+	s.mu.Unlock()
+
+	if err := s.write(req); err != nil {
+		s.forget(req.ID)
+		return agent.Response{}, err
+	}
+	timer := time.NewTimer(deadline)
+	defer timer.Stop()
+	select {
+	case resp, ok := <-ch:
+		if !ok {
+			return agent.Response{}, s.deadErr()
+		}
+		return resp, nil
+	case <-ctx.Done():
+		// Kill the run; its result is not waited for.
+		s.forget(req.ID)
+		if req.Op == agent.OpRun {
+			s.write(agent.Request{Op: agent.OpCancel, ID: req.ID})
+		}
+		return agent.Response{}, ctx.Err()
+	case <-timer.C:
+		s.forget(req.ID)
+		return agent.Response{}, fmt.Errorf("%w: docker: sandbox %s: the agent did not answer within %s", envs.ErrSandboxFailed, short(s.info.ID), deadline)
+	}
+}
+
+func (s *sandbox) write(req agent.Request) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("%w: docker: encode frame: %v", envs.ErrSandboxFailed, err)
+	}
+	b = append(b, '\n')
+	s.wmu.Lock()
+	_, err = s.conn.Conn.Write(b)
+	s.wmu.Unlock()
+	if err != nil {
+		s.fail(err)
+		return s.deadErr()
+	}
+	return nil
+}
+
+func (s *sandbox) forget(id string) {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+}
+
+func (s *sandbox) deadErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead == nil {
+		return fmt.Errorf("%w: docker: sandbox %s: stream closed", envs.ErrSandboxFailed, short(s.info.ID))
+	}
+	return s.dead
+}
+
+// hello (re)synchronises with the agent: a bare newline ends any frame a previous worker left
+// half-written, then the agent says which languages its image has.
+func (s *sandbox) hello(ctx context.Context) error {
+	s.wmu.Lock()
+	_, err := s.conn.Conn.Write([]byte("\n"))
+	s.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w: docker: sandbox %s: write to agent: %v", envs.ErrSandboxFailed, short(s.info.ID), err)
+	}
+	resp, err := s.call(ctx, agent.Request{Op: agent.OpHello, ID: "hello-" + strconv.FormatUint(s.nextID.Add(1), 10)}, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	if resp.Version != agent.ProtocolVersion {
+		return fmt.Errorf("%w: docker: sandbox %s: agent protocol %d, want %d", envs.ErrSandboxFailed, short(s.info.ID), resp.Version, agent.ProtocolVersion)
+	}
+	s.languages = resp.Languages
+	return nil
+}
+
+func (s *sandbox) Info() envs.Info      { return s.info }
+func (s *sandbox) Languages() []string { return s.languages }
+
+// Run sends the snippet to the agent and waits for its result.
+func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
+	timeout := ex.Timeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	req := agent.Request{
+		Op:        agent.OpRun,
+		ID:        "run-" + strconv.FormatUint(s.nextID.Add(1), 10),
+		Code:      ex.Code,
+		Language:  ex.Language,
+		Env:       ex.Env,
+		TimeoutMS: max(timeout.Milliseconds(), 1),
+		MaxOutput: s.env.cfg.MaxOutput,
+	}
+	resp, err := s.call(ctx, req, timeout+answerGrace)
+	if err != nil {
+		return envs.Result{}, err
+	}
+	switch resp.Op {
+	case agent.OpResult:
+		return envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}, nil
+	case agent.OpError:
+		if resp.Code == agent.ErrCodeUnsupportedLanguage {
+			return envs.Result{}, fmt.Errorf("%w: %s", envs.ErrUnsupportedLanguage, resp.Error)
+		}
+		return envs.Result{}, fmt.Errorf("%w: docker: sandbox %s: %s", envs.ErrSandboxFailed, short(s.info.ID), resp.Error)
+	default:
+		return envs.Result{}, fmt.Errorf("%w: docker: sandbox %s: unexpected frame %q", envs.ErrSandboxFailed, short(s.info.ID), resp.Op)
+	}
+}
+
+// Close detaches; the container keeps running with the agent waiting for the next attachment.
+func (s *sandbox) Close() error {
+	select {
+	case <-s.closed:
+		return nil
+	default:
+		close(s.closed)
+	}
+	s.conn.Close()
+	return nil
+}
+
+// logWriter sends the agent's stderr to the log.
+type logWriter struct{ log zerolog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Str("stderr", string(p)).Msg("sandbox agent")
+	return len(p), nil
+}
