@@ -240,7 +240,7 @@ func (s *sandbox) hello(ctx context.Context) error {
 	return nil
 }
 
-func (s *sandbox) Info() envs.Info      { return s.info }
+func (s *sandbox) Info() envs.Info     { return s.info }
 func (s *sandbox) Languages() []string { return s.languages }
 
 // Run sends the snippet to the agent and waits for its result.

@@ -1,0 +1,32 @@
+package protocol
+
+import "time"
+
+// KV buckets of the fleet (internal: clients never read them).
+const (
+	// WorkersBucket holds one WorkerInfo per live worker, refreshed every second; an entry
+	// that stops being refreshed expires after the bucket's TTL.
+	WorkersBucket = "codefleet-workers"
+	// AffinityBucket maps <tenant>.<conversation> to the worker that holds its sandbox.
+	AffinityBucket = "codefleet-affinity"
+)
+
+// WorkerInfo is a worker's registration in WorkersBucket (internal, additive like the rest).
+type WorkerInfo struct {
+	ID string `json:"id"`
+	// Backends the worker can create sandboxes on ("docker", "daytona").
+	Backends []string `json:"backends"`
+	// Languages the worker's default image runs.
+	Languages []string `json:"languages"`
+	// Capacity is the most sandboxes the worker holds at once.
+	Capacity int `json:"capacity"`
+	// Load is the number of sandboxes it holds (live or being created).
+	Load int `json:"load"`
+	// Running is the number of runs executing now.
+	Running int `json:"running"`
+	// Draining is true once the worker is shutting down: place nothing new on it.
+	Draining bool      `json:"draining"`
+	Version  string    `json:"version,omitempty"`
+	Started  time.Time `json:"started"`
+	Updated  time.Time `json:"updated"`
+}

@@ -1,0 +1,155 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// ErrInvalidConfig wraps every configuration error.
+var ErrInvalidConfig = errors.New("invalid worker config")
+
+// Defaults of Config.
+const (
+	DefaultCapacity          = 32
+	DefaultQueueDepth        = 16
+	DefaultMaxTimeout        = 10 * time.Minute
+	DefaultIdleTTL           = 30 * time.Minute
+	DefaultMaxLife           = 24 * time.Hour
+	DefaultReapInterval      = 10 * time.Second
+	DefaultHeartbeatInterval = time.Second
+	DefaultHeartbeatTTL      = 3 * time.Second
+	DefaultDrainTimeout      = 30 * time.Second
+	DefaultOrphanGrace       = 2 * time.Minute
+	DefaultDedupeSize        = 64
+	DefaultCreateTimeout     = 2 * time.Minute
+)
+
+// Config configures a Worker. The zero value of each optional field means its default.
+type Config struct {
+	// ID names the worker: its subjects, its registration and the labels of its sandboxes.
+	// A worker restarted with the same ID re-adopts its sandboxes. Required.
+	ID string
+	// Prefix is the subject prefix; default "codefleet".
+	Prefix string
+	// Capacity is the most sandboxes held at once; a new conversation past it gets `capacity`.
+	Capacity int
+	// MaxConcurrentRuns bounds runs executing at once across conversations; default Capacity.
+	MaxConcurrentRuns int
+	// QueueDepth bounds the runs waiting per conversation; past it a run gets `busy`.
+	QueueDepth int
+	// MaxTimeout caps a run's timeout_ms.
+	MaxTimeout time.Duration
+	// IdleTTL destroys a sandbox unused for this long; MaxLife destroys it this long after its
+	// creation (after its current run).
+	IdleTTL time.Duration
+	MaxLife time.Duration
+	// ReapInterval is how often idle, expired and orphaned sandboxes are looked for.
+	ReapInterval time.Duration
+	// OrphanGrace spares containers younger than this from the orphan reconciler (they may be
+	// being created).
+	OrphanGrace time.Duration
+	// HeartbeatInterval is how often the registration is refreshed; HeartbeatTTL is the
+	// registry bucket's TTL, after which a silent worker counts as dead.
+	HeartbeatInterval time.Duration
+	HeartbeatTTL      time.Duration
+	// KVReplicas is the replica count of the KV buckets the worker creates (1 on a single
+	// server, 3 on a cluster).
+	KVReplicas int
+	// DrainTimeout bounds how long Shutdown waits for in-flight runs.
+	DrainTimeout time.Duration
+	// DestroyOnShutdown destroys the sandboxes at shutdown instead of keeping them for the
+	// next worker with the same ID.
+	DestroyOnShutdown bool
+	// Image is the default sandbox image (empty: the backend's default). AllowedImages lists
+	// the images a request's sandbox.image may name besides it; "*" allows any.
+	Image         string
+	AllowedImages []string
+	// DedupeSize is how many request ids per conversation are remembered for retries.
+	DedupeSize int
+	// CreateTimeout bounds the creation of one sandbox.
+	CreateTimeout time.Duration
+	// Version is reported in the registration and in `nats micro info`.
+	Version string
+}
+
+func (c *Config) setDefaults() {
+	if c.Prefix == "" {
+		c.Prefix = protocol.DefaultPrefix
+	}
+	if c.Capacity == 0 {
+		c.Capacity = DefaultCapacity
+	}
+	if c.MaxConcurrentRuns == 0 {
+		c.MaxConcurrentRuns = c.Capacity
+	}
+	if c.QueueDepth == 0 {
+		c.QueueDepth = DefaultQueueDepth
+	}
+	if c.MaxTimeout == 0 {
+		c.MaxTimeout = DefaultMaxTimeout
+	}
+	if c.IdleTTL == 0 {
+		c.IdleTTL = DefaultIdleTTL
+	}
+	if c.MaxLife == 0 {
+		c.MaxLife = DefaultMaxLife
+	}
+	if c.ReapInterval == 0 {
+		c.ReapInterval = DefaultReapInterval
+	}
+	if c.OrphanGrace == 0 {
+		c.OrphanGrace = DefaultOrphanGrace
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.HeartbeatTTL == 0 {
+		c.HeartbeatTTL = DefaultHeartbeatTTL
+	}
+	if c.KVReplicas == 0 {
+		c.KVReplicas = 1
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.DedupeSize == 0 {
+		c.DedupeSize = DefaultDedupeSize
+	}
+	if c.CreateTimeout == 0 {
+		c.CreateTimeout = DefaultCreateTimeout
+	}
+	if c.Version == "" {
+		c.Version = "0.1.0"
+	}
+}
+
+// Validate checks the configuration (after defaults).
+func (c *Config) Validate() error {
+	switch {
+	case !protocol.ValidID(c.ID):
+		return fmt.Errorf("%w: id %q must match [A-Za-z0-9_-]{1,128}", ErrInvalidConfig, c.ID)
+	case c.Capacity < 0, c.MaxConcurrentRuns < 0, c.QueueDepth < 0, c.DedupeSize < 0:
+		return fmt.Errorf("%w: capacity, max concurrent runs, queue depth and dedupe size must be positive", ErrInvalidConfig)
+	case c.HeartbeatTTL <= c.HeartbeatInterval:
+		return fmt.Errorf("%w: heartbeat TTL %s must exceed the heartbeat interval %s", ErrInvalidConfig, c.HeartbeatTTL, c.HeartbeatInterval)
+	case c.MaxTimeout < 0 || c.MaxTimeout > protocol.MaxTimeout:
+		return fmt.Errorf("%w: max timeout %s out of range", ErrInvalidConfig, c.MaxTimeout)
+	}
+	return nil
+}
+
+// imageAllowed reports whether a request may ask for img.
+func (c *Config) imageAllowed(img string) bool {
+	if img == "" || img == c.Image {
+		return true
+	}
+	for _, a := range c.AllowedImages {
+		if a == "*" || a == img {
+			return true
+		}
+	}
+	return false
+}
