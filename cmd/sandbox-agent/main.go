@@ -19,6 +19,10 @@ func main() {
 	// stdout (the worker's channel) through /proc/1/fd.
 	syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_DUMPABLE, 0, 0)
 
+	// Threads first: the Go runtime dies when it cannot create an OS thread, and a fork bomb
+	// fills the sandbox's pids limit. Idle threads are kept and reused, so make them now.
+	agent.ReserveThreads(16)
+
 	dir, err := os.Getwd()
 	if err != nil {
 		dir = "/"

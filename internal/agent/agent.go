@@ -331,7 +331,7 @@ func (a *Agent) exec(ctx context.Context, id string, argv, env []string, timeout
 	duration := time.Since(start)
 	// The snippet is done: whatever it left in its process group goes too. Output still in the
 	// pipe is read; a descendant that escaped the group and holds the pipe is not waited for.
-	syscall.Kill(-pid, syscall.SIGKILL)
+	KillGroup(pid)
 	select {
 	case <-copied:
 	case <-time.After(drainGrace):

@@ -5,7 +5,48 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 )
+
+// ReserveThreads makes the Go runtime create n OS threads now, while the sandbox's pids limit
+// leaves room: n goroutines block in a raw read at once (each holding a thread), then all are
+// released. The runtime keeps idle threads for reuse, so the agent does not need to create one
+// later, when a fork bomb may have taken every pid (the runtime aborts if it cannot).
+func ReserveThreads(n int) {
+	var fds [2]int
+	if err := syscall.Pipe(fds[:]); err != nil {
+		return
+	}
+	defer syscall.Close(fds[0])
+	defer syscall.Close(fds[1])
+	var started, done sync.WaitGroup
+	for i := 0; i < n; i++ {
+		started.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			started.Done()
+			var b [1]byte
+			syscall.Read(fds[0], b[:]) // blocks this goroutine's thread
+		}()
+	}
+	started.Wait()
+	time.Sleep(20 * time.Millisecond) // let the blocked reads pin their threads
+	syscall.Write(fds[1], make([]byte, n))
+	done.Wait()
+}
+
+// KillGroup kills every process of a process group, again and again until none is left, since
+// a process can fork while the group is being killed (a fork bomb does nothing else). It gives
+// up after about a second.
+func KillGroup(pgid int) {
+	for i := 0; i < 200; i++ {
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); err == syscall.ESRCH {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 // Reaper starts processes and collects the exit status of every child, including orphans
 // re-parented to the agent as PID 1 (which would otherwise stay zombies).

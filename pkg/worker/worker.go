@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
@@ -48,6 +49,7 @@ type Worker struct {
 	draining atomic.Bool
 
 	svc micro.Service
+	js  jetstream.JetStream
 	kv  jetstream.KeyValue
 
 	stop    context.CancelFunc
@@ -81,18 +83,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: jetstream: %w", err)
 	}
-	w.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      protocol.WorkersBucket,
-		Description: "codefleet workers: one entry per live worker, refreshed every heartbeat",
-		TTL:         w.cfg.HeartbeatTTL,
-		History:     1,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    w.cfg.KVReplicas,
-		// A delete marker when an entry expires, so watchers learn of a dead worker at once.
-		LimitMarkerTTL: w.cfg.HeartbeatTTL,
-	})
-	if err != nil {
-		return fmt.Errorf("worker: registry bucket %s: %w", protocol.WorkersBucket, err)
+	w.js = js
+	if err := w.openRegistry(ctx); err != nil {
+		return err
 	}
 
 	n, err := w.m.adopt(ctx)
@@ -166,11 +159,29 @@ func (w *Worker) Info() protocol.WorkerInfo {
 	}
 }
 
+// openRegistry opens (creating it if need be) the registry bucket.
+func (w *Worker) openRegistry(ctx context.Context) error {
+	kv, err := w.js.CreateOrUpdateKeyValue(ctx, affinity.WorkersBucketConfig(w.cfg.HeartbeatTTL, w.cfg.KVReplicas))
+	if err != nil {
+		return fmt.Errorf("worker: registry bucket %s: %w", protocol.WorkersBucket, err)
+	}
+	w.kv = kv
+	return nil
+}
+
 func (w *Worker) heartbeat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.HeartbeatInterval)
 	defer cancel()
 	info := w.Info()
 	_, err := w.kv.Put(ctx, w.cfg.ID, protocol.Encode(&info))
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The bucket is gone (a NATS server that lost its state, an operator's delete): make
+		// it again, or dispatchers would never see this worker.
+		if rerr := w.openRegistry(ctx); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		_, err = w.kv.Put(ctx, w.cfg.ID, protocol.Encode(&info))
+	}
 	return err
 }
 

@@ -16,7 +16,13 @@ import (
 
 func TestMain(m *testing.M) { testutil.MainWithLeftoverCheck(m) }
 
-func newEnv(t *testing.T, mut func(*docker.Config)) *docker.Env {
+func testLabels() map[string]string { return testutil.TestLabels() }
+
+func newEnvB(b *testing.B) *docker.Env { return newEnvTB(b, nil) }
+
+func newEnv(t *testing.T, mut func(*docker.Config)) *docker.Env { return newEnvTB(t, mut) }
+
+func newEnvTB(t testing.TB, mut func(*docker.Config)) *docker.Env {
 	t.Helper()
 	testutil.RequireDocker(t)
 	cfg := docker.Config{Image: testutil.SandboxImage(), AgentPath: testutil.AgentBinary(t), Labels: testutil.TestLabels()}
@@ -102,6 +108,10 @@ func TestHostileSnippets(t *testing.T) {
 	}
 	if got := runOK(t, sb, "bash", "echo alive"); got.Output != "alive\n" {
 		t.Fatalf("after hostile snippets: got %q", got.Output)
+	}
+	// Nothing of the bomb is left: the agent, this bash, ls and wc are all that run.
+	if got := runOK(t, sb, "bash", "ls -d /proc/[0-9]* | wc -l"); got.Output != "4\n" {
+		t.Fatalf("processes left after the fork bomb: %q", got.Output)
 	}
 }
 

@@ -1,0 +1,337 @@
+// Command worker is the codefleet worker daemon: it holds the sandboxes of many conversations on
+// one backend (Docker for now) and runs their code for the dispatchers, over NATS. Every flag
+// can also be set by an environment variable CODEFLEET_<FLAG> (see --help); the library in
+// pkg/worker does the work, this command only wires configuration, NATS and signals.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/docker"
+	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// shutdownSlack is added to the drain timeout to bound the whole shutdown (deregistering,
+// stopping sandboxes' sessions, draining the NATS connection).
+const shutdownSlack = 30 * time.Second
+
+const agentName = "sandbox-agent"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	context.AfterFunc(ctx, stop) // after the first signal, a second one kills at once
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "codefleet worker: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// options is the parsed command line.
+type options struct {
+	natsURL   string
+	natsCreds string
+	backend   string
+	worker    worker.Config
+	docker    docker.Config
+	cpus      float64 // --cpus, turned into docker.NanoCPUs
+	maxOutput int64   // --max-output, turned into docker.MaxOutput
+	logLevel  string
+	logFormat string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := config.New("worker", stderr)
+	fs.Summary = "codefleet worker " + version + ": runs conversations' code in sandboxes for the codefleet dispatchers, over NATS."
+	o := &options{}
+
+	fs.StringVar(&o.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	fs.Alias("nats-url", "NATS_URL")
+	fs.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (.creds) to connect with")
+	fs.StringVar(&o.worker.ID, "id", "", "worker id, [A-Za-z0-9_-]{1,128}; a worker restarted with the same id re-adopts its sandboxes (default: the host name, other characters turned into -)")
+	fs.StringVar(&o.worker.Prefix, "prefix", protocol.DefaultPrefix, "first token of every codefleet subject")
+	fs.StringVar(&o.backend, "backend", docker.Name, "sandbox backend: docker")
+
+	w := &o.worker
+	fs.IntVar(&w.Capacity, "capacity", worker.DefaultCapacity, "most sandboxes held at once; a new conversation past it gets the error capacity")
+	fs.IntVar(&w.MaxConcurrentRuns, "max-concurrent-runs", 0, "most runs executing at once across conversations (0: the capacity)")
+	fs.IntVar(&w.QueueDepth, "queue-depth", worker.DefaultQueueDepth, "most runs waiting per conversation; past it a run gets the error busy")
+	fs.DurationVar(&w.MaxTimeout, "max-timeout", worker.DefaultMaxTimeout, "cap on a run's timeout_ms")
+	fs.DurationVar(&w.IdleTTL, "idle-ttl", worker.DefaultIdleTTL, "destroy a sandbox unused for this long")
+	fs.DurationVar(&w.MaxLife, "max-life", worker.DefaultMaxLife, "destroy a sandbox this long after its creation (after its current run)")
+	fs.DurationVar(&w.ReapInterval, "reap-interval", worker.DefaultReapInterval, "how often idle, expired and orphaned sandboxes are looked for")
+	fs.DurationVar(&w.HeartbeatInterval, "heartbeat-interval", worker.DefaultHeartbeatInterval, "how often the worker refreshes its registration")
+	fs.DurationVar(&w.HeartbeatTTL, "heartbeat-ttl", worker.DefaultHeartbeatTTL, "age after which a silent worker counts as dead (the registry bucket's TTL)")
+	fs.IntVar(&w.KVReplicas, "kv-replicas", 1, "replicas of the KV buckets the worker creates (1 on a single NATS server, 3 on a cluster)")
+	fs.DurationVar(&w.DrainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight runs may finish")
+	fs.BoolVar(&w.DestroyOnShutdown, "destroy-on-shutdown", false, "destroy the sandboxes at shutdown instead of keeping them for the next worker with this id")
+	fs.StringVar(&w.Image, "image", docker.DefaultImage, "default sandbox image")
+	fs.StringListVar(&w.AllowedImages, "allowed-images", nil, "images a request's sandbox.image may name besides --image, comma-separated; * allows any")
+
+	d := &o.docker
+	fs.StringVar(&d.Host, "docker-host", "", "Docker daemon address (default: $DOCKER_HOST or the local socket)")
+	fs.StringVar(&d.AgentPath, "agent", "", "sandbox-agent binary copied into every Docker sandbox (default: "+agentName+" next to this executable, else in $PATH)")
+	fs.SizeVar(&d.Memory, "memory", docker.DefaultMemory, "memory limit of a sandbox, no swap (512MiB, 1g, ...)")
+	fs.Int64Var(&d.PidsLimit, "pids-limit", docker.DefaultPidsLimit, "most processes in a sandbox")
+	fs.Float64Var(&o.cpus, "cpus", float64(docker.DefaultNanoCPUs)/1e9, "CPUs a sandbox may use (0.5, 2, ...)")
+	fs.StringVar(&d.User, "user", docker.DefaultUser, "user:group that runs the snippets; root to run as root (capabilities stay dropped)")
+	fs.StringVar(&d.Workdir, "workdir", docker.DefaultWorkdir, "working directory of every run, where files persist")
+	fs.StringVar(&d.Network, "network", docker.DefaultNetwork, "network mode of the sandboxes")
+	fs.StringListVar(&d.CapAdd, "cap-add", nil, "capabilities re-added after all are dropped, comma-separated (e.g. CHOWN)")
+	fs.BoolVar(&d.ReadonlyRootfs, "readonly-rootfs", false, "make everything but the workdir and /tmp read-only")
+	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
+	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
+
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", config.LogFormatJSON, "log format: json or console")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if len(fs.Args()) > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q (the worker takes flags only; see --help)", fs.Args())
+	}
+	w.Version = config.SemVer(version) // NATS service discovery wants SemVer
+	d.Image = w.Image
+	return o, o.check()
+}
+
+// check fills the defaults that depend on the host and validates what can be checked without
+// NATS or the backend, so that a bad configuration fails before anything connects.
+func (o *options) check() error {
+	if o.worker.ID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --id given and the host name is unknown: %w", err)
+		}
+		o.worker.ID = sanitizeID(host)
+	}
+	if o.cpus <= 0 || o.cpus > 1e6 {
+		return fmt.Errorf("--cpus %g: want a positive number of CPUs", o.cpus)
+	}
+	o.docker.NanoCPUs = int64(o.cpus * 1e9)
+	if o.docker.Memory < 6<<20 {
+		return fmt.Errorf("--memory %s: want at least 6MiB (Docker's minimum)", config.FormatSize(o.docker.Memory))
+	}
+	if o.docker.PidsLimit <= 0 {
+		return fmt.Errorf("--pids-limit %d: want a positive number", o.docker.PidsLimit)
+	}
+	if o.maxOutput <= 0 || o.maxOutput > 1<<30 {
+		return fmt.Errorf("--max-output %s: want a positive size up to 1GiB", config.FormatSize(o.maxOutput))
+	}
+	o.docker.MaxOutput = int(o.maxOutput)
+	if o.natsURL == "" {
+		return errors.New("--nats-url is empty")
+	}
+	if o.worker.DrainTimeout <= 0 || o.worker.IdleTTL <= 0 || o.worker.MaxLife <= 0 || o.worker.ReapInterval <= 0 || o.worker.HeartbeatInterval <= 0 {
+		return errors.New("--drain-timeout, --idle-ttl, --max-life, --reap-interval and --heartbeat-interval must be positive")
+	}
+	if err := o.worker.Validate(); err != nil {
+		return err
+	}
+	if _, err := config.NewLogger(io.Discard, o.logLevel, o.logFormat); err != nil {
+		return err
+	}
+	return nil
+}
+
+// sanitizeID turns a host name into a worker id: every character outside [A-Za-z0-9_-]
+// becomes "-", and the result is cut to 128 characters ("worker" when nothing is left).
+func sanitizeID(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+		if b.Len() >= 128 {
+			break
+		}
+	}
+	id := b.String()
+	if strings.Trim(id, "-") == "" {
+		return "worker"
+	}
+	return id
+}
+
+// findAgent returns the sandbox-agent binary: the --agent flag (or $CODEFLEET_AGENT) when set,
+// else a file named sandbox-agent next to the worker's executable, else sandbox-agent in $PATH.
+func findAgent(flagValue string) (string, error) {
+	if flagValue != "" {
+		if err := isExecutableFile(flagValue); err != nil {
+			return "", fmt.Errorf("--agent %s: %w", flagValue, err)
+		}
+		return flagValue, nil
+	}
+	var tried []string
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), agentName)
+		if isExecutableFile(p) == nil {
+			return p, nil
+		}
+		tried = append(tried, p)
+	}
+	if p, err := exec.LookPath(agentName); err == nil {
+		return p, nil
+	}
+	tried = append(tried, agentName+" in $PATH")
+	return "", fmt.Errorf("the %s binary was not found (tried %s): build it with `make build` and pass --agent or set %s",
+		agentName, strings.Join(tried, ", "), config.EnvName("agent"))
+}
+
+func isExecutableFile(p string) error {
+	st, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return err
+	case st.IsDir():
+		return errors.New("is a directory")
+	case st.Mode().Perm()&0o111 == 0:
+		return errors.New("is not executable")
+	}
+	return nil
+}
+
+// newBackend returns the sandbox backend named by --backend.
+func newBackend(o *options, log zerolog.Logger) (envs.Env, error) {
+	switch o.backend {
+	case docker.Name:
+		agent, err := findAgent(o.docker.AgentPath)
+		if err != nil {
+			return nil, err
+		}
+		o.docker.AgentPath = agent
+		return docker.New(o.docker, log)
+	default:
+		return nil, fmt.Errorf("unknown backend %q (--backend, %s): this worker supports %s",
+			o.backend, config.EnvName("backend"), docker.Name)
+	}
+}
+
+// connect opens the NATS connection; closed is closed once the connection is closed for good.
+func connect(o *options, log zerolog.Logger) (nc *nats.Conn, closed <-chan struct{}, err error) {
+	done := make(chan struct{})
+	opts := []nats.Option{
+		nats.Name("codefleet-worker " + o.worker.ID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if !c.IsClosed() { // closing is not news
+				log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("NATS error")
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(done) }),
+	}
+	if o.natsCreds != "" {
+		if _, err := os.Stat(o.natsCreds); err != nil {
+			return nil, nil, fmt.Errorf("--nats-creds: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(o.natsCreds))
+	}
+	nc, err = nats.Connect(o.natsURL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", o.natsURL, err)
+	}
+	log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
+	return nc, done, nil
+}
+
+// run is the whole command: it returns when ctx is cancelled (SIGTERM, SIGINT) and the worker
+// has drained, or at once when it cannot start.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log, err := config.NewLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	log = log.With().Str("service", "worker").Logger()
+
+	env, err := newBackend(o, log)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+
+	nc, closed, err := connect(o, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	w, err := worker.New(o.worker, nc, env, log)
+	if err != nil {
+		return err
+	}
+	if err := w.Start(ctx); err != nil {
+		// Undo what Start did (registration, service) before giving up.
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = w.Shutdown(sctx)
+		return err
+	}
+	log.Info().Str("version", version).Str("backend", env.Name()).Str("image", o.worker.Image).
+		Msg("worker ready")
+
+	<-ctx.Done()
+	log.Info().Str("drain_timeout", o.worker.DrainTimeout.String()).Msg("signal received: draining (a second signal exits at once)")
+	sctx, cancel := context.WithTimeout(context.Background(), o.worker.DrainTimeout+shutdownSlack)
+	defer cancel()
+	serr := w.Shutdown(sctx)
+	if serr != nil {
+		log.Error().Err(serr).Msg("shutdown")
+	}
+	if err := nc.Drain(); err != nil {
+		log.Warn().Err(err).Msg("NATS drain")
+	} else {
+		select {
+		case <-closed:
+		case <-sctx.Done():
+			log.Warn().Msg("NATS drain did not finish in time")
+		}
+	}
+	if serr != nil {
+		return fmt.Errorf("shutdown: %w", serr)
+	}
+	log.Info().Msg("bye")
+	return nil
+}

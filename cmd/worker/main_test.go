@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// clearEnv unsets, for the test, every variable that configures the worker, so that the
+// environment `go test` runs in cannot change what the test sees.
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, config.DefaultEnvPrefix) || k == "NATS_URL" {
+			t.Setenv(k, "")
+			os.Unsetenv(k)
+		}
+	}
+}
+
+// fakeAgent returns an executable file standing in for sandbox-agent: the Docker backend only
+// reads it when it creates a sandbox.
+func fakeAgent(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sandbox-agent")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// closedPort returns a loopback NATS URL nobody listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "nats://" + addr
+}
+
+func TestSanitizeID(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"worker-0", "worker-0"},
+		{"codefleet-worker-3", "codefleet-worker-3"},
+		{"Host_01", "Host_01"},
+		{"host.example.com", "host-example-com"},
+		{"my host", "my-host"},
+		{"hôte", "h-te"},
+		{"", "worker"},
+		{"...", "worker"},
+		{strings.Repeat("a", 200), strings.Repeat("a", 128)},
+		{strings.Repeat("é", 200), "worker"},
+	} {
+		got := sanitizeID(tc.in)
+		if got != tc.want {
+			t.Errorf("sanitizeID(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if !protocol.ValidID(got) {
+			t.Errorf("sanitizeID(%q) = %q is not a valid id", tc.in, got)
+		}
+	}
+}
+
+func TestDefaultIDIsHostName(t *testing.T) {
+	clearEnv(t)
+	o, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	if o.worker.ID != sanitizeID(host) {
+		t.Errorf("id = %q, want the sanitized host name %q", o.worker.ID, sanitizeID(host))
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		args  []string
+		check func(t *testing.T, o *options)
+	}{
+		{
+			name: "defaults",
+			check: func(t *testing.T, o *options) {
+				if o.natsURL != "nats://127.0.0.1:4222" || o.backend != "docker" || o.worker.Prefix != "codefleet" {
+					t.Errorf("nats %q backend %q prefix %q", o.natsURL, o.backend, o.worker.Prefix)
+				}
+				if o.docker.Memory != 512<<20 || o.docker.NanoCPUs != 1e9 || o.docker.MaxOutput != 256<<10 {
+					t.Errorf("memory %d cpus %d max output %d", o.docker.Memory, o.docker.NanoCPUs, o.docker.MaxOutput)
+				}
+				if o.worker.Image != "codefleet-sandbox:bookworm" || o.docker.Image != o.worker.Image {
+					t.Errorf("image %q / %q", o.worker.Image, o.docker.Image)
+				}
+				if o.worker.Version != config.SemVer(version) {
+					t.Errorf("version %q", o.worker.Version)
+				}
+			},
+		},
+		{
+			name: "env",
+			env: map[string]string{
+				"CODEFLEET_ID": "w-env", "NATS_URL": "nats://alias:4222", "CODEFLEET_CAPACITY": "5",
+				"CODEFLEET_MAX_TIMEOUT": "90s", "CODEFLEET_MEMORY": "1g", "CODEFLEET_CPUS": "0.5",
+				"CODEFLEET_CAP_ADD": "CHOWN, SETUID", "CODEFLEET_DESTROY_ON_SHUTDOWN": "true",
+				"CODEFLEET_ALLOWED_IMAGES": "python:3.12,*",
+			},
+			check: func(t *testing.T, o *options) {
+				if o.worker.ID != "w-env" || o.natsURL != "nats://alias:4222" || o.worker.Capacity != 5 ||
+					o.worker.MaxTimeout != 90*time.Second || o.docker.Memory != 1<<30 || o.docker.NanoCPUs != 5e8 ||
+					!o.worker.DestroyOnShutdown {
+					t.Errorf("options %+v", o)
+				}
+				if !reflect.DeepEqual(o.docker.CapAdd, []string{"CHOWN", "SETUID"}) ||
+					!reflect.DeepEqual(o.worker.AllowedImages, []string{"python:3.12", "*"}) {
+					t.Errorf("cap add %q allowed images %q", o.docker.CapAdd, o.worker.AllowedImages)
+				}
+			},
+		},
+		{
+			name: "flags win",
+			env:  map[string]string{"CODEFLEET_ID": "w-env", "CODEFLEET_NATS_URL": "nats://env:4222", "CODEFLEET_MEMORY": "1g"},
+			args: []string{"--id", "w-flag", "--nats-url=nats://flag:4222", "--memory", "64m", "--image", "img:1"},
+			check: func(t *testing.T, o *options) {
+				if o.worker.ID != "w-flag" || o.natsURL != "nats://flag:4222" || o.docker.Memory != 64<<20 ||
+					o.worker.Image != "img:1" || o.docker.Image != "img:1" {
+					t.Errorf("options %+v", o)
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			o, err := parseFlags(tc.args, &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
+
+// TestStartupErrors: a bad configuration fails before anything connects, with an error that
+// says what to fix.
+func TestStartupErrors(t *testing.T) {
+	agent := fakeAgent(t)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string // substrings of the error
+	}{
+		{name: "unknown backend", args: []string{"--backend", "daytona", "--agent", agent},
+			want: []string{`unknown backend "daytona"`, "docker"}},
+		{name: "unknown backend from env", env: map[string]string{"CODEFLEET_BACKEND": "k8s"},
+			want: []string{`unknown backend "k8s"`, "CODEFLEET_BACKEND"}},
+		{name: "missing agent", args: []string{"--nats-url", closedPort(t)},
+			want: []string{"sandbox-agent binary was not found", "--agent", "CODEFLEET_AGENT"}},
+		{name: "agent flag names no file", args: []string{"--agent", "/nonexistent/sandbox-agent"},
+			want: []string{"--agent /nonexistent/sandbox-agent", "no such file"}},
+		{name: "agent not executable", args: []string{"--agent", "main_test.go"},
+			want: []string{"not executable"}},
+		{name: "bad env value", env: map[string]string{"CODEFLEET_MAX_TIMEOUT": "ten"},
+			want: []string{"CODEFLEET_MAX_TIMEOUT", "not a duration"}},
+		{name: "bad id", args: []string{"--id", "a.b"}, want: []string{`id "a.b"`}},
+		{name: "bad cpus", args: []string{"--cpus", "0"}, want: []string{"--cpus"}},
+		{name: "memory too small", args: []string{"--memory", "1m"}, want: []string{"--memory 1MiB", "at least 6MiB"}},
+		{name: "bad heartbeat", args: []string{"--heartbeat-ttl", "1s"}, want: []string{"heartbeat TTL 1s"}},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, want: []string{"log level"}},
+		{name: "stray argument", args: []string{"serve"}, want: []string{"unexpected arguments"}},
+		{name: "no NATS", args: []string{"--agent", agent, "--nats-url", closedPort(t)},
+			want: []string{"connect to NATS at nats://127.0.0.1:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			t.Setenv("PATH", t.TempDir()) // no sandbox-agent in $PATH
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var stderr bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, tc.args, &stderr)
+			if err == nil {
+				t.Fatal("run succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	clearEnv(t)
+	var stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stderr); err != nil {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, w := range []string{"--nats-url string", "$CODEFLEET_NATS_URL, $NATS_URL", "--memory size", "$CODEFLEET_MEMORY", "(default 512MiB)"} {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("help lacks %q", w)
+		}
+	}
+}
+
+// TestREADMEDocumentsFlags keeps the README's configuration table in step with the flags.
+func TestREADMEDocumentsFlags(t *testing.T) {
+	clearEnv(t)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Skipf("no README: %v", err)
+	}
+	var stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	flags := regexp.MustCompile(`(?m)^  --([a-z-]+)`).FindAllStringSubmatch(stderr.String(), -1)
+	if len(flags) < 30 {
+		t.Fatalf("only %d flags in the help", len(flags))
+	}
+	for _, f := range flags {
+		row := "| `--" + f[1] + "` | `" + config.EnvName(f[1]) + "`"
+		if !bytes.Contains(readme, []byte(row)) {
+			t.Errorf("README.md has no table row starting %q", row)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the worker's goroutines to log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRunStartsAndStops starts the worker on an embedded NATS server, sees it register, then
+// cancels its context as SIGTERM does and sees it drain, deregister and return nil. The Docker
+// daemon is only asked for sandboxes to re-adopt; without it the worker warns and goes on.
+func TestRunStartsAndStops(t *testing.T) {
+	clearEnv(t)
+	srv := testutil.StartNATS(t)
+	nc := testutil.Connect(t, srv)
+	id := "cmd-test-" + strings.ReplaceAll(testutil.RunID, ".", "-")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--nats-url", srv.ClientURL(), "--id", id, "--agent", fakeAgent(t),
+			"--drain-timeout", "2s", "--log-level", "debug"}, &logs)
+	}()
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, logs.String())
+		default:
+		}
+		kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Get(ctx, id)
+		return err
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v\n%s", err, logs.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("run did not return after cancel\n%s", logs.String())
+	}
+	kv, err := js.KeyValue(context.Background(), protocol.WorkersBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(context.Background(), id); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("registration after shutdown: %v, want ErrKeyNotFound", err)
+	}
+	for _, w := range []string{"NATS connected", "worker ready", "draining", "bye"} {
+		if !strings.Contains(logs.String(), w) {
+			t.Errorf("logs lack %q:\n%s", w, logs.String())
+		}
+	}
+}

@@ -1,0 +1,527 @@
+// Package config declares the command-line flags of codefleet's daemons so that each one can
+// also be set by an environment variable: flag --max-timeout is CODEFLEET_MAX_TIMEOUT (the flag
+// name upper-cased, dashes turned into underscores, behind the prefix). A flag given on the
+// command line wins over its variable, which wins over the default.
+//
+// Values: strings, ints, bools, durations ("90s", "10m"), floats, comma-separated lists and
+// byte sizes ("512MiB", "1g", "256k"; see ParseSize).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultEnvPrefix is the prefix of the environment variables of codefleet's flags.
+const DefaultEnvPrefix = "CODEFLEET_"
+
+// EnvName returns the environment variable of a flag with the default prefix:
+// "max-timeout" → "CODEFLEET_MAX_TIMEOUT".
+func EnvName(flagName string) string { return envName(DefaultEnvPrefix, flagName) }
+
+func envName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// FlagSet is a set of flags whose defaults may come from the environment. Declare the flags,
+// then call Parse.
+type FlagSet struct {
+	fs     *flag.FlagSet
+	prefix string
+	// Summary is printed at the top of the usage text, before the flags.
+	Summary string
+	// LookupEnv reads the environment; os.LookupEnv unless replaced (tests).
+	LookupEnv func(string) (string, bool)
+
+	entries map[string]*entry
+}
+
+type entry struct {
+	name     string
+	typeName string
+	usage    string
+	def      string // default as shown in the usage; "" shows none
+	env      []string
+}
+
+// New returns a flag set named name (the command) that writes usage and errors to output and
+// reads variables with DefaultEnvPrefix.
+func New(name string, output io.Writer) *FlagSet {
+	f := &FlagSet{
+		fs:        flag.NewFlagSet(name, flag.ContinueOnError),
+		prefix:    DefaultEnvPrefix,
+		LookupEnv: os.LookupEnv,
+		entries:   map[string]*entry{},
+	}
+	f.fs.SetOutput(output)
+	f.fs.Usage = f.usage
+	return f
+}
+
+// FlagSet returns the underlying standard flag set.
+func (f *FlagSet) FlagSet() *flag.FlagSet { return f.fs }
+
+// Env returns the environment variables of a declared flag, first the main one, then aliases.
+func (f *FlagSet) Env(flagName string) []string {
+	if e := f.entries[flagName]; e != nil {
+		return append([]string(nil), e.env...)
+	}
+	return nil
+}
+
+// Alias makes the variable env another source of a declared flag, read when the flag's own
+// variable is unset (e.g. NATS_URL for --nats-url).
+func (f *FlagSet) Alias(flagName, env string) {
+	e := f.entries[flagName]
+	if e == nil {
+		panic("config: alias for undeclared flag " + flagName)
+	}
+	e.env = append(e.env, env)
+}
+
+func (f *FlagSet) add(v flag.Value, name, typeName, def, usage string) {
+	f.fs.Var(v, name, usage)
+	f.entries[name] = &entry{name: name, typeName: typeName, usage: usage, def: def, env: []string{envName(f.prefix, name)}}
+}
+
+// String declares a string flag.
+func (f *FlagSet) String(name, def, usage string) *string {
+	p := new(string)
+	f.StringVar(p, name, def, usage)
+	return p
+}
+
+// StringVar declares a string flag stored in p.
+func (f *FlagSet) StringVar(p *string, name, def, usage string) {
+	*p = def
+	shown := ""
+	if def != "" {
+		shown = strconv.Quote(def)
+	}
+	f.add((*stringValue)(p), name, "string", shown, usage)
+}
+
+// Int declares an int flag.
+func (f *FlagSet) Int(name string, def int, usage string) *int {
+	p := new(int)
+	f.IntVar(p, name, def, usage)
+	return p
+}
+
+// IntVar declares an int flag stored in p.
+func (f *FlagSet) IntVar(p *int, name string, def int, usage string) {
+	*p = def
+	f.add((*intValue)(p), name, "int", nonZero(strconv.Itoa(def)), usage)
+}
+
+// Int64 declares an int64 flag.
+func (f *FlagSet) Int64(name string, def int64, usage string) *int64 {
+	p := new(int64)
+	f.Int64Var(p, name, def, usage)
+	return p
+}
+
+// Int64Var declares an int64 flag stored in p.
+func (f *FlagSet) Int64Var(p *int64, name string, def int64, usage string) {
+	*p = def
+	f.add((*int64Value)(p), name, "int", nonZero(strconv.FormatInt(def, 10)), usage)
+}
+
+// Float64 declares a float64 flag.
+func (f *FlagSet) Float64(name string, def float64, usage string) *float64 {
+	p := new(float64)
+	f.Float64Var(p, name, def, usage)
+	return p
+}
+
+// Float64Var declares a float64 flag stored in p.
+func (f *FlagSet) Float64Var(p *float64, name string, def float64, usage string) {
+	*p = def
+	f.add((*float64Value)(p), name, "float", nonZero(strconv.FormatFloat(def, 'g', -1, 64)), usage)
+}
+
+// Bool declares a bool flag: --name alone sets it; --name=false clears it.
+func (f *FlagSet) Bool(name string, def bool, usage string) *bool {
+	p := new(bool)
+	f.BoolVar(p, name, def, usage)
+	return p
+}
+
+// BoolVar declares a bool flag stored in p.
+func (f *FlagSet) BoolVar(p *bool, name string, def bool, usage string) {
+	*p = def
+	shown := ""
+	if def {
+		shown = "true"
+	}
+	f.add((*boolValue)(p), name, "", shown, usage)
+}
+
+// Duration declares a duration flag ("1.5s", "10m", "24h").
+func (f *FlagSet) Duration(name string, def time.Duration, usage string) *time.Duration {
+	p := new(time.Duration)
+	f.DurationVar(p, name, def, usage)
+	return p
+}
+
+// DurationVar declares a duration flag stored in p.
+func (f *FlagSet) DurationVar(p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	shown := ""
+	if def != 0 {
+		shown = FormatDuration(def)
+	}
+	f.add((*durationValue)(p), name, "duration", shown, usage)
+}
+
+// nonZero hides a zero default in the usage, as the flag package does.
+func nonZero(s string) string {
+	if s == "0" {
+		return ""
+	}
+	return s
+}
+
+// FormatDuration formats d as time.Duration.String does, without zero minutes and seconds at
+// the end: 30m0s → "30m", 24h0m0s → "24h", 1h30m0s → "1h30m". time.ParseDuration reads it.
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// StringList declares a list flag: a comma-separated value ("a,b"); blanks are trimmed and
+// empty items dropped. Repeating the flag on the command line adds to the list.
+func (f *FlagSet) StringList(name string, def []string, usage string) *[]string {
+	p := new([]string)
+	f.StringListVar(p, name, def, usage)
+	return p
+}
+
+// StringListVar declares a list flag stored in p.
+func (f *FlagSet) StringListVar(p *[]string, name string, def []string, usage string) {
+	*p = append([]string(nil), def...)
+	f.add(&listValue{p: p}, name, "list", strings.Join(def, ","), usage)
+}
+
+// Size declares a byte-size flag ("512MiB", "1g", "256k", "4096"; see ParseSize).
+func (f *FlagSet) Size(name string, def int64, usage string) *int64 {
+	p := new(int64)
+	f.SizeVar(p, name, def, usage)
+	return p
+}
+
+// SizeVar declares a byte-size flag stored in p.
+func (f *FlagSet) SizeVar(p *int64, name string, def int64, usage string) {
+	*p = def
+	shown := ""
+	if def != 0 {
+		shown = FormatSize(def)
+	}
+	f.add((*sizeValue)(p), name, "size", shown, usage)
+}
+
+// Parse parses args, then sets every flag not given in args from its environment variable.
+// A bad value in a variable is an error naming the variable. With -h or --help it prints the
+// usage and returns flag.ErrHelp.
+// The flag package's own report of a bad command line is not printed (it would repeat the
+// returned error and bury it under the usage): the caller prints the error.
+func (f *FlagSet) Parse(args []string) error {
+	out := f.fs.Output()
+	var buf bytes.Buffer
+	f.fs.SetOutput(&buf)
+	err := f.fs.Parse(args)
+	f.fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		_, _ = out.Write(buf.Bytes())
+	}
+	if err != nil {
+		return err
+	}
+	explicit := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+	var errs []error
+	for _, name := range f.names() {
+		if explicit[name] {
+			continue
+		}
+		for _, env := range f.entries[name].env {
+			v, ok := f.LookupEnv(env)
+			if !ok {
+				continue
+			}
+			if err := f.fs.Set(name, v); err != nil {
+				errs = append(errs, fmt.Errorf("environment variable %s=%q (flag --%s): %w", env, v, name, unwrapSet(err)))
+			}
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unwrapSet removes the flag package's own wording around a Value's Set error.
+func unwrapSet(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+// Args returns the arguments left after the flags.
+func (f *FlagSet) Args() []string { return f.fs.Args() }
+
+func (f *FlagSet) names() []string {
+	names := make([]string, 0, len(f.entries))
+	for n := range f.entries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Usage prints the usage text to the flag set's output.
+func (f *FlagSet) Usage() { f.usage() }
+
+func (f *FlagSet) usage() {
+	w := f.fs.Output()
+	if f.Summary != "" {
+		fmt.Fprintf(w, "%s\n\n", strings.TrimRight(f.Summary, "\n"))
+	}
+	fmt.Fprintf(w, "Usage: %s [flags]\n\n", f.fs.Name())
+	fmt.Fprintf(w, "Every flag can also be set by the environment variable shown beside it;\na flag given on the command line wins over its variable.\n\n")
+	f.PrintDefaults()
+}
+
+// PrintDefaults prints one block per flag: name, type and variables, then the usage and default.
+func (f *FlagSet) PrintDefaults() {
+	w := f.fs.Output()
+	for _, name := range f.names() {
+		e := f.entries[name]
+		head := "  --" + e.name
+		if e.typeName != "" {
+			head += " " + e.typeName
+		}
+		envs := make([]string, len(e.env))
+		for i, v := range e.env {
+			envs[i] = "$" + v
+		}
+		fmt.Fprintf(w, "%-34s %s\n", head, strings.Join(envs, ", "))
+		line := "      " + e.usage
+		if e.def != "" {
+			line += " (default " + e.def + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+// Entry describes one declared flag, for documentation.
+type Entry struct {
+	Name    string
+	Type    string
+	Env     []string
+	Default string
+	Usage   string
+}
+
+// Entries returns the declared flags sorted by name.
+func (f *FlagSet) Entries() []Entry {
+	out := make([]Entry, 0, len(f.entries))
+	for _, n := range f.names() {
+		e := f.entries[n]
+		out = append(out, Entry{Name: e.name, Type: e.typeName, Env: append([]string(nil), e.env...), Default: e.def, Usage: e.usage})
+	}
+	return out
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 0, strconv.IntSize)
+	if err != nil {
+		return numError(err)
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type int64Value int64
+
+func (v *int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 0, 64)
+	if err != nil {
+		return numError(err)
+	}
+	*v = int64Value(n)
+	return nil
+}
+func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+
+type float64Value float64
+
+func (v *float64Value) Set(s string) error {
+	n, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return numError(err)
+	}
+	*v = float64Value(n)
+	return nil
+}
+func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a boolean (want true or false)")
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("not a duration (want e.g. 500ms, 30s, 10m, 24h)")
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+type listValue struct {
+	p   *[]string
+	set bool // set from the command line at least once: later values add to it
+}
+
+func (v *listValue) Set(s string) error {
+	items := SplitList(s)
+	if v.set {
+		*v.p = append(*v.p, items...)
+	} else {
+		*v.p = items
+	}
+	v.set = true
+	return nil
+}
+
+func (v *listValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+// SplitList splits a comma-separated list, trimming blanks and dropping empty items.
+func SplitList(s string) []string {
+	out := []string{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+type sizeValue int64
+
+func (v *sizeValue) Set(s string) error {
+	n, err := ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*v = sizeValue(n)
+	return nil
+}
+func (v *sizeValue) String() string { return FormatSize(int64(*v)) }
+
+func numError(err error) error {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		if errors.Is(ne.Err, strconv.ErrRange) {
+			return errors.New("out of range")
+		}
+		return errors.New("not a number")
+	}
+	return err
+}
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+
+// ParseSize parses a byte size: a non-negative number, optionally fractional, followed by an
+// optional unit, case-insensitive, with optional blanks between. Units are binary as in
+// Docker's --memory: k, kb and kib are 1024 bytes; m, mb, mib 1024²; g, gb, gib 1024³; t, tb,
+// tib 1024⁴; b or none are bytes. "512MiB", "1g", "256k", "1.5GB" and "4096" are sizes.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	mult, ok := sizeUnits[unit]
+	if num == "" || !ok {
+		return 0, fmt.Errorf("not a size %q (want e.g. 512MiB, 1g, 256k or a number of bytes)", s)
+	}
+	if !strings.Contains(num, ".") {
+		n, err := strconv.ParseInt(num, 10, 64)
+		if err != nil || n > (1<<63-1)/mult {
+			return 0, fmt.Errorf("size %q out of range", s)
+		}
+		return n * mult, nil
+	}
+	x, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("not a size %q (want e.g. 512MiB, 1g, 256k or a number of bytes)", s)
+	}
+	b := x * float64(mult)
+	if b >= 1<<63 {
+		return 0, fmt.Errorf("size %q out of range", s)
+	}
+	return int64(b), nil
+}
+
+// FormatSize formats a byte count with the largest binary unit that divides it exactly
+// (536870912 → "512MiB", 262144 → "256KiB"), or as plain bytes (1500 → "1500"). ParseSize
+// reads its output back.
+func FormatSize(n int64) string {
+	units := []struct {
+		name string
+		size int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+	for _, u := range units {
+		if n != 0 && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -1,0 +1,480 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEnvName(t *testing.T) {
+	for _, tc := range []struct{ flag, env string }{
+		{"max-timeout", "CODEFLEET_MAX_TIMEOUT"},
+		{"id", "CODEFLEET_ID"},
+		{"nats-url", "CODEFLEET_NATS_URL"},
+		{"kv-replicas", "CODEFLEET_KV_REPLICAS"},
+		{"already_snake", "CODEFLEET_ALREADY_SNAKE"},
+	} {
+		if got := EnvName(tc.flag); got != tc.env {
+			t.Errorf("EnvName(%q) = %q, want %q", tc.flag, got, tc.env)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"0", 0, false},
+		{"4096", 4096, false},
+		{"100b", 100, false},
+		{"256k", 256 << 10, false},
+		{"256K", 256 << 10, false},
+		{"256kb", 256 << 10, false},
+		{"256KiB", 256 << 10, false},
+		{"512MiB", 512 << 20, false},
+		{"512m", 512 << 20, false},
+		{"512 MB", 512 << 20, false},
+		{"1g", 1 << 30, false},
+		{"1GiB", 1 << 30, false},
+		{"1.5g", 3 << 29, false},
+		{"0.5k", 512, false},
+		{"2t", 2 << 40, false},
+		{" 64m ", 64 << 20, false},
+		{"", 0, true},
+		{"m", 0, true},
+		{"-1", 0, true},
+		{"-1g", 0, true},
+		{"12x", 0, true},
+		{"1e3", 0, true},
+		{"1.2.3m", 0, true},
+		{"9999999999999t", 0, true},
+		{"99999999999999999999", 0, true},
+	} {
+		got, err := ParseSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   int64
+		want string
+	}{
+		{0, "0"},
+		{1500, "1500"},
+		{1024, "1KiB"},
+		{256 << 10, "256KiB"},
+		{512 << 20, "512MiB"},
+		{1 << 30, "1GiB"},
+		{3 << 29, "1536MiB"},
+		{5 << 40, "5TiB"},
+	} {
+		got := FormatSize(tc.in)
+		if got != tc.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tc.in, got, tc.want)
+		}
+		back, err := ParseSize(got)
+		if err != nil || back != tc.in {
+			t.Errorf("ParseSize(FormatSize(%d)) = %d, %v", tc.in, back, err)
+		}
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"", []string{}},
+		{"a", []string{"a"}},
+		{"a,b", []string{"a", "b"}},
+		{" a , b ,, c,", []string{"a", "b", "c"}},
+	} {
+		if got := SplitList(tc.in); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("SplitList(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// values is every kind of flag, declared on one set.
+type values struct {
+	str   *string
+	n     *int
+	n64   *int64
+	f     *float64
+	b     *bool
+	d     *time.Duration
+	list  *[]string
+	size  *int64
+	alias *string
+}
+
+func declare(fs *FlagSet) values {
+	v := values{
+		str:   fs.String("name", "def", "a string"),
+		n:     fs.Int("count", 3, "an int"),
+		n64:   fs.Int64("big", 7, "an int64"),
+		f:     fs.Float64("cpus", 1, "a float"),
+		b:     fs.Bool("flag", false, "a bool"),
+		d:     fs.Duration("max-timeout", 10*time.Minute, "a duration"),
+		list:  fs.StringList("allowed-images", []string{"x"}, "a list"),
+		size:  fs.Size("memory", 512<<20, "a size"),
+		alias: fs.String("nats-url", "nats://127.0.0.1:4222", "a string with an alias"),
+	}
+	fs.Alias("nats-url", "NATS_URL")
+	return v
+}
+
+func (v values) snapshot() map[string]any {
+	return map[string]any{
+		"name": *v.str, "count": *v.n, "big": *v.n64, "cpus": *v.f, "flag": *v.b,
+		"max-timeout": *v.d, "allowed-images": *v.list, "memory": *v.size, "nats-url": *v.alias,
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	defaults := map[string]any{
+		"name": "def", "count": 3, "big": int64(7), "cpus": 1.0, "flag": false,
+		"max-timeout": 10 * time.Minute, "allowed-images": []string{"x"}, "memory": int64(512 << 20),
+		"nats-url": "nats://127.0.0.1:4222",
+	}
+	with := func(kv ...any) map[string]any {
+		m := map[string]any{}
+		for k, v := range defaults {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want map[string]any
+	}{
+		{name: "defaults", want: defaults},
+		{
+			name: "env",
+			env: map[string]string{
+				"CODEFLEET_NAME": "fromenv", "CODEFLEET_COUNT": "5", "CODEFLEET_BIG": "1099511627776",
+				"CODEFLEET_CPUS": "0.5", "CODEFLEET_FLAG": "true", "CODEFLEET_MAX_TIMEOUT": "90s",
+				"CODEFLEET_ALLOWED_IMAGES": "a, b", "CODEFLEET_MEMORY": "1g",
+				"CODEFLEET_NATS_URL": "nats://env:4222",
+			},
+			want: map[string]any{
+				"name": "fromenv", "count": 5, "big": int64(1 << 40), "cpus": 0.5, "flag": true,
+				"max-timeout": 90 * time.Second, "allowed-images": []string{"a", "b"}, "memory": int64(1 << 30),
+				"nats-url": "nats://env:4222",
+			},
+		},
+		{
+			name: "flags win over env",
+			env: map[string]string{
+				"CODEFLEET_NAME": "fromenv", "CODEFLEET_COUNT": "5", "CODEFLEET_FLAG": "true",
+				"CODEFLEET_MAX_TIMEOUT": "90s", "CODEFLEET_ALLOWED_IMAGES": "a,b", "CODEFLEET_MEMORY": "1g",
+			},
+			args: []string{"--name=flag", "-count", "9", "--flag=false", "--max-timeout", "2m",
+				"--allowed-images", "c", "--memory", "256k"},
+			want: with("name", "flag", "count", 9, "flag", false, "max-timeout", 2*time.Minute,
+				"allowed-images", []string{"c"}, "memory", int64(256<<10)),
+		},
+		{
+			name: "empty env value is a value",
+			env:  map[string]string{"CODEFLEET_NAME": "", "CODEFLEET_ALLOWED_IMAGES": ""},
+			want: with("name", "", "allowed-images", []string{}),
+		},
+		{
+			name: "bool flag alone",
+			args: []string{"--flag"},
+			want: with("flag", true),
+		},
+		{
+			name: "repeated list flag adds",
+			args: []string{"--allowed-images", "a,b", "--allowed-images=c"},
+			want: with("allowed-images", []string{"a", "b", "c"}),
+		},
+		{
+			name: "alias when own variable unset",
+			env:  map[string]string{"NATS_URL": "nats://alias:4222"},
+			want: with("nats-url", "nats://alias:4222"),
+		},
+		{
+			name: "own variable wins over alias",
+			env:  map[string]string{"NATS_URL": "nats://alias:4222", "CODEFLEET_NATS_URL": "nats://own:4222"},
+			want: with("nats-url", "nats://own:4222"),
+		},
+		{
+			name: "flag wins over alias",
+			env:  map[string]string{"NATS_URL": "nats://alias:4222"},
+			args: []string{"--nats-url", "nats://flag:4222"},
+			want: with("nats-url", "nats://flag:4222"),
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, k := range []string{"CODEFLEET_NAME", "CODEFLEET_COUNT", "CODEFLEET_BIG", "CODEFLEET_CPUS",
+				"CODEFLEET_FLAG", "CODEFLEET_MAX_TIMEOUT", "CODEFLEET_ALLOWED_IMAGES", "CODEFLEET_MEMORY",
+				"CODEFLEET_NATS_URL", "NATS_URL"} {
+				unsetenv(t, k)
+			}
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			fs := New("test", io.Discard)
+			v := declare(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if got := v.snapshot(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// unsetenv unsets k for the test (t.Setenv restores it afterwards).
+func unsetenv(t *testing.T, k string) {
+	t.Setenv(k, "")
+	if err := os.Unsetenv(k); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBadEnvValue(t *testing.T) {
+	for _, tc := range []struct {
+		env, value string
+		want       string // in the error besides the variable's name
+	}{
+		{"CODEFLEET_COUNT", "lots", "not a number"},
+		{"CODEFLEET_COUNT", "99999999999999999999", "out of range"},
+		{"CODEFLEET_BIG", "1.5", "not a number"},
+		{"CODEFLEET_CPUS", "one", "not a number"},
+		{"CODEFLEET_FLAG", "yes please", "not a boolean"},
+		{"CODEFLEET_MAX_TIMEOUT", "10", "not a duration"},
+		{"CODEFLEET_MEMORY", "lots", "not a size"},
+		{"NATS_URL", "", ""}, // a string never fails: the control case
+	} {
+		t.Run(tc.env+"="+tc.value, func(t *testing.T) {
+			t.Setenv(tc.env, tc.value)
+			fs := New("test", io.Discard)
+			declare(fs)
+			err := fs.Parse(nil)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse accepted %s=%q", tc.env, tc.value)
+			}
+			if !strings.Contains(err.Error(), tc.env) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not name %s or say %q", err, tc.env, tc.want)
+			}
+		})
+	}
+}
+
+func TestBadEnvIgnoredWhenFlagGiven(t *testing.T) {
+	t.Setenv("CODEFLEET_COUNT", "lots")
+	fs := New("test", io.Discard)
+	v := declare(fs)
+	if err := fs.Parse([]string{"--count=4"}); err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if *v.n != 4 {
+		t.Errorf("count = %d, want 4", *v.n)
+	}
+}
+
+func TestBadFlagValue(t *testing.T) {
+	fs := New("test", io.Discard)
+	declare(fs)
+	err := fs.Parse([]string{"--memory", "huge"})
+	if err == nil || !strings.Contains(err.Error(), "memory") || !strings.Contains(err.Error(), "not a size") {
+		t.Errorf("error = %v, want one naming --memory", err)
+	}
+}
+
+func TestUsageListsEnv(t *testing.T) {
+	var out bytes.Buffer
+	fs := New("test", &out)
+	fs.Summary = "test does things."
+	declare(fs)
+	if err := fs.Parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("Parse(--help) = %v, want flag.ErrHelp", err)
+	}
+	text := out.String()
+	for _, want := range []string{
+		"test does things.",
+		"--max-timeout duration", "$CODEFLEET_MAX_TIMEOUT", "(default 10m)",
+		"--memory size", "$CODEFLEET_MEMORY", "(default 512MiB)",
+		"--nats-url string", "$CODEFLEET_NATS_URL, $NATS_URL",
+		"--allowed-images list", "(default x)",
+		"--flag ", "$CODEFLEET_FLAG",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("usage lacks %q:\n%s", want, text)
+		}
+	}
+	// Every flag's line names its variable.
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, "  --") && !strings.Contains(line, "$CODEFLEET_") {
+			t.Errorf("usage line without a variable: %q", line)
+		}
+	}
+}
+
+func TestEntries(t *testing.T) {
+	fs := New("test", io.Discard)
+	declare(fs)
+	es := fs.Entries()
+	if len(es) != 9 {
+		t.Fatalf("%d entries, want 9", len(es))
+	}
+	for i := 1; i < len(es); i++ {
+		if es[i-1].Name >= es[i].Name {
+			t.Errorf("entries not sorted: %q before %q", es[i-1].Name, es[i].Name)
+		}
+	}
+	if got := fs.Env("nats-url"); !reflect.DeepEqual(got, []string{"CODEFLEET_NATS_URL", "NATS_URL"}) {
+		t.Errorf("Env(nats-url) = %q", got)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	for _, tc := range []struct {
+		name, level, format string
+		err                 bool
+		debugShown          bool
+		json                bool
+	}{
+		{name: "defaults", json: true},
+		{name: "json debug", level: "debug", format: "json", debugShown: true, json: true},
+		{name: "upper case", level: "DEBUG", format: "JSON", debugShown: true, json: true},
+		{name: "console", level: "info", format: "console"},
+		{name: "warn hides info", level: "warn", json: true},
+		{name: "bad level", level: "loud", err: true},
+		{name: "bad format", format: "xml", err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, err := NewLogger(&buf, tc.level, tc.format)
+			if tc.err {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			log.Debug().Msg("dbg")
+			log.Warn().Str("k", "v").Msg("hello")
+			out := buf.String()
+			if strings.Contains(out, "dbg") != tc.debugShown {
+				t.Errorf("debug shown = %v, want %v: %q", !tc.debugShown, tc.debugShown, out)
+			}
+			if !strings.Contains(out, "hello") {
+				t.Fatalf("no event: %q", out)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			last := lines[len(lines)-1]
+			var ev map[string]any
+			isJSON := json.Unmarshal([]byte(last), &ev) == nil
+			if isJSON != tc.json {
+				t.Fatalf("JSON = %v, want %v: %q", isJSON, tc.json, last)
+			}
+			if isJSON {
+				if ev["level"] != "warn" || ev["k"] != "v" || ev["message"] != "hello" {
+					t.Errorf("event %v lacks level, field or message", ev)
+				}
+				ts, _ := ev["time"].(string)
+				if _, err := time.Parse(TimeFormat, ts); err != nil || len(ts) != len("2006-01-02T15:04:05.000Z") {
+					t.Errorf("time %q is not in TimeFormat: %v", ts, err)
+				}
+			} else {
+				if strings.Contains(last, "\x1b[") {
+					t.Errorf("console output to a buffer is coloured: %q", last)
+				}
+				if !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WRN hello k=v$`).MatchString(last) {
+					t.Errorf("console line %q", last)
+				}
+			}
+		})
+	}
+}
+
+func TestBadCommandLineNotPrinted(t *testing.T) {
+	var out bytes.Buffer
+	fs := New("test", &out)
+	declare(fs)
+	err := fs.Parse([]string{"--no-such-flag"})
+	if err == nil || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Fatalf("error = %v, want one naming the flag", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("printed %q; the caller prints the error", out.String())
+	}
+}
+
+func TestFormatDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   time.Duration
+		want string
+	}{
+		{0, "0s"},
+		{time.Second, "1s"},
+		{1500 * time.Millisecond, "1.5s"},
+		{250 * time.Millisecond, "250ms"},
+		{10 * time.Minute, "10m"},
+		{90 * time.Second, "1m30s"},
+		{24 * time.Hour, "24h"},
+		{90 * time.Minute, "1h30m"},
+		{time.Hour + time.Second, "1h0m1s"},
+	} {
+		got := FormatDuration(tc.in)
+		if got != tc.want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+		if back, err := time.ParseDuration(got); err != nil || back != tc.in {
+			t.Errorf("ParseDuration(%q) = %v, %v", got, back, err)
+		}
+	}
+}
+
+func TestSemVer(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"dev", "0.0.0-dev"},
+		{"", "0.0.0-dev"},
+		{"1.2.3", "1.2.3"},
+		{"v1.2.3", "1.2.3"},
+		{"v0.1.0-3-gabc123-dirty", "0.1.0-3-gabc123-dirty"},
+		{"v1.0.0+build.5", "1.0.0+build.5"},
+		{"c5970c7-dirty", "0.0.0-c5970c7-dirty"},
+		{"0123", "0.0.0-v0123"},
+		{"v1.2", "0.0.0-v1-2"},
+		{"my build/7", "0.0.0-my-build-7"},
+	} {
+		got := SemVer(tc.in)
+		if got != tc.want {
+			t.Errorf("SemVer(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if !semVer.MatchString(got) {
+			t.Errorf("SemVer(%q) = %q is not SemVer", tc.in, got)
+		}
+	}
+}

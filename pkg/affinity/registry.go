@@ -1,0 +1,390 @@
+package affinity
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// DefaultWorkerTTL is how long a worker's registration stays valid without a refresh.
+const DefaultWorkerTTL = 3 * time.Second
+
+// ErrNoWorker is returned (wrapped, with the reason) by Place when no worker can take a new
+// conversation.
+var ErrNoWorker = errors.New("no worker available")
+
+// p2cThreshold is the candidate count above which Place uses the power of two choices.
+const p2cThreshold = 8
+
+// minMarkerTTL is the shortest delete-marker TTL JetStream accepts.
+const minMarkerTTL = time.Second
+
+// WorkersBucketConfig is the configuration of the codefleet-workers bucket. Workers and
+// dispatchers must create it with this same function so that neither rewrites the other's
+// configuration: entries expire ttl after their last refresh, and an expired entry leaves a
+// delete marker (LimitMarkerTTL) so that watchers learn of a dead worker at once. JetStream
+// keeps markers at least a second, so LimitMarkerTTL is max(ttl, 1s).
+func WorkersBucketConfig(ttl time.Duration, replicas int) jetstream.KeyValueConfig {
+	if ttl <= 0 {
+		ttl = DefaultWorkerTTL
+	}
+	if replicas <= 0 {
+		replicas = 1
+	}
+	return jetstream.KeyValueConfig{
+		Bucket:         protocol.WorkersBucket,
+		Description:    "codefleet workers: one entry per live worker, refreshed every heartbeat",
+		TTL:            ttl,
+		History:        1,
+		Storage:        jetstream.MemoryStorage,
+		Replicas:       replicas,
+		LimitMarkerTTL: max(ttl, minMarkerTTL),
+	}
+}
+
+// RegistryConfig configures a Registry. The zero value is valid.
+type RegistryConfig struct {
+	// TTL: a worker whose entry is older than this, both by WorkerInfo.Updated and by the time
+	// the watch last saw it, is dead (default 3s). It is also the bucket's TTL when the
+	// Registry creates the bucket.
+	TTL time.Duration
+	// Replicas is the replica count of the bucket when the Registry creates it (default 1).
+	Replicas int
+	// OnLost is called, from one goroutine and never concurrently, when a known worker is
+	// lost: its key was deleted or purged (Delete on graceful shutdown, or the server's delete
+	// marker when its entry expires), or it was not refreshed for TTL (checked every TTL/4, so a
+	// worker that stops without its key expiring is noticed within TTL + TTL/4). Calls are
+	// queued: a slow OnLost delays later calls, not the Registry. It must not call Stop.
+	OnLost func(workerID string)
+}
+
+type workerState struct {
+	info protocol.WorkerInfo
+	seen time.Time     // when the watch last delivered the entry
+	lost chan struct{} // closed when the worker is lost
+}
+
+// Registry is the set of live workers, read from codefleet-workers and kept fresh by a KV
+// watch. Its methods are safe for concurrent use.
+type Registry struct {
+	cfg    RegistryConfig
+	kv     jetstream.KeyValue
+	w      jetstream.KeyWatcher
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the watch ends
+	quit   chan struct{} // closed by Stop
+	bg     sync.WaitGroup
+	once   sync.Once
+
+	mu      sync.Mutex
+	workers map[string]*workerState
+	pending map[string]int // placements made here since the worker's last registration update
+	events  []string       // lost workers not yet passed to OnLost
+	notify  chan struct{}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// OpenRegistry opens the workers bucket (creating it with WorkersBucketConfig(cfg.TTL,
+// cfg.Replicas) if it does not exist, never changing an existing one), starts a watch of all
+// its keys and returns once the registered workers are loaded. ctx bounds the opening only.
+func OpenRegistry(ctx context.Context, js jetstream.JetStream, cfg RegistryConfig) (*Registry, error) {
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultWorkerTTL
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	kv, err := openWorkersBucket(ctx, js, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("affinity: bucket %s: %w", protocol.WorkersBucket, err)
+	}
+	r := &Registry{
+		cfg: cfg, kv: kv, done: make(chan struct{}), quit: make(chan struct{}),
+		workers: make(map[string]*workerState), pending: make(map[string]int),
+		notify: make(chan struct{}, 1),
+	}
+	w, cancel, err := startWatch(ctx, kv, r.done, r.apply)
+	if err != nil {
+		return nil, fmt.Errorf("affinity: watch %s: %w", protocol.WorkersBucket, err)
+	}
+	r.w, r.cancel = w, cancel
+	r.bg.Add(2)
+	go r.expireLoop()
+	go r.callbackLoop()
+	return r, nil
+}
+
+// openWorkersBucket opens the bucket, or creates it when missing. A worker creating it at the
+// same moment with another configuration makes the create fail with ErrBucketExists: then
+// the worker's bucket is used.
+func openWorkersBucket(ctx context.Context, js jetstream.JetStream, cfg RegistryConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
+	if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kv, err
+	}
+	kv, err = js.CreateKeyValue(ctx, WorkersBucketConfig(cfg.TTL, cfg.Replicas))
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return js.KeyValue(ctx, protocol.WorkersBucket)
+	}
+	return kv, err
+}
+
+// Stop stops the watch and the expiry checks; queued OnLost calls are dropped and a running one
+// is waited for. The Registry must not be used afterwards.
+func (r *Registry) Stop() {
+	r.once.Do(func() {
+		close(r.quit)
+		r.cancel()
+		_ = r.w.Stop()
+		<-r.done
+		r.bg.Wait()
+	})
+}
+
+// Done is closed when the watch has ended: after Stop, or when the NATS connection closed.
+// Workers are then no longer refreshed and are lost TTL after their last update.
+func (r *Registry) Done() <-chan struct{} { return r.done }
+
+// apply takes one watch entry. Delete and purge operations, including the server's marker
+// when an entry expires (a KeyValuePurge with the Nats-Marker-Reason header MaxAge), lose
+// the worker.
+func (r *Registry) apply(e jetstream.KeyValueEntry) {
+	id := e.Key()
+	if e.Operation() != jetstream.KeyValuePut {
+		r.mu.Lock()
+		r.loseLocked(id)
+		r.mu.Unlock()
+		return
+	}
+	var info protocol.WorkerInfo
+	if err := json.Unmarshal(e.Value(), &info); err != nil {
+		return // not a registration: ignored
+	}
+	info.ID = id
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ws := r.workers[id]
+	if ws == nil {
+		ws = &workerState{lost: make(chan struct{})}
+		r.workers[id] = ws
+	}
+	ws.info, ws.seen = info, now
+	delete(r.pending, id)
+}
+
+// loseLocked forgets a worker, closes its Lost channel and queues the OnLost call.
+func (r *Registry) loseLocked(id string) {
+	ws := r.workers[id]
+	if ws == nil {
+		return
+	}
+	delete(r.workers, id)
+	delete(r.pending, id)
+	close(ws.lost)
+	if r.cfg.OnLost != nil {
+		r.events = append(r.events, id)
+		select {
+		case r.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *Registry) stale(ws *workerState, now time.Time) bool {
+	return now.Sub(ws.info.Updated) > r.cfg.TTL && now.Sub(ws.seen) > r.cfg.TTL
+}
+
+// expireLocked loses the workers not refreshed for TTL.
+func (r *Registry) expireLocked(now time.Time) {
+	for id, ws := range r.workers {
+		if r.stale(ws, now) {
+			r.loseLocked(id)
+		}
+	}
+}
+
+func (r *Registry) expireLoop() {
+	defer r.bg.Done()
+	t := time.NewTicker(r.cfg.TTL / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return
+		case now := <-t.C:
+			r.mu.Lock()
+			r.expireLocked(now)
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *Registry) callbackLoop() {
+	defer r.bg.Done()
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-r.notify:
+		}
+		r.mu.Lock()
+		events := r.events
+		r.events = nil
+		r.mu.Unlock()
+		for _, id := range events {
+			select {
+			case <-r.quit:
+				return
+			default:
+			}
+			r.cfg.OnLost(id)
+		}
+	}
+}
+
+func cloneInfo(info protocol.WorkerInfo) protocol.WorkerInfo {
+	info.Backends = slices.Clone(info.Backends)
+	info.Languages = slices.Clone(info.Languages)
+	return info
+}
+
+// Live returns the live workers (draining ones included), sorted by id.
+func (r *Registry) Live() []protocol.WorkerInfo {
+	r.mu.Lock()
+	r.expireLocked(time.Now())
+	out := make([]protocol.WorkerInfo, 0, len(r.workers))
+	for _, ws := range r.workers {
+		out = append(out, cloneInfo(ws.info))
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b protocol.WorkerInfo) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Get returns the registration of a live worker.
+func (r *Registry) Get(id string) (protocol.WorkerInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expireLocked(time.Now())
+	ws := r.workers[id]
+	if ws == nil {
+		return protocol.WorkerInfo{}, false
+	}
+	return cloneInfo(ws.info), true
+}
+
+// Lost returns a channel closed when worker id is lost; it is already closed if the worker is
+// not live now. A later registration of the same id makes a new channel for later callers.
+func (r *Registry) Lost(id string) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expireLocked(time.Now())
+	if ws := r.workers[id]; ws != nil {
+		return ws.lost
+	}
+	return closedChan
+}
+
+type candidate struct {
+	ws   *workerState
+	load int // registered load + placements made here since
+}
+
+// less reports whether a is less loaded than b (by load/capacity).
+func (a candidate) less(b candidate) bool {
+	return a.load*b.ws.info.Capacity < b.load*a.ws.info.Capacity
+}
+
+func (a candidate) same(b candidate) bool {
+	return a.load*b.ws.info.Capacity == b.load*a.ws.info.Capacity
+}
+
+// Place picks a worker for a new conversation: among the live, non-draining workers that list
+// backend (backend "" = any) and have Load < Capacity, the least loaded by Load/Capacity (ties
+// broken at random); with more than 8 candidates, the less loaded of two picked at random (power
+// of two choices). Load counts the placements this Registry made since the worker's last
+// registration update, so a burst of new conversations spreads. When no worker fits it returns
+// an error wrapping ErrNoWorker that says why.
+func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expireLocked(time.Now())
+	if len(r.workers) == 0 {
+		return protocol.WorkerInfo{}, fmt.Errorf("%w: no live workers", ErrNoWorker)
+	}
+	with := ""
+	if backend != "" {
+		with = fmt.Sprintf(" with backend %q", backend)
+	}
+	var withBackend, active int
+	cands := make([]candidate, 0, len(r.workers))
+	for id, ws := range r.workers {
+		if backend != "" && !slices.Contains(ws.info.Backends, backend) {
+			continue
+		}
+		withBackend++
+		if ws.info.Draining {
+			continue
+		}
+		active++
+		load := ws.info.Load + r.pending[id]
+		if ws.info.Capacity <= 0 || load >= ws.info.Capacity {
+			continue
+		}
+		cands = append(cands, candidate{ws: ws, load: load})
+	}
+	switch {
+	case withBackend == 0:
+		return protocol.WorkerInfo{}, fmt.Errorf("%w: none of the %d live workers has backend %q", ErrNoWorker, len(r.workers), backend)
+	case active == 0:
+		return protocol.WorkerInfo{}, fmt.Errorf("%w: all %d live workers%s are draining", ErrNoWorker, withBackend, with)
+	case len(cands) == 0:
+		return protocol.WorkerInfo{}, fmt.Errorf("%w: all %d non-draining workers%s are full", ErrNoWorker, active, with)
+	}
+	var best candidate
+	if len(cands) > p2cThreshold {
+		i := rand.IntN(len(cands))
+		j := rand.IntN(len(cands) - 1)
+		if j >= i {
+			j++
+		}
+		best = cands[i]
+		if cands[j].less(best) || (cands[j].same(best) && rand.IntN(2) == 0) {
+			best = cands[j]
+		}
+	} else {
+		ties := 0
+		for _, c := range cands {
+			switch {
+			case ties == 0 || c.less(best):
+				best, ties = c, 1
+			case c.same(best):
+				ties++
+				if rand.IntN(ties) == 0 {
+					best = c
+				}
+			}
+		}
+	}
+	r.pending[best.ws.info.ID]++
+	return cloneInfo(best.ws.info), nil
+}

@@ -1,0 +1,105 @@
+package worker_test
+
+import (
+	"context"
+	"io"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	dockerclient "github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+// BenchmarkWarmRun measures a warm run (sandbox already up) through the worker over NATS,
+// beside the same snippet through `docker exec` into the same container (what AG2's
+// DockerCodeEnvironment does with docker-py's exec_run), in the same process and run.
+//
+//	go test -run '^$' -bench WarmRun -benchtime 200x ./pkg/worker/
+func BenchmarkWarmRun(b *testing.B) {
+	ns := testutil.StartNATS(b)
+	w := startWorker(b, ns, newDocker(b), worker.Config{})
+	c := newClient(b, ns, w)
+	warm := c.ok("bench", "bash", "true")
+
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cli.Close()
+
+	snippets := []struct{ lang, code string }{{"bash", "true"}, {"python", "print(1)"}}
+	for _, sn := range snippets {
+		b.Run("worker/"+sn.lang, func(b *testing.B) {
+			req := protocol.Encode(&protocol.RunRequest{Language: sn.lang, Code: sn.code})
+			lat := make([]time.Duration, 0, b.N)
+			for b.Loop() {
+				start := time.Now()
+				res := c.rawRun("default", "bench", req)
+				lat = append(lat, time.Since(start))
+				if res.Error != nil || res.ExitCode != 0 {
+					b.Fatalf("run: %+v", res)
+				}
+			}
+			report(b, lat)
+		})
+	}
+	argv := map[string][]string{"bash": {"bash", "-c", "true"}, "python": {"python3", "-c", "print(1)"}}
+	for _, sn := range snippets {
+		b.Run("docker-exec/"+sn.lang, func(b *testing.B) {
+			lat := make([]time.Duration, 0, b.N)
+			for b.Loop() {
+				start := time.Now()
+				code := dockerExec(b, cli, warm.Sandbox.ID, argv[sn.lang])
+				lat = append(lat, time.Since(start))
+				if code != 0 {
+					b.Fatalf("docker exec exit %d", code)
+				}
+			}
+			report(b, lat)
+		})
+	}
+}
+
+// dockerExec is exec_run: create an exec, attach to it, read its output to the end and
+// inspect it for the exit code.
+func dockerExec(b *testing.B, cli *dockerclient.Client, id string, cmd []string) int {
+	ctx := context.Background()
+	ex, err := cli.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true, WorkingDir: "/workspace"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	att, err := cli.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, err = stdcopy.StdCopy(io.Discard, io.Discard, att.Reader)
+	att.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	insp, err := cli.ContainerExecInspect(ctx, ex.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return insp.ExitCode
+}
+
+// report adds latency percentiles to the benchmark's output.
+func report(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.90), "p90-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
