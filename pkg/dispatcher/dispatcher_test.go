@@ -1,0 +1,167 @@
+package dispatcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/client"
+	"github.com/codefleet/codefleet/pkg/dispatcher"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/fake"
+	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+const ttl = time.Second
+
+func startWorker(t *testing.T, ns *server.Server, id string, env envs.Env) *worker.Worker {
+	t.Helper()
+	nc := testutil.Connect(t, ns)
+	w, err := worker.New(worker.Config{ID: id, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true}, nc, env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	return w
+}
+
+func startDispatcher(t *testing.T, ns *server.Server) *dispatcher.Dispatcher {
+	t.Helper()
+	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: ttl}, testutil.Connect(t, ns), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background()) })
+	return d
+}
+
+func newClient(t *testing.T, ns *server.Server) *client.Client {
+	c, err := client.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestRoutesConversationsToTheirWorker(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	startWorker(t, ns, "wa", fake.New())
+	startWorker(t, ns, "wb", fake.New())
+	d := startDispatcher(t, ns)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := len(d.Workers()); n != 2 {
+			return fmt.Errorf("%d workers live", n)
+		}
+		return nil
+	})
+	c := newClient(t, ns)
+	ctx := context.Background()
+	owners := map[string]string{}
+	for i := 0; i < 6; i++ {
+		conv := c.Conversation(fmt.Sprintf("conv-%d", i))
+		res, err := conv.Run(ctx, fmt.Sprintf("echo %d > mine", i), "bash", nil)
+		if err != nil {
+			t.Fatalf("first run: %v", err)
+		}
+		owners[conv.ID()] = res.Sandbox.Worker
+		res, err = conv.Run(ctx, "cat mine", "bash", nil)
+		if err != nil || res.Output != fmt.Sprintf("%d\n", i) || res.Sandbox.Worker != owners[conv.ID()] {
+			t.Fatalf("second run of %s: %+v %v, want its file on worker %s", conv.ID(), res, err, owners[conv.ID()])
+		}
+	}
+	spread := map[string]int{}
+	for _, w := range owners {
+		spread[w]++
+	}
+	if len(spread) != 2 {
+		t.Fatalf("6 conversations all on %v", spread)
+	}
+	closed, err := c.Conversation("conv-0").Close(ctx)
+	if err != nil || !closed.Closed {
+		t.Fatalf("close: %+v %v", closed, err)
+	}
+	if again, err := c.Conversation("conv-0").Close(ctx); err != nil || again.Closed {
+		t.Fatalf("close twice: %+v %v", again, err)
+	}
+	_, err = c.Conversation("bad").Run(ctx, "x", "cobol", nil)
+	if perr := (*protocol.Error)(nil); !errors.As(err, &perr) || perr.Code != protocol.CodeUnsupportedLanguage {
+		t.Fatalf("cobol: %v", err)
+	}
+}
+
+// TestWorkerLostMidRun: a worker that dies mid-run gets its in-flight clients worker_lost within
+// the heartbeat TTL plus a second; the next run of the conversation succeeds on the other worker.
+func TestWorkerLostMidRun(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	// The doomed worker's connection is closed without a shutdown: it just vanishes.
+	doomedNC := testutil.Connect(t, ns)
+	doomed, err := worker.New(worker.Config{ID: "doomed", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl}, doomedNC, fake.New(), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doomed.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d := startDispatcher(t, ns)
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if len(d.Workers()) != 1 {
+			return errors.New("doomed worker not live")
+		}
+		return nil
+	})
+	c := newClient(t, ns)
+	conv := c.Conversation("victim")
+	if _, err := conv.Run(context.Background(), "true", "bash", nil); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, ns, "survivor", fake.New())
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var runErr error
+	var took time.Duration
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		_, runErr = conv.Run(context.Background(), "sleep 30", "bash", nil)
+		took = time.Since(start)
+	}()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if doomed.Info().Running != 1 {
+			return errors.New("not running")
+		}
+		return nil
+	})
+	killed := time.Now()
+	doomedNC.Close()
+	wg.Wait()
+	var perr *protocol.Error
+	if !errors.As(runErr, &perr) || perr.Code != protocol.CodeWorkerLost {
+		t.Fatalf("in-flight run: got %v, want worker_lost", runErr)
+	}
+	if since := time.Since(killed); since > ttl+time.Second+500*time.Millisecond {
+		t.Fatalf("worker_lost came %s after the worker died (run took %s)", since, took)
+	}
+	t.Logf("worker_lost %s after the worker died", time.Since(killed))
+	res, err := conv.Run(context.Background(), "echo again", "bash", nil)
+	if err != nil || res.Sandbox.Worker != "survivor" || !res.Sandbox.Recreated || res.Output != "again\n" {
+		t.Fatalf("next run: %+v %v, want it on survivor, recreated", res, err)
+	}
+	// The doomed process is gone as far as the fleet knows; stop its leftover run quickly.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	doomed.Shutdown(ctx)
+}
