@@ -159,3 +159,17 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// CountContainers returns how many managed containers carry label=value.
+func CountContainers(label, value string) (int, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", envs.LabelManagedBy+"="+envs.ManagedByValue), filters.Arg("label", label+"="+value))})
+	return len(list), err
+}
