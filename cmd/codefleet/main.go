@@ -19,9 +19,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -274,7 +272,7 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	agent, err := findAgent(*agentPath)
+	agent, err := config.FindAgent(*agentPath)
 	if err != nil {
 		return err
 	}
@@ -334,22 +332,4 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	<-ctx.Done()
 	log.Info().Msg("stopping")
 	return nil
-}
-
-// findAgent returns the sandbox-agent binary: the flag or $CODEFLEET_AGENT, else one next to
-// this executable, else one in $PATH.
-func findAgent(p string) (string, error) {
-	if p != "" {
-		return p, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		cand := filepath.Join(filepath.Dir(exe), "sandbox-agent")
-		if _, err := os.Stat(cand); err == nil {
-			return cand, nil
-		}
-	}
-	if cand, err := exec.LookPath("sandbox-agent"); err == nil {
-		return cand, nil
-	}
-	return "", errors.New("the sandbox-agent binary was not found next to codefleet nor in $PATH: run `make build`, or pass --agent")
 }

@@ -108,42 +108,9 @@ func (o *options) check() error {
 	return nil
 }
 
-// connect opens the NATS connection; closed is closed once the connection is closed for good.
-func connect(o *options, log zerolog.Logger) (nc *nats.Conn, closed <-chan struct{}, err error) {
-	done := make(chan struct{})
-	opts := []nats.Option{
-		nats.Name("codefleet-dispatcher " + o.dispatcher.Name),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
-			if !c.IsClosed() { // closing is not news
-				log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			ev := log.Warn().Err(err)
-			if sub != nil {
-				ev = ev.Str("subject", sub.Subject)
-			}
-			ev.Msg("NATS error")
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(done) }),
-	}
-	if o.natsCreds != "" {
-		if _, err := os.Stat(o.natsCreds); err != nil {
-			return nil, nil, fmt.Errorf("--nats-creds: %w", err)
-		}
-		opts = append(opts, nats.UserCredentials(o.natsCreds))
-	}
-	nc, err = nats.Connect(o.natsURL, opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", o.natsURL, err)
-	}
-	log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
-	return nc, done, nil
+// connect opens the service's NATS connection.
+func connect(o *options, log zerolog.Logger) (*nats.Conn, <-chan struct{}, error) {
+	return config.ConnectNATS(o.natsURL, o.natsCreds, "codefleet-dispatcher "+o.dispatcher.Name, log)
 }
 
 // run is the whole command: it returns when ctx is cancelled (SIGTERM, SIGINT) and the

@@ -11,9 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -34,8 +32,6 @@ var version = "dev"
 // shutdownSlack is added to the drain timeout to bound the whole shutdown (deregistering,
 // stopping sandboxes' sessions, draining the NATS connection).
 const shutdownSlack = 30 * time.Second
-
-const agentName = "sandbox-agent"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -91,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 	d := &o.docker
 	fs.StringVar(&d.Host, "docker-host", "", "Docker daemon address (default: $DOCKER_HOST or the local socket)")
-	fs.StringVar(&d.AgentPath, "agent", "", "sandbox-agent binary copied into every Docker sandbox (default: "+agentName+" next to this executable, else in $PATH)")
+	fs.StringVar(&d.AgentPath, "agent", "", "sandbox-agent binary copied into every Docker sandbox (default: sandbox-agent next to this executable, else in $PATH)")
 	fs.SizeVar(&d.Memory, "memory", docker.DefaultMemory, "memory limit of a sandbox, no swap (512MiB, 1g, ...)")
 	fs.Int64Var(&d.PidsLimit, "pids-limit", docker.DefaultPidsLimit, "most processes in a sandbox")
 	fs.Float64Var(&o.cpus, "cpus", float64(docker.DefaultNanoCPUs)/1e9, "CPUs a sandbox may use (0.5, 2, ...)")
@@ -178,49 +174,11 @@ func sanitizeID(s string) string {
 	return id
 }
 
-// findAgent returns the sandbox-agent binary: the --agent flag (or $CODEFLEET_AGENT) when set,
-// else a file named sandbox-agent next to the worker's executable, else sandbox-agent in $PATH.
-func findAgent(flagValue string) (string, error) {
-	if flagValue != "" {
-		if err := isExecutableFile(flagValue); err != nil {
-			return "", fmt.Errorf("--agent %s: %w", flagValue, err)
-		}
-		return flagValue, nil
-	}
-	var tried []string
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), agentName)
-		if isExecutableFile(p) == nil {
-			return p, nil
-		}
-		tried = append(tried, p)
-	}
-	if p, err := exec.LookPath(agentName); err == nil {
-		return p, nil
-	}
-	tried = append(tried, agentName+" in $PATH")
-	return "", fmt.Errorf("the %s binary was not found (tried %s): build it with `make build` and pass --agent or set %s",
-		agentName, strings.Join(tried, ", "), config.EnvName("agent"))
-}
-
-func isExecutableFile(p string) error {
-	st, err := os.Stat(p)
-	switch {
-	case err != nil:
-		return err
-	case st.IsDir():
-		return errors.New("is a directory")
-	case st.Mode().Perm()&0o111 == 0:
-		return errors.New("is not executable")
-	}
-	return nil
-}
-
 // newBackend returns the sandbox backend named by --backend.
 func newBackend(o *options, log zerolog.Logger) (envs.Env, error) {
 	switch o.backend {
 	case docker.Name:
-		agent, err := findAgent(o.docker.AgentPath)
+		agent, err := config.FindAgent(o.docker.AgentPath)
 		if err != nil {
 			return nil, err
 		}
@@ -232,42 +190,9 @@ func newBackend(o *options, log zerolog.Logger) (envs.Env, error) {
 	}
 }
 
-// connect opens the NATS connection; closed is closed once the connection is closed for good.
-func connect(o *options, log zerolog.Logger) (nc *nats.Conn, closed <-chan struct{}, err error) {
-	done := make(chan struct{})
-	opts := []nats.Option{
-		nats.Name("codefleet-worker " + o.worker.ID),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
-		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
-			if !c.IsClosed() { // closing is not news
-				log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) {
-			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
-		}),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			ev := log.Warn().Err(err)
-			if sub != nil {
-				ev = ev.Str("subject", sub.Subject)
-			}
-			ev.Msg("NATS error")
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(done) }),
-	}
-	if o.natsCreds != "" {
-		if _, err := os.Stat(o.natsCreds); err != nil {
-			return nil, nil, fmt.Errorf("--nats-creds: %w", err)
-		}
-		opts = append(opts, nats.UserCredentials(o.natsCreds))
-	}
-	nc, err = nats.Connect(o.natsURL, opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", o.natsURL, err)
-	}
-	log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("NATS connected")
-	return nc, done, nil
+// connect opens the service's NATS connection.
+func connect(o *options, log zerolog.Logger) (*nats.Conn, <-chan struct{}, error) {
+	return config.ConnectNATS(o.natsURL, o.natsCreds, "codefleet-worker "+o.worker.ID, log)
 }
 
 // run is the whole command: it returns when ctx is cancelled (SIGTERM, SIGINT) and the worker

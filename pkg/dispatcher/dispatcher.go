@@ -278,7 +278,7 @@ func (d *Dispatcher) route(r *relay) {
 	p := &placement{waiters: []*relay{r}}
 	d.placing[key] = p
 	d.mu.Unlock()
-	go d.place(key, p, r.tenant, r.conv, r.backend)
+	go d.place(key, p, r.tenant, r.conv, r.backend, "")
 }
 
 func (d *Dispatcher) live(worker string) bool {
@@ -287,10 +287,10 @@ func (d *Dispatcher) live(worker string) bool {
 }
 
 // place finds or makes the conversation's owner, then sends the runs that waited for it.
-func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend string) {
+func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoid string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	owner, recreated, perr := d.resolve(ctx, tenant, conv, backend)
+	owner, recreated, perr := d.resolve(ctx, tenant, conv, backend, avoid)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -305,22 +305,25 @@ func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend strin
 	}
 }
 
-// resolve returns the live owner of a conversation, claiming or moving it as needed.
-// recreated is true when the conversation had an owner that is gone.
-func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend string) (affinity.Owner, bool, *protocol.Error) {
+// resolve returns the live owner of a conversation, claiming or moving it as needed. avoid
+// names a worker known not to answer (its registration may not have expired yet): it is
+// treated as dead. recreated is true when the conversation had an owner that is gone.
+func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid string) (affinity.Owner, bool, *protocol.Error) {
+	usable := func(worker string) bool { return worker != avoid && d.live(worker) }
 	for attempt := 0; attempt < 5; attempt++ {
 		cur, ok, err := d.store.Get(ctx, tenant, conv)
 		if err != nil {
 			return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "affinity lookup: %v", err)
 		}
-		if ok && d.live(cur.Worker) {
-			return cur, false, nil
+		if ok && usable(cur.Worker) {
+			return cur, cur.Worker != avoid && avoid != "", nil
 		}
-		w, err := d.reg.Place(backendOr(backend, cur.Backend))
-		if err != nil {
-			return affinity.Owner{}, false, protocol.Errorf(protocol.CodeCapacity, "%v", err)
+		backend := backendOr(backend, cur.Backend)
+		w, perr := d.pick(backend, avoid)
+		if perr != nil {
+			return affinity.Owner{}, false, perr
 		}
-		next := affinity.Owner{Worker: w.ID, Backend: firstBackend(w, backendOr(backend, cur.Backend)), Since: time.Now()}
+		next := affinity.Owner{Worker: w.ID, Backend: firstBackend(w, backend), Since: time.Now()}
 		var got affinity.Owner
 		var won bool
 		if ok {
@@ -331,18 +334,29 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend string) 
 		if err != nil {
 			return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "affinity update: %v", err)
 		}
-		if won {
-			if ok {
-				d.log.Info().Str("tenant", tenant).Str("conversation_id", conv).Str("from", cur.Worker).Str("worker_id", got.Worker).Msg("conversation moved")
-			}
-			return got, ok, nil
+		if won && ok {
+			d.log.Info().Str("tenant", tenant).Str("conversation_id", conv).Str("from", cur.Worker).Str("worker_id", got.Worker).Msg("conversation moved")
 		}
-		// Another dispatcher placed it first: use its choice if that worker is live.
-		if d.live(got.Worker) {
+		// Won, or another dispatcher placed it first: use its choice if that worker answers.
+		if won || usable(got.Worker) {
 			return got, ok, nil
 		}
 	}
 	return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "conversation %s: placement did not settle", conv)
+}
+
+// pick places a conversation on a live worker other than avoid.
+func (d *Dispatcher) pick(backend, avoid string) (protocol.WorkerInfo, *protocol.Error) {
+	for i := 0; i < 8; i++ {
+		w, err := d.reg.Place(backend)
+		if err != nil {
+			return w, protocol.Errorf(protocol.CodeCapacity, "%v", err)
+		}
+		if w.ID != avoid {
+			return w, nil
+		}
+	}
+	return protocol.WorkerInfo{}, protocol.Errorf(protocol.CodeWorkerLost, "worker %s does not answer and no other worker is available", avoid)
 }
 
 func backendOr(a, b string) string {
@@ -451,12 +465,12 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 // noResponders: the owner has no subscription (it died or stopped). The run was not delivered,
 // so it is safe to move the conversation and send the run again, once.
 func (d *Dispatcher) noResponders(r *relay) {
-	if r.retried || r.isClose {
-		if r.isClose {
-			go d.release(r)
-			d.replyClose(r.req, &protocol.CloseResult{Closed: false})
-			return
-		}
+	if r.isClose {
+		go d.release(r)
+		d.replyClose(r.req, &protocol.CloseResult{Closed: false})
+		return
+	}
+	if r.retried {
 		d.replyError(r.req, "", protocol.Errorf(protocol.CodeWorkerLost, "worker %s holding conversation %s does not answer", r.owner.Worker, r.conv))
 		return
 	}
@@ -472,63 +486,7 @@ func (d *Dispatcher) noResponders(r *relay) {
 	p := &placement{waiters: []*relay{r}}
 	d.placing[key] = p
 	d.mu.Unlock()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		dead := r.owner
-		owner, perr := d.moveFrom(ctx, r.tenant, r.conv, dead, r.backend)
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		delete(d.placing, key)
-		for _, w := range p.waiters {
-			if perr != nil {
-				d.replyError(w.req, "", perr)
-				continue
-			}
-			w.owner, w.recreated = owner, owner.Worker != dead.Worker
-			d.sendLocked(w)
-		}
-	}()
-}
-
-// moveFrom moves a conversation away from a worker that does not answer, even if its
-// registration has not expired yet.
-func (d *Dispatcher) moveFrom(ctx context.Context, tenant, conv string, dead affinity.Owner, backend string) (affinity.Owner, *protocol.Error) {
-	cur, ok, err := d.store.Get(ctx, tenant, conv)
-	if err != nil {
-		return affinity.Owner{}, protocol.Errorf(protocol.CodeInternal, "affinity lookup: %v", err)
-	}
-	if ok && cur.Worker != dead.Worker && d.live(cur.Worker) {
-		return cur, nil // someone moved it already
-	}
-	var candidates []protocol.WorkerInfo
-	for i := 0; i < 8; i++ {
-		w, err := d.reg.Place(backendOr(backend, dead.Backend))
-		if err != nil {
-			return affinity.Owner{}, protocol.Errorf(protocol.CodeCapacity, "%v", err)
-		}
-		if w.ID != dead.Worker {
-			candidates = append(candidates, w)
-			break
-		}
-	}
-	if len(candidates) == 0 {
-		return affinity.Owner{}, protocol.Errorf(protocol.CodeWorkerLost, "worker %s does not answer and no other worker is available", dead.Worker)
-	}
-	w := candidates[0]
-	next := affinity.Owner{Worker: w.ID, Backend: firstBackend(w, backendOr(backend, dead.Backend)), Since: time.Now()}
-	var got affinity.Owner
-	var won bool
-	if ok {
-		got, won, err = d.store.Move(ctx, tenant, conv, cur, next)
-	} else {
-		got, won, err = d.store.Claim(ctx, tenant, conv, next)
-	}
-	if err != nil {
-		return affinity.Owner{}, protocol.Errorf(protocol.CodeInternal, "affinity update: %v", err)
-	}
-	_ = won
-	return got, nil
+	go d.place(key, p, r.tenant, r.conv, r.backend, r.owner.Worker)
 }
 
 // recordSandbox stores the id of the sandbox a run created in the conversation's ownership.

@@ -165,3 +165,47 @@ func TestWorkerLostMidRun(t *testing.T) {
 	defer cancel()
 	doomed.Shutdown(ctx)
 }
+
+// TestOwnerWithoutResponders: a worker whose process is gone but whose registration has not
+// expired yet answers "no responders"; the run is not lost but moved to a live worker, and its
+// result says recreated.
+func TestOwnerWithoutResponders(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	goneNC := testutil.Connect(t, ns)
+	// A long TTL: the registration outlives the process for the whole test.
+	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: time.Second, HeartbeatTTL: time.Minute}, goneNC, fake.New(), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: time.Minute}, testutil.Connect(t, ns), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background()) })
+	c := newClient(t, ns)
+	conv := c.Conversation("orphaned")
+	if res, err := conv.Run(context.Background(), "true", "bash", nil); err != nil || res.Sandbox.Worker != "gone" {
+		t.Fatalf("first run: %+v %v", res, err)
+	}
+	startWorker(t, ns, "alive", fake.New())
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if len(d.Workers()) != 2 {
+			return errors.New("alive not seen yet")
+		}
+		return nil
+	})
+	goneNC.Close() // its subscriptions vanish; its registration stays for a minute
+	res, err := conv.Run(context.Background(), "echo moved", "bash", nil)
+	if err != nil || res.Sandbox.Worker != "alive" || !res.Sandbox.Recreated || res.Output != "moved\n" {
+		t.Fatalf("run after the owner vanished: %+v %v, want it on alive, recreated", res, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	gone.Shutdown(ctx)
+}
