@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -293,7 +294,23 @@ func (s *Store) stopped() bool {
 
 // fetch reads key from the KV and caches what it finds.
 func (s *Store) fetch(ctx context.Context, k string) (Owner, bool, error) {
-	e, err := s.kv.Get(ctx, k)
+	tenant, conv, _ := strings.Cut(k, ".")
+	o, ok, err := Lookup(ctx, s.kv, tenant, conv)
+	if ok {
+		s.learn(k, o)
+	}
+	return o, ok, err
+}
+
+// Lookup reads the owner of a conversation straight from an affinity bucket, without a Store
+// and its watch: what a worker needs to check, now and then, that its conversations are still
+// its own.
+func Lookup(ctx context.Context, kv jetstream.KeyValue, tenant, conv string) (Owner, bool, error) {
+	k, err := key(tenant, conv)
+	if err != nil {
+		return Owner{}, false, err
+	}
+	e, err := kv.Get(ctx, k)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Owner{}, false, nil
 	}
@@ -301,11 +318,7 @@ func (s *Store) fetch(ctx context.Context, k string) (Owner, bool, error) {
 		return Owner{}, false, fmt.Errorf("affinity: get %s: %w", k, err)
 	}
 	o, err := decode(k, e.Value(), e.Revision())
-	if err != nil {
-		return Owner{}, false, err
-	}
-	s.learn(k, o)
-	return o, true, nil
+	return o, err == nil, err
 }
 
 func decode(k string, data []byte, rev uint64) (Owner, error) {

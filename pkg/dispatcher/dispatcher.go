@@ -234,6 +234,9 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Relayed returns how many replies of workers this dispatcher has relayed to clients.
+func (d *Dispatcher) Relayed() int64 { return d.relayed.Load() }
+
 // Workers returns the live workers as the dispatcher sees them.
 func (d *Dispatcher) Workers() []protocol.WorkerInfo { return d.reg.Live() }
 

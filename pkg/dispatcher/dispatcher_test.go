@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/client"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs"
@@ -21,7 +23,7 @@ import (
 
 const ttl = time.Second
 
-func startWorker(t *testing.T, ns *server.Server, id string, env envs.Env) *worker.Worker {
+func startWorker(t testing.TB, ns *server.Server, id string, env envs.Env) *worker.Worker {
 	t.Helper()
 	nc := testutil.Connect(t, ns)
 	w, err := worker.New(worker.Config{ID: id, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true}, nc, env, testutil.Logger(t))
@@ -35,7 +37,7 @@ func startWorker(t *testing.T, ns *server.Server, id string, env envs.Env) *work
 	return w
 }
 
-func startDispatcher(t *testing.T, ns *server.Server) *dispatcher.Dispatcher {
+func startDispatcher(t testing.TB, ns *server.Server) *dispatcher.Dispatcher {
 	t.Helper()
 	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: ttl}, testutil.Connect(t, ns), testutil.Logger(t))
 	if err != nil {
@@ -48,7 +50,7 @@ func startDispatcher(t *testing.T, ns *server.Server) *dispatcher.Dispatcher {
 	return d
 }
 
-func newClient(t *testing.T, ns *server.Server) *client.Client {
+func newClient(t testing.TB, ns *server.Server) *client.Client {
 	c, err := client.New(testutil.Connect(t, ns))
 	if err != nil {
 		t.Fatal(err)
@@ -208,4 +210,57 @@ func TestOwnerWithoutResponders(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	gone.Shutdown(ctx)
+}
+
+// TestStaleSandboxesRemoved: a worker that was unreachable while its conversations moved away
+// (its registration expired, a dispatcher gave them to another worker) removes its stale copies
+// of them when it is back, and keeps the conversations that are still its own.
+func TestStaleSandboxesRemoved(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	env := fake.New()
+	w, err := worker.New(worker.Config{ID: "returning", ReapInterval: 50 * time.Millisecond, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true},
+		testutil.Connect(t, ns), env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	d := startDispatcher(t, ns)
+	waitWorkers(t, 1, d)
+	c := newClient(t, ns)
+	ctx := context.Background()
+	for _, conv := range []string{"moved", "kept"} {
+		if res, err := c.Conversation(conv).Run(ctx, "echo hi > f", "bash", nil); err != nil || res.Sandbox.Worker != "returning" {
+			t.Fatalf("%s: %+v %v", conv, res, err)
+		}
+	}
+	// What a dispatcher does when the worker is lost: the conversation gets a new owner.
+	js, err := jetstream.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := affinity.OpenStore(ctx, js, affinity.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Stop()
+	cur, ok, err := store.Get(ctx, protocol.DefaultTenant, "moved")
+	if err != nil || !ok {
+		t.Fatalf("owner of moved: %+v %v %v", cur, ok, err)
+	}
+	if _, won, err := store.Move(ctx, protocol.DefaultTenant, "moved", cur, affinity.Owner{Worker: "elsewhere", Backend: fake.Name}); err != nil || !won {
+		t.Fatalf("move: %v %v", won, err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := env.Live(); n != 1 {
+			return fmt.Errorf("%d sandboxes on the worker, want only kept's", n)
+		}
+		return nil
+	})
+	res, err := c.Conversation("kept").Run(ctx, "cat f", "bash", nil)
+	if err != nil || res.Output != "hi\n" || res.Sandbox.Created {
+		t.Fatalf("kept lost its sandbox: %+v %v", res, err)
+	}
 }

@@ -36,6 +36,10 @@ type manager struct {
 	draining bool
 	// languages seen in sandboxes so far, for the registration.
 	languages map[string]bool
+
+	// ownerOf returns the worker the affinity store gives a conversation to; nil when there is
+	// no affinity store to ask (a worker used without dispatchers).
+	ownerOf func(ctx context.Context, tenant, conv string) (worker string, ok bool, err error)
 }
 
 // session is one conversation on this worker.
@@ -423,33 +427,99 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 	return adopted, nil
 }
 
-// reap ends sessions idle past IdleTTL or older than MaxLife (when not running), and removes
-// sandboxes labelled with this worker that no session owns (orphans of a crash or a race).
+// reap ends sessions idle past IdleTTL or older than MaxLife (when not running) and those whose
+// conversation the affinity store gives to another worker, and removes sandboxes labelled with
+// this worker that no session owns (orphans of a crash or a race).
 func (m *manager) reap(ctx context.Context) {
 	now := time.Now()
+	m.retire(func(s *session) string {
+		switch {
+		case now.Sub(s.lastUsed) > m.cfg.IdleTTL:
+			return "idle"
+		case s.sb != nil && now.Sub(s.created) > m.cfg.MaxLife:
+			return "max_life"
+		}
+		return ""
+	})
+	m.evictMoved(ctx)
+	m.removeOrphans(ctx, now)
+}
+
+// retire ends and destroys the sessions without runs for which why returns a reason.
+func (m *manager) retire(why func(*session) string) {
+	var ended []*session
+	m.mu.Lock()
+	for _, s := range m.sessions {
+		s.mu.Lock()
+		if s.active == 0 {
+			if reason := why(s); reason != "" {
+				s.destroy = true
+				delete(m.sessions, s.key)
+				ended = append(ended, s)
+				s.log.Info().Str("why", reason).Msg("removing sandbox")
+			}
+		}
+		s.mu.Unlock()
+	}
+	m.mu.Unlock()
+	for _, s := range ended {
+		s.cancel()
+		<-s.done
+	}
+}
+
+// evictMoved removes the sandboxes of conversations that were moved to another worker while
+// this one was unreachable (cut off, paused, its registration expired): the new owner serves
+// them now, and this worker's copy is stale.
+func (m *manager) evictMoved(ctx context.Context) {
+	if m.ownerOf == nil {
+		return
+	}
+	type conv struct{ key, tenant, conv string }
+	var idle []conv
+	m.mu.Lock()
+	for _, s := range m.sessions {
+		s.mu.Lock()
+		if s.active == 0 && s.sb != nil {
+			idle = append(idle, conv{s.key, s.tenant, s.conv})
+		}
+		s.mu.Unlock()
+	}
+	m.mu.Unlock()
+	moved := map[string]string{}
+	for _, c := range idle {
+		owner, ok, err := m.ownerOf(ctx, c.tenant, c.conv)
+		if err != nil {
+			m.log.Warn().Err(err).Msg("check conversation ownership")
+			return
+		}
+		if ok && owner != m.worker {
+			moved[c.key] = owner
+		}
+	}
+	if len(moved) == 0 {
+		return
+	}
+	m.retire(func(s *session) string {
+		if owner, ok := moved[s.key]; ok {
+			return "conversation moved to worker " + owner
+		}
+		return ""
+	})
+}
+
+// removeOrphans destroys the sandboxes labelled with this worker that no session holds.
+func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
 	owned := map[string]bool{}
-	var expired []*session
 	m.mu.Lock()
 	for _, s := range m.sessions {
 		s.mu.Lock()
 		if s.sb != nil {
 			owned[s.sb.Info().ID] = true
 		}
-		idle := s.active == 0 && now.Sub(s.lastUsed) > m.cfg.IdleTTL
-		old := s.active == 0 && s.sb != nil && now.Sub(s.created) > m.cfg.MaxLife
-		if idle || old {
-			s.destroy = true
-			delete(m.sessions, s.key)
-			expired = append(expired, s)
-			s.log.Info().Bool("idle", idle).Bool("max_life", old).Msg("reaping sandbox")
-		}
 		s.mu.Unlock()
 	}
 	m.mu.Unlock()
-	for _, s := range expired {
-		s.cancel()
-		<-s.done
-	}
 
 	list, err := m.env.List(ctx, map[string]string{envs.LabelWorker: m.worker})
 	if err != nil {

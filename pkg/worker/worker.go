@@ -51,6 +51,8 @@ type Worker struct {
 	svc micro.Service
 	js  jetstream.JetStream
 	kv  jetstream.KeyValue
+	// affinity is the dispatchers' affinity bucket, opened when first found.
+	affinity jetstream.KeyValue
 
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
@@ -88,12 +90,15 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 
+	w.m.ownerOf = w.ownerOf
 	n, err := w.m.adopt(ctx)
 	if err != nil {
 		// The backend may be down for now; sandboxes left behind are found by the reconciler.
 		w.log.Warn().Err(err).Msg("re-adopt sandboxes")
 	} else if n > 0 {
 		w.log.Info().Int("sandboxes", n).Msg("re-adopted sandboxes")
+		// Conversations moved elsewhere while this worker was down are no longer its own.
+		w.m.evictMoved(ctx)
 	}
 	if err := w.heartbeat(ctx); err != nil {
 		return fmt.Errorf("worker: register: %w", err)
@@ -147,6 +152,23 @@ func (w *Worker) every(ctx context.Context, d time.Duration, f func(context.Cont
 			f(ctx)
 		}
 	}
+}
+
+// ownerOf reads a conversation's owner from the dispatchers' affinity bucket. Without the
+// bucket (no dispatcher ever ran) every conversation is the worker's own.
+func (w *Worker) ownerOf(ctx context.Context, tenant, conv string) (string, bool, error) {
+	if w.affinity == nil {
+		kv, err := w.js.KeyValue(ctx, protocol.AffinityBucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return "", false, nil
+		}
+		if err != nil {
+			return "", false, err
+		}
+		w.affinity = kv
+	}
+	owner, ok, err := affinity.Lookup(ctx, w.affinity, tenant, conv)
+	return owner.Worker, ok, err
 }
 
 // Info returns the worker's registration as it stands.
