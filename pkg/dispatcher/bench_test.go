@@ -103,7 +103,7 @@ func BenchmarkRouted(b *testing.B) {
 		nc    *nats.Conn
 		inbox string
 		slot  chan struct{}
-		wg   sync.WaitGroup
+		wg    sync.WaitGroup
 	}
 	var failed atomic.Int64
 	cs := make([]*counter, clients)
