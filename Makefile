@@ -34,8 +34,7 @@ build: ## build every command into bin/ (static: CGO_ENABLED=0)
 image: ## make sure the sandbox image exists (pull, else build from Debian packages)
 	scripts/sandbox-image.sh $(IMAGE)
 
-test: image ## go vet, then every test (needs Docker) under the race detector
-	$(GO) vet ./...
+test: image lint ## gofmt check and go vet, then every test (needs Docker) under the race detector
 	@[ -n "$(RACE)" ] || echo "make test: without the race detector (cgo is off, or RACE= was given)" >&2
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
 
