@@ -4,7 +4,8 @@
 //	codefleet close [flags]        destroy a conversation's sandbox
 //	codefleet status [flags]       the live workers, their load and sandboxes
 //	codefleet dev [flags]          a local fleet in one process: embedded NATS with JetStream,
-//	                               one dispatcher and one Docker worker
+//	                               one dispatcher and one worker (Docker, or Daytona with
+//	                               --backend daytona and DAYTONA_API_KEY in the environment)
 //
 // `run` prints the snippet's output and exits with its exit code; when the fleet cannot run the
 // code it prints "codefleet: <error code>: <message>" to stderr and exits 125.
@@ -33,6 +34,8 @@ import (
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/pkg/client"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/daytona"
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/codefleet/codefleet/pkg/worker"
@@ -57,7 +60,7 @@ commands:
   run [code]   run code in a conversation's sandbox (code from stdin when not given)
   close        destroy a conversation's sandbox
   status       show the live workers
-  dev          run a local fleet: embedded NATS + a dispatcher + a Docker worker
+  dev          run a local fleet: embedded NATS + a dispatcher + a worker (Docker, or Daytona)
 
 "codefleet <command> --help" lists a command's flags (each also read from CODEFLEET_<FLAG>).
 `
@@ -260,7 +263,8 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	port := fs.Int("port", 4222, "port of the embedded NATS server")
 	storeDir := fs.String("store-dir", "", "JetStream storage directory (default: a temporary one, removed at exit)")
 	workerID := fs.String("worker-id", "dev", "id of the worker")
-	image := fs.String("image", docker.DefaultImage, "sandbox image")
+	backend := fs.String("backend", docker.Name, "sandbox backend: docker, or daytona (configured by DAYTONA_API_KEY, DAYTONA_API_URL and DAYTONA_TARGET)")
+	image := fs.String("image", "", "sandbox image (default: "+docker.DefaultImage+" with docker, the service's default snapshot with daytona; snapshot:NAME for a Daytona snapshot)")
 	agentPath := fs.String("agent", "", "sandbox-agent binary (default: next to this executable, else in $PATH)")
 	capacity := fs.Int("capacity", worker.DefaultCapacity, "most sandboxes at once")
 	logLevel := fs.String("log-level", "info", "log level")
@@ -272,10 +276,31 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	agent, err := config.FindAgent(*agentPath)
-	if err != nil {
-		return err
+	var env envs.Env
+	switch *backend {
+	case docker.Name:
+		agent, err := config.FindAgent(*agentPath)
+		if err != nil {
+			return err
+		}
+		if *image == "" {
+			*image = docker.DefaultImage
+		}
+		if env, err = docker.New(docker.Config{Image: *image, AgentPath: agent}, log); err != nil {
+			return err
+		}
+	case daytona.Name:
+		if os.Getenv("DAYTONA_API_KEY") == "" {
+			return errors.New("codefleet dev --backend daytona needs DAYTONA_API_KEY in the environment (DAYTONA_API_URL and DAYTONA_TARGET are optional)")
+		}
+		acct := daytona.Account{APIKey: os.Getenv("DAYTONA_API_KEY"), APIURL: os.Getenv("DAYTONA_API_URL"), Target: os.Getenv("DAYTONA_TARGET")}
+		if env, err = daytona.New(daytona.Config{Account: acct, Image: *image}, log); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown backend %q: want %s or %s", *backend, docker.Name, daytona.Name)
 	}
+	defer env.Close()
 	dir := *storeDir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "codefleet-dev-"); err != nil {
@@ -297,11 +322,6 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	url := ns.ClientURL()
 
-	env, err := docker.New(docker.Config{Image: *image, AgentPath: agent}, log)
-	if err != nil {
-		return err
-	}
-	defer env.Close()
 	wnc, err := nats.Connect(url, nats.Name("codefleet-dev worker"))
 	if err != nil {
 		return err
@@ -328,7 +348,7 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer d.Stop(context.Background())
-	log.Info().Str("nats_url", url).Str("image", *image).Msg("codefleet dev ready: try  codefleet run --conversation demo 'print(40+2)'")
+	log.Info().Str("nats_url", url).Str("backend", env.Name()).Str("image", *image).Msg("codefleet dev ready: try  codefleet run --conversation demo 'print(40+2)'")
 	<-ctx.Done()
 	log.Info().Msg("stopping")
 	return nil

@@ -1,11 +1,12 @@
 // Command worker is the codefleet worker daemon: it holds the sandboxes of many conversations on
-// one backend (Docker for now) and runs their code for the dispatchers, over NATS. Every flag
+// one backend (Docker or Daytona) and runs their code for the dispatchers, over NATS. Every flag
 // can also be set by an environment variable CODEFLEET_<FLAG> (see --help); the library in
 // pkg/worker does the work, this command only wires configuration, NATS and signals.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/daytona"
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/codefleet/codefleet/pkg/worker"
@@ -51,8 +53,10 @@ type options struct {
 	backend   string
 	worker    worker.Config
 	docker    docker.Config
+	daytona   daytona.Config
 	cpus      float64 // --cpus, turned into docker.NanoCPUs
-	maxOutput int64   // --max-output, turned into docker.MaxOutput
+	maxOutput int64   // --max-output, turned into docker.MaxOutput and daytona.MaxOutput
+	tenants   string  // --daytona-tenants, turned into daytona.Tenants
 	logLevel  string
 	logFormat string
 }
@@ -67,11 +71,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (.creds) to connect with")
 	fs.StringVar(&o.worker.ID, "id", "", "worker id, [A-Za-z0-9_-]{1,128}; a worker restarted with the same id re-adopts its sandboxes (default: the host name, other characters turned into -)")
 	fs.StringVar(&o.worker.Prefix, "prefix", protocol.DefaultPrefix, "first token of every codefleet subject")
-	fs.StringVar(&o.backend, "backend", docker.Name, "sandbox backend: docker")
+	fs.StringVar(&o.backend, "backend", docker.Name, "sandbox backend: docker or daytona")
 
 	w := &o.worker
 	fs.IntVar(&w.Capacity, "capacity", worker.DefaultCapacity, "most sandboxes held at once; a new conversation past it gets the error capacity")
 	fs.IntVar(&w.MaxConcurrentRuns, "max-concurrent-runs", 0, "most runs executing at once across conversations (0: the capacity)")
+	fs.IntVar(&w.MaxConcurrentCreates, "max-concurrent-creates", worker.DefaultMaxConcurrentCreates, "most sandboxes being created at once; more new conversations wait their turn")
 	fs.IntVar(&w.QueueDepth, "queue-depth", worker.DefaultQueueDepth, "most runs waiting per conversation; past it a run gets the error busy")
 	fs.DurationVar(&w.MaxTimeout, "max-timeout", worker.DefaultMaxTimeout, "cap on a run's timeout_ms")
 	fs.DurationVar(&w.IdleTTL, "idle-ttl", worker.DefaultIdleTTL, "destroy a sandbox unused for this long")
@@ -82,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&w.KVReplicas, "kv-replicas", 1, "replicas of the KV buckets the worker creates (1 on a single NATS server, 3 on a cluster)")
 	fs.DurationVar(&w.DrainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight runs may finish")
 	fs.BoolVar(&w.DestroyOnShutdown, "destroy-on-shutdown", false, "destroy the sandboxes at shutdown instead of keeping them for the next worker with this id")
-	fs.StringVar(&w.Image, "image", docker.DefaultImage, "default sandbox image")
+	fs.StringVar(&w.Image, "image", "", "default sandbox image (default: "+docker.DefaultImage+" with docker; with daytona the service's default snapshot, or snapshot:NAME, or an image to build)")
 	fs.StringListVar(&w.AllowedImages, "allowed-images", nil, "images a request's sandbox.image may name besides --image, comma-separated; * allows any")
 
 	d := &o.docker
@@ -99,6 +104,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
 	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
 
+	dt := &o.daytona
+	fs.StringVar(&dt.APIKey, "daytona-api-key", "", "Daytona API key (prefer the variable to the flag, which shows in ps); may hold ${name} placeholders filled from a request's sandbox.variables")
+	fs.Alias("daytona-api-key", "DAYTONA_API_KEY")
+	fs.StringVar(&dt.APIURL, "daytona-api-url", daytona.DefaultAPIURL, "Daytona API URL")
+	fs.Alias("daytona-api-url", "DAYTONA_API_URL")
+	fs.StringVar(&dt.Target, "daytona-target", "", "Daytona target region for new sandboxes (default: the organisation's)")
+	fs.Alias("daytona-target", "DAYTONA_TARGET")
+	fs.StringVar(&o.tenants, "daytona-tenants", "", `per-tenant Daytona accounts, JSON or @file: {"acme":{"api_key":"${acme_key}","api_url":"...","target":"eu"}}; a field left out is the default account's`)
+	fs.BoolVar(&dt.NetworkBlockAll, "daytona-network-block-all", false, "cut the Daytona sandboxes' network off")
+	fs.IntVar(&dt.AutoStopInterval, "daytona-auto-stop", 0, "stop a Daytona sandbox after this many idle minutes (0: never; the worker's --idle-ttl ends sandboxes)")
+	fs.DurationVar(&dt.StartTimeout, "daytona-start-timeout", daytona.DefaultStartTimeout, "how long a new Daytona sandbox may take to start")
+
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", config.LogFormatJSON, "log format: json or console")
 
@@ -109,7 +126,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %q (the worker takes flags only; see --help)", fs.Args())
 	}
 	w.Version = config.SemVer(version) // NATS service discovery wants SemVer
-	d.Image = w.Image
 	return o, o.check()
 }
 
@@ -137,6 +153,26 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-output %s: want a positive size up to 1GiB", config.FormatSize(o.maxOutput))
 	}
 	o.docker.MaxOutput = int(o.maxOutput)
+	o.daytona.MaxOutput = int(o.maxOutput)
+	switch o.backend {
+	case docker.Name:
+		if o.worker.Image == "" {
+			o.worker.Image = docker.DefaultImage
+		}
+		o.docker.Image = o.worker.Image
+	case daytona.Name:
+		o.daytona.Image = o.worker.Image
+		if err := o.parseTenants(); err != nil {
+			return err
+		}
+		if o.daytona.APIKey == "" && len(o.daytona.Tenants) == 0 {
+			return fmt.Errorf("the daytona backend needs an API key: set DAYTONA_API_KEY (or --daytona-api-key, %s), or accounts per tenant with --daytona-tenants",
+				config.EnvName("daytona-api-key"))
+		}
+		if o.daytona.AutoStopInterval < 0 || o.daytona.StartTimeout <= 0 {
+			return errors.New("--daytona-auto-stop must not be negative and --daytona-start-timeout must be positive")
+		}
+	}
 	if o.natsURL == "" {
 		return errors.New("--nats-url is empty")
 	}
@@ -149,6 +185,35 @@ func (o *options) check() error {
 	if _, err := config.NewLogger(io.Discard, o.logLevel, o.logFormat); err != nil {
 		return err
 	}
+	return nil
+}
+
+// parseTenants reads --daytona-tenants: a JSON object, or @file holding one.
+func (o *options) parseTenants() error {
+	src := strings.TrimSpace(o.tenants)
+	if src == "" {
+		return nil
+	}
+	what := "--daytona-tenants"
+	if name, ok := strings.CutPrefix(src, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		src, what = string(b), what+" file "+name
+	}
+	dec := json.NewDecoder(strings.NewReader(src))
+	dec.DisallowUnknownFields()
+	var tenants map[string]daytona.Account
+	if err := dec.Decode(&tenants); err != nil {
+		return fmt.Errorf(`%s: want a JSON object {"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}: %w`, what, err)
+	}
+	for t := range tenants {
+		if !protocol.ValidID(t) {
+			return fmt.Errorf("%s: tenant %q must match [A-Za-z0-9_-]{1,128}", what, t)
+		}
+	}
+	o.daytona.Tenants = tenants
 	return nil
 }
 
@@ -184,9 +249,11 @@ func newBackend(o *options, log zerolog.Logger) (envs.Env, error) {
 		}
 		o.docker.AgentPath = agent
 		return docker.New(o.docker, log)
+	case daytona.Name:
+		return daytona.New(o.daytona, log)
 	default:
-		return nil, fmt.Errorf("unknown backend %q (--backend, %s): this worker supports %s",
-			o.backend, config.EnvName("backend"), docker.Name)
+		return nil, fmt.Errorf("unknown backend %q (--backend, %s): this worker supports %s and %s",
+			o.backend, config.EnvName("backend"), docker.Name, daytona.Name)
 	}
 }
 

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/daytonafake"
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
@@ -27,7 +30,7 @@ func clearEnv(t *testing.T) {
 	t.Helper()
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, config.DefaultEnvPrefix) || k == "NATS_URL" {
+		if strings.HasPrefix(k, config.DefaultEnvPrefix) || strings.HasPrefix(k, "DAYTONA_") || k == "NATS_URL" {
 			t.Setenv(k, "")
 			os.Unsetenv(k)
 		}
@@ -137,6 +140,35 @@ func TestParseFlags(t *testing.T) {
 			},
 		},
 		{
+			name: "daytona",
+			env: map[string]string{
+				"CODEFLEET_BACKEND": "daytona", "DAYTONA_API_KEY": "dtn_k", "DAYTONA_TARGET": "eu",
+				"CODEFLEET_DAYTONA_TENANTS": `{"acme":{"api_key":"${acme_key}","target":"us"}}`, "CODEFLEET_MAX_OUTPUT": "1m",
+			},
+			check: func(t *testing.T, o *options) {
+				d := o.daytona
+				if o.backend != "daytona" || d.APIKey != "dtn_k" || d.Target != "eu" || d.APIURL != "https://app.daytona.io/api" || d.MaxOutput != 1<<20 {
+					t.Errorf("daytona %+v", d)
+				}
+				if o.worker.Image != "" || d.Image != "" {
+					t.Errorf("image %q / %q, want the service's default snapshot", o.worker.Image, d.Image)
+				}
+				if a := d.Tenants["acme"]; a.APIKey != "${acme_key}" || a.Target != "us" {
+					t.Errorf("tenants %+v", d.Tenants)
+				}
+			},
+		},
+		{
+			name: "daytona flags win",
+			env:  map[string]string{"DAYTONA_API_KEY": "dtn_env", "DAYTONA_API_URL": "http://env/api"},
+			args: []string{"--backend", "daytona", "--daytona-api-key", "dtn_flag", "--image", "snapshot:s1", "--daytona-auto-stop", "30"},
+			check: func(t *testing.T, o *options) {
+				if d := o.daytona; d.APIKey != "dtn_flag" || d.APIURL != "http://env/api" || d.Image != "snapshot:s1" || d.AutoStopInterval != 30 {
+					t.Errorf("daytona %+v", d)
+				}
+			},
+		},
+		{
 			name: "flags win",
 			env:  map[string]string{"CODEFLEET_ID": "w-env", "CODEFLEET_NATS_URL": "nats://env:4222", "CODEFLEET_MEMORY": "1g"},
 			args: []string{"--id", "w-flag", "--nats-url=nats://flag:4222", "--memory", "64m", "--image", "img:1"},
@@ -172,8 +204,14 @@ func TestStartupErrors(t *testing.T) {
 		args []string
 		want []string // substrings of the error
 	}{
-		{name: "unknown backend", args: []string{"--backend", "daytona", "--agent", agent},
-			want: []string{`unknown backend "daytona"`, "docker"}},
+		{name: "unknown backend", args: []string{"--backend", "podman", "--agent", agent},
+			want: []string{`unknown backend "podman"`, "docker and daytona"}},
+		{name: "daytona without a key", args: []string{"--backend", "daytona"},
+			want: []string{"daytona backend needs an API key", "DAYTONA_API_KEY", "--daytona-tenants"}},
+		{name: "daytona bad tenants", args: []string{"--backend", "daytona", "--daytona-tenants", `{"acme":{"apikey":"x"}}`},
+			want: []string{"--daytona-tenants", "unknown field"}},
+		{name: "daytona tenants file missing", args: []string{"--backend", "daytona", "--daytona-tenants", "@/nonexistent.json"},
+			want: []string{"--daytona-tenants", "no such file"}},
 		{name: "unknown backend from env", env: map[string]string{"CODEFLEET_BACKEND": "k8s"},
 			want: []string{`unknown backend "k8s"`, "CODEFLEET_BACKEND"}},
 		{name: "missing agent", args: []string{"--nats-url", closedPort(t)},
@@ -325,5 +363,63 @@ func TestRunStartsAndStops(t *testing.T) {
 		if !strings.Contains(logs.String(), w) {
 			t.Errorf("logs lack %q:\n%s", w, logs.String())
 		}
+	}
+}
+
+// TestRunDaytona starts the worker with the Daytona backend on a fake Daytona service, as the
+// README says (DAYTONA_* variables and --backend daytona), sees it register with that backend,
+// and stops it.
+func TestRunDaytona(t *testing.T) {
+	clearEnv(t)
+	fake, err := daytonafake.Start(daytonafake.Options{StepDelay: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	t.Setenv("DAYTONA_API_KEY", "dtn_fake")
+	t.Setenv("DAYTONA_API_URL", fake.URL)
+	srv := testutil.StartNATS(t)
+	nc := testutil.Connect(t, srv)
+	id := "cmd-daytona-" + strings.ReplaceAll(testutil.RunID, ".", "-")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--nats-url", srv.ClientURL(), "--id", id, "--backend", "daytona", "--drain-timeout", "2s"}, &logs)
+	}()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, logs.String())
+		default:
+		}
+		kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
+		if err != nil {
+			return err
+		}
+		e, err := kv.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		var info protocol.WorkerInfo
+		if err := json.Unmarshal(e.Value(), &info); err != nil || len(info.Backends) != 1 || info.Backends[0] != "daytona" {
+			return fmt.Errorf("registration %s (%v)", e.Value(), err)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v\n%s", err, logs.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("run did not return after cancel\n%s", logs.String())
 	}
 }

@@ -12,7 +12,9 @@ package envs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Sentinel errors. Backends wrap them with %w; callers test with errors.Is.
@@ -50,6 +52,10 @@ type Spec struct {
 	Env map[string]string
 	// Labels are extra labels (the worker id among them).
 	Labels map[string]string
+	// Variables are the request's sandbox.variables: per-tenant values (a tenant's own Daytona
+	// API key, say) that fill the placeholders of the backend's per-tenant configuration, as
+	// AG2's Variable markers do. Backends without such configuration ignore them.
+	Variables map[string]string
 }
 
 // Info describes an existing sandbox.
@@ -120,6 +126,44 @@ type Sandbox interface {
 	Run(ctx context.Context, exec Exec) (Result, error)
 	// Close detaches from the sandbox without destroying it (it can be re-opened).
 	Close() error
+}
+
+// Reattacher is implemented by backends whose sandboxes live outside the worker process (Daytona:
+// any worker reaches any sandbox through the backend's API). When a conversation comes to a
+// worker that holds no sandbox for it (it moved from a worker that died, say), the worker calls
+// Reattach before Create, so that the conversation goes on in its sandbox with its files.
+// Backends whose sandboxes die with their worker's host (Docker) do not implement it.
+type Reattacher interface {
+	// Reattach finds the sandbox of spec's tenant and conversation, takes it over (it is
+	// relabelled with spec.Labels, the new worker among them, so that the worker that held it
+	// before no longer counts it as its own) and returns it ready to run code. It returns
+	// ErrNotFound when the conversation has no sandbox, ErrSandboxFailed when it has one that
+	// cannot run (which is then destroyed).
+	Reattach(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// CapOutput caps a run's whole output at max bytes the way every backend does: when it is longer,
+// its first max/2 bytes and its last max-max/2 bytes are kept around a marker saying how many
+// bytes were cut; no UTF-8 character is split. It reports whether bytes were cut. max <= 0 means
+// no cap. (Backends that stream output, such as the sandbox agent, cap as they read, with the same
+// marker.)
+func CapOutput(s string, max int) (string, bool) {
+	if max <= 0 || len(s) <= max {
+		return s, false
+	}
+	head, tail := max/2, len(s)-(max-max/2)
+	for head > 0 && !utf8.RuneStart(s[head]) {
+		head--
+	}
+	for tail < len(s) && !utf8.RuneStart(s[tail]) {
+		tail++
+	}
+	return s[:head] + TruncationMarker(int64(tail-head)) + s[tail:], true
+}
+
+// TruncationMarker is the line put where n bytes of output were cut.
+func TruncationMarker(n int64) string {
+	return fmt.Sprintf("\n[... %d bytes truncated ...]\n", n)
 }
 
 // MergeEnv returns base overlaid by over, as a new map; nil when both are empty.

@@ -13,18 +13,19 @@ var ErrInvalidConfig = errors.New("invalid worker config")
 
 // Defaults of Config.
 const (
-	DefaultCapacity          = 32
-	DefaultQueueDepth        = 16
-	DefaultMaxTimeout        = 10 * time.Minute
-	DefaultIdleTTL           = 30 * time.Minute
-	DefaultMaxLife           = 24 * time.Hour
-	DefaultReapInterval      = 10 * time.Second
-	DefaultHeartbeatInterval = time.Second
-	DefaultHeartbeatTTL      = 3 * time.Second
-	DefaultDrainTimeout      = 30 * time.Second
-	DefaultOrphanGrace       = 2 * time.Minute
-	DefaultDedupeSize        = 64
-	DefaultCreateTimeout     = 2 * time.Minute
+	DefaultCapacity             = 32
+	DefaultQueueDepth           = 16
+	DefaultMaxConcurrentCreates = 4
+	DefaultMaxTimeout           = 10 * time.Minute
+	DefaultIdleTTL              = 30 * time.Minute
+	DefaultMaxLife              = 24 * time.Hour
+	DefaultReapInterval         = 10 * time.Second
+	DefaultHeartbeatInterval    = time.Second
+	DefaultHeartbeatTTL         = 3 * time.Second
+	DefaultDrainTimeout         = 30 * time.Second
+	DefaultOrphanGrace          = 2 * time.Minute
+	DefaultDedupeSize           = 64
+	DefaultCreateTimeout        = 2 * time.Minute
 )
 
 // Config configures a Worker. The zero value of each optional field means its default.
@@ -38,6 +39,10 @@ type Config struct {
 	Capacity int
 	// MaxConcurrentRuns bounds runs executing at once across conversations; default Capacity.
 	MaxConcurrentRuns int
+	// MaxConcurrentCreates bounds sandbox creations in progress at once, so a burst of new
+	// conversations queues here instead of swamping the backend (a Docker daemon starting
+	// hundreds of containers at once answers none of them in time).
+	MaxConcurrentCreates int
 	// QueueDepth bounds the runs waiting per conversation; past it a run gets `busy`.
 	QueueDepth int
 	// MaxTimeout caps a run's timeout_ms.
@@ -85,6 +90,9 @@ func (c *Config) setDefaults() {
 	if c.MaxConcurrentRuns == 0 {
 		c.MaxConcurrentRuns = c.Capacity
 	}
+	if c.MaxConcurrentCreates == 0 {
+		c.MaxConcurrentCreates = DefaultMaxConcurrentCreates
+	}
 	if c.QueueDepth == 0 {
 		c.QueueDepth = DefaultQueueDepth
 	}
@@ -131,7 +139,7 @@ func (c *Config) Validate() error {
 	switch {
 	case !protocol.ValidID(c.ID):
 		return fmt.Errorf("%w: id %q must match [A-Za-z0-9_-]{1,128}", ErrInvalidConfig, c.ID)
-	case c.Capacity < 0, c.MaxConcurrentRuns < 0, c.QueueDepth < 0, c.DedupeSize < 0:
+	case c.Capacity < 0, c.MaxConcurrentRuns < 0, c.MaxConcurrentCreates < 0, c.QueueDepth < 0, c.DedupeSize < 0:
 		return fmt.Errorf("%w: capacity, max concurrent runs, queue depth and dedupe size must be positive", ErrInvalidConfig)
 	case c.HeartbeatTTL <= c.HeartbeatInterval:
 		return fmt.Errorf("%w: heartbeat TTL %s must exceed the heartbeat interval %s", ErrInvalidConfig, c.HeartbeatTTL, c.HeartbeatInterval)

@@ -25,9 +25,11 @@ type manager struct {
 	worker string
 	log    zerolog.Logger
 
-	// runSem bounds runs executing at once across conversations.
-	runSem  chan struct{}
-	running atomic.Int64
+	// runSem bounds runs executing at once across conversations; createSem bounds sandbox
+	// creations in progress.
+	runSem    chan struct{}
+	createSem chan struct{}
+	running   atomic.Int64
 	// inflight counts accepted runs not yet answered, for draining.
 	inflight sync.WaitGroup
 
@@ -84,6 +86,7 @@ func newManager(cfg *Config, env envs.Env, log zerolog.Logger) *manager {
 	return &manager{
 		cfg: cfg, env: env, worker: cfg.ID, log: log,
 		runSem:    make(chan struct{}, cfg.MaxConcurrentRuns),
+		createSem: make(chan struct{}, cfg.MaxConcurrentCreates),
 		sessions:  map[string]*session{},
 		languages: map[string]bool{protocol.LangPython: true, protocol.LangBash: true},
 	}
@@ -266,7 +269,7 @@ func (m *manager) execute(s *session, j *job) bool {
 	log := s.log.With().Str("request_id", req.ID).Logger()
 	created := false
 	if s.sb == nil {
-		sb, err := m.create(s, req)
+		sb, reattached, err := m.create(s, req)
 		if err != nil {
 			log.Warn().Err(err).Msg("create sandbox")
 			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
@@ -275,7 +278,7 @@ func (m *manager) execute(s *session, j *job) bool {
 		s.mu.Lock()
 		s.sb, s.created = sb, time.Now()
 		s.mu.Unlock()
-		created = true
+		created = !reattached // a re-attached sandbox kept its files: neither created nor recreated
 		m.noteLanguages(sb.Languages())
 	}
 	sb := s.sb
@@ -315,6 +318,10 @@ func (m *manager) execute(s *session, j *job) bool {
 			return true
 		case s.ctx.Err() != nil:
 			res = protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeSandboxFailed, "conversation %s was closed while this run was executing", s.conv))
+		case errors.Is(err, envs.ErrBackendUnavailable):
+			// The backend could not be reached (a Daytona proxy's bare 502, say): the sandbox
+			// may well be fine, so it is kept. (Docker's sandboxes never fail this way.)
+			res = protocol.ErrorResult(req.ID, errorOf(err))
 		default:
 			// The sandbox is gone or broken: drop it; the next run gets a new one, marked recreated.
 			log.Warn().Err(err).Str("sandbox_id", sb.Info().ID).Msg("sandbox lost")
@@ -341,7 +348,10 @@ func (m *manager) timeout(req *protocol.RunRequest) time.Duration {
 	return min(req.Timeout(), m.cfg.MaxTimeout)
 }
 
-func (m *manager) create(s *session, req *protocol.RunRequest) (envs.Sandbox, error) {
+// create gets the session a sandbox. With a backend whose sandboxes outlive their worker
+// (envs.Reattacher), it first looks for the conversation's existing sandbox, left by the worker
+// that held the conversation before, and re-attaches to it (reattached true); else it creates one.
+func (m *manager) create(s *session, req *protocol.RunRequest) (sb envs.Sandbox, reattached bool, err error) {
 	spec := envs.Spec{
 		Tenant: s.tenant, Conversation: s.conv, Image: m.cfg.Image,
 		Labels: map[string]string{envs.LabelWorker: m.worker},
@@ -351,10 +361,33 @@ func (m *manager) create(s *session, req *protocol.RunRequest) (envs.Sandbox, er
 			spec.Image = o.Image
 		}
 		spec.Env = o.Env
+		spec.Variables = o.Variables
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, m.cfg.CreateTimeout)
 	defer cancel()
-	return m.env.Create(ctx, spec)
+	select {
+	case m.createSem <- struct{}{}:
+		defer func() { <-m.createSem }()
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("%w: no turn to create a sandbox within %s (%d creations at a time)", envs.ErrBackendUnavailable, m.cfg.CreateTimeout, cap(m.createSem))
+	}
+	s.mu.Lock()
+	lost := s.lost // this worker just dropped the conversation's sandbox: do not pick it up again
+	s.mu.Unlock()
+	if r, ok := m.env.(envs.Reattacher); ok && !lost {
+		sb, err := r.Reattach(ctx, spec)
+		switch {
+		case err == nil:
+			s.log.Info().Str("sandbox_id", sb.Info().ID).Msg("re-attached to the conversation's sandbox")
+			return sb, true, nil
+		case errors.Is(err, envs.ErrSandboxFailed):
+			s.log.Warn().Err(err).Msg("the conversation's sandbox cannot be re-attached; creating one")
+		case !errors.Is(err, envs.ErrNotFound):
+			return nil, false, err
+		}
+	}
+	sb, err = m.env.Create(ctx, spec)
+	return sb, false, err
 }
 
 func (m *manager) destroyQuietly(id string) {

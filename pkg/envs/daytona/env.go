@@ -1,0 +1,602 @@
+package daytona
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/codefleet/codefleet/pkg/envs"
+)
+
+// Name is the backend's name.
+const Name = "daytona"
+
+// Env is the Daytona backend: one Daytona sandbox per conversation, reached through the API
+// wherever the worker runs, so that a conversation that moves to another worker goes on in the
+// same sandbox (it implements envs.Reattacher). It is safe for concurrent use.
+type Env struct {
+	cfg Config
+	log zerolog.Logger
+
+	mu sync.Mutex
+	// accounts are the accounts in use, by their filled-in fields: the static ones (made in
+	// New) and those a request's variables made. List looks in every one.
+	accounts map[string]*account
+	// held maps the sandboxes this Env made, opened or listed to their account and to the
+	// worker label they had when this Env took them (see Destroy).
+	held map[string]holding
+
+	bg sync.WaitGroup // best-effort kills of abandoned runs
+}
+
+type account struct {
+	Account
+	api API
+}
+
+type holding struct {
+	acct   *account
+	worker string
+}
+
+var (
+	_ envs.Env        = (*Env)(nil)
+	_ envs.Reattacher = (*Env)(nil)
+)
+
+// New returns a Daytona backend. It does no I/O.
+func New(cfg Config, log zerolog.Logger) (*Env, error) {
+	cfg.setDefaults()
+	e := &Env{cfg: cfg, log: log.With().Str("component", "envs.daytona").Logger(), accounts: map[string]*account{}, held: map[string]holding{}}
+	if cfg.APIKey == "" && len(cfg.Tenants) == 0 {
+		return nil, errors.New("daytona: config: an API key is required (DAYTONA_API_KEY, or per tenant)")
+	}
+	// Accounts without placeholders are made now, so that List sees their sandboxes from the
+	// start (a restarted worker re-adopts them).
+	if !hasPlaceholder(cfg.Account) && cfg.APIKey != "" {
+		if _, err := e.accountFor("", nil); err != nil {
+			return nil, err
+		}
+	}
+	for tenant, a := range cfg.Tenants {
+		if !hasPlaceholder(a) && !hasPlaceholder(cfg.merged(tenant)) && cfg.merged(tenant).APIKey != "" {
+			if _, err := e.accountFor(tenant, nil); err != nil {
+				return nil, fmt.Errorf("daytona: config: tenant %s: %w", tenant, err)
+			}
+		}
+	}
+	return e, nil
+}
+
+// Name returns "daytona".
+func (e *Env) Name() string { return Name }
+
+// Config returns the effective configuration (defaults filled in).
+func (e *Env) Config() Config { return e.cfg }
+
+// Close waits for pending kills of abandoned runs and closes idle connections; sandboxes are
+// left as they are.
+func (e *Env) Close() error {
+	e.bg.Wait()
+	for _, a := range e.allAccounts() {
+		if c, ok := a.api.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+	return nil
+}
+
+func (e *Env) hold(id string, h holding) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if old, ok := e.held[id]; ok && h.worker == "" {
+		h.worker = old.worker // a listing does not forget who took the sandbox
+	}
+	e.held[id] = h
+}
+
+func (e *Env) holdingOf(id string) (holding, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h, ok := e.held[id]
+	return h, ok
+}
+
+func (e *Env) forget(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.held, id)
+}
+
+// classify wraps an API error with the envs sentinel it stands for; op names the call for
+// transport errors (an *APIError names its own).
+func classify(op string, err error) error {
+	var ae *APIError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ae):
+		switch s := ae.StatusCode; {
+		case s == http.StatusNotFound:
+			return fmt.Errorf("%w: daytona: %w", envs.ErrNotFound, err)
+		case s == http.StatusUnauthorized || s == http.StatusForbidden:
+			return fmt.Errorf("%w: daytona: the service refused the credentials: %w", envs.ErrBackendUnavailable, err)
+		case s == http.StatusTooManyRequests:
+			return fmt.Errorf("%w: daytona: rate limited: %w", envs.ErrBackendUnavailable, err)
+		case s >= 500:
+			return fmt.Errorf("%w: daytona: %w", envs.ErrBackendUnavailable, err)
+		default:
+			return fmt.Errorf("%w: daytona: %w", envs.ErrSandboxFailed, err)
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: daytona: %s: no answer in time: %w", envs.ErrBackendUnavailable, op, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("daytona: %s: %w", op, err)
+	default:
+		return fmt.Errorf("%w: daytona: %s: the service cannot be reached: %w", envs.ErrBackendUnavailable, op, err)
+	}
+}
+
+// short bounds one management call.
+func (e *Env) short(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.cfg.APITimeout)
+}
+
+// sandboxName is a readable, unique name, so that a create whose answer was lost can be found
+// (and deleted) by name.
+func sandboxName(spec envs.Spec) string {
+	var b [4]byte
+	rand.Read(b[:])
+	base := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, "codefleet-"+spec.Tenant+"-"+spec.Conversation)
+	if len(base) > 50 {
+		base = base[:50]
+	}
+	return base + "-" + hex.EncodeToString(b[:])
+}
+
+// labelsFor returns the labels of a new sandbox.
+func (e *Env) labelsFor(spec envs.Spec) map[string]string {
+	labels := map[string]string{}
+	for k, v := range e.cfg.Labels {
+		labels[k] = v
+	}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	labels[envs.LabelManagedBy] = envs.ManagedByValue
+	labels[envs.LabelTenant] = spec.Tenant
+	labels[envs.LabelConversation] = spec.Conversation
+	labels[LabelLanguage] = "python" // what the SDKs would read for their code runs
+	return labels
+}
+
+// Create makes a sandbox, waits until it is started and checks its toolbox answers. On any
+// failure the sandbox is deleted before Create returns (a sandbox stuck in a transition is
+// waited for, up to CleanupTimeout).
+func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) {
+	acct, err := e.accountFor(spec.Tenant, spec.Variables)
+	if err != nil {
+		return nil, err
+	}
+	auto := e.cfg.AutoStopInterval
+	req := CreateSandboxRequest{
+		Name:             sandboxName(spec),
+		Env:              map[string]string{},
+		Labels:           e.labelsFor(spec),
+		Target:           acct.Target,
+		NetworkBlockAll:  e.cfg.NetworkBlockAll,
+		AutoStopInterval: &auto,
+	}
+	for k, v := range spec.Env {
+		req.Env[k] = v
+	}
+	img := spec.Image
+	if img == "" {
+		img = e.cfg.Image
+	}
+	if snap, ok := strings.CutPrefix(img, SnapshotPrefix); ok {
+		req.Snapshot = snap
+	} else if img != "" {
+		req.BuildInfo = &BuildInfo{DockerfileContent: "FROM " + img}
+	}
+	log := e.log.With().Str("tenant", spec.Tenant).Str("conversation_id", spec.Conversation).Logger()
+
+	// One deadline for the whole creation. The create call gets no shorter one of its own: the
+	// service blocks it for up to 30 s while the sandbox starts, and a create abandoned early
+	// would be deleted as possibly made.
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.StartTimeout)
+	defer cancel()
+	sb, err := acct.api.Create(ctx, req)
+	if err != nil {
+		created := maybeCreated(err)
+		err = classify("create sandbox", err)
+		if created {
+			// The request may have reached the service: delete what it made, found by name.
+			if cerr := e.cleanup(acct, req.Name); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+		return nil, err
+	}
+	log = log.With().Str("sandbox_id", sb.ID).Logger()
+	fail := func(err error) (envs.Sandbox, error) {
+		if cerr := e.cleanup(acct, sb.ID); cerr != nil {
+			log.Error().Err(cerr).Msg("delete the sandbox that failed to start")
+			err = errors.Join(err, cerr)
+		}
+		return nil, err
+	}
+	sb, err = e.waitStarted(ctx, acct, sb)
+	if err != nil {
+		return fail(err)
+	}
+	s, err := e.attach(ctx, acct, sb)
+	if err != nil {
+		return fail(err)
+	}
+	e.hold(sb.ID, holding{acct: acct, worker: sb.Labels[envs.LabelWorker]})
+	log.Debug().Str("image", img).Strs("languages", s.languages).Msg("sandbox created")
+	return s, nil
+}
+
+// maybeCreated reports whether a failed create may have left a sandbox behind. Only failures
+// that certainly made nothing are excluded: the request never left, or the service refused it
+// before doing anything (401, 403, 429, and 409, a name clash, where deleting by name would hit
+// another sandbox). Anything else is followed by a delete by name, which finds nothing (404) when
+// nothing was made: an answer lost to a proxy or a timeout, a 5xx, and also a 400, as the service
+// answers 400 "Sandbox failed to start: <reason>" for a sandbox it made and that failed while it
+// waited for it, leaving it in error.
+func maybeCreated(err error) bool {
+	switch statusOf(err) {
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusConflict:
+		return false
+	case 0:
+		return !notSent(err)
+	}
+	return true
+}
+
+// waitStarted polls a sandbox until it is started, as the SDKs do: every 100 ms, growing by a
+// tenth per poll after 5 s, up to 1 s. It fails at once on error or build_failed.
+func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox) (Sandbox, error) {
+	start := time.Now()
+	interval := 100 * time.Millisecond
+	for {
+		switch {
+		case sb.State == StateStarted:
+			return sb, nil
+		case sb.State.Failed():
+			reason := sb.ErrorReason
+			if reason == "" {
+				reason = "no reason given"
+			}
+			return sb, fmt.Errorf("%w: daytona: sandbox %s is in state %s: %s", envs.ErrSandboxFailed, sb.ID, sb.State, reason)
+		case sb.Deleted():
+			return sb, fmt.Errorf("%w: daytona: sandbox %s was deleted while starting", envs.ErrSandboxFailed, sb.ID)
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return sb, fmt.Errorf("%w: daytona: sandbox %s still %s after %s (%v)", envs.ErrSandboxFailed, sb.ID, sb.State,
+				time.Since(start).Round(time.Millisecond), ctx.Err())
+		case <-t.C:
+		}
+		if time.Since(start) > 5*time.Second {
+			interval = min(interval+interval/10, time.Second)
+		}
+		actx, cancel := e.short(ctx)
+		next, err := acct.api.Get(actx, sb.ID)
+		cancel()
+		switch {
+		case statusOf(err) == http.StatusNotFound:
+			return sb, fmt.Errorf("%w: daytona: sandbox %s disappeared while starting", envs.ErrSandboxFailed, sb.ID)
+		case err != nil && ctx.Err() != nil:
+			continue // reported as stuck above
+		case err != nil:
+			return sb, classify("get sandbox", err)
+		}
+		sb = next
+	}
+}
+
+// cleanup deletes a sandbox that failed to come up (by id or by name), waiting out a pending
+// transition; it returns nil once the delete is accepted or the sandbox is gone.
+func (e *Env) cleanup(acct *account, idOrName string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.CleanupTimeout)
+	defer cancel()
+	err := e.delete(ctx, acct, idOrName)
+	e.forget(idOrName)
+	return err
+}
+
+// delete deletes a sandbox, retrying while the service answers 409 (a state change in
+// progress) until ctx ends. An unknown sandbox, or one already being deleted, is fine.
+func (e *Env) delete(ctx context.Context, acct *account, idOrName string) error {
+	backoff := 100 * time.Millisecond
+	for {
+		actx, cancel := e.short(ctx)
+		_, err := acct.api.Delete(actx, idOrName)
+		cancel()
+		switch statusOf(err) {
+		case 0:
+			if err == nil {
+				return nil
+			}
+			return fmt.Errorf("delete sandbox %s: %w", idOrName, classify("delete sandbox", err))
+		case http.StatusNotFound:
+			return nil
+		case http.StatusConflict:
+			// Already being deleted, or in a transition that must settle first.
+			actx, cancel := e.short(ctx)
+			sb, gerr := acct.api.Get(actx, idOrName)
+			cancel()
+			if statusOf(gerr) == http.StatusNotFound || gerr == nil && sb.Deleted() {
+				return nil
+			}
+		default:
+			return fmt.Errorf("delete sandbox %s: %w", idOrName, classify("delete sandbox", err))
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: daytona: delete sandbox %s: still in a state change when giving up (%v)", envs.ErrSandboxFailed, idOrName, ctx.Err())
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Open re-attaches to a sandbox by id, starting it again if it was stopped.
+func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
+	var accts []*account
+	if h, ok := e.holdingOf(id); ok {
+		accts = []*account{h.acct}
+	} else {
+		accts = e.allAccounts()
+	}
+	var lastErr error = fmt.Errorf("%w: daytona: sandbox %s (no account to look in)", envs.ErrNotFound, id)
+	for _, acct := range accts {
+		actx, cancel := e.short(ctx)
+		sb, err := acct.api.Get(actx, id)
+		cancel()
+		if err != nil {
+			lastErr = classify("get sandbox", err)
+			if errors.Is(lastErr, envs.ErrNotFound) {
+				continue
+			}
+			return nil, lastErr
+		}
+		s, err := e.open(ctx, acct, sb)
+		if err != nil {
+			return nil, err
+		}
+		e.hold(sb.ID, holding{acct: acct, worker: sb.Labels[envs.LabelWorker]})
+		return s, nil
+	}
+	return nil, lastErr
+}
+
+// open makes an existing sandbox ready to run code.
+func (e *Env) open(ctx context.Context, acct *account, sb Sandbox) (*sandbox, error) {
+	switch {
+	case sb.Labels[envs.LabelManagedBy] != envs.ManagedByValue:
+		return nil, fmt.Errorf("%w: daytona: sandbox %s is not managed by codefleet", envs.ErrNotFound, sb.ID)
+	case sb.Deleted():
+		return nil, fmt.Errorf("%w: daytona: sandbox %s is being deleted", envs.ErrNotFound, sb.ID)
+	case sb.State.Failed():
+		return nil, fmt.Errorf("%w: daytona: sandbox %s is in state %s: %s", envs.ErrSandboxFailed, sb.ID, sb.State, sb.ErrorReason)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.StartTimeout)
+	defer cancel()
+	if sb.State == StateStopped || sb.State == StateArchived {
+		e.log.Info().Str("sandbox_id", sb.ID).Str("state", string(sb.State)).Msg("starting stopped sandbox")
+		actx, acancel := e.short(ctx)
+		started, err := acct.api.Start(actx, sb.ID)
+		acancel()
+		if err != nil && statusOf(err) != http.StatusConflict {
+			return nil, classify("start sandbox", err)
+		}
+		if err == nil {
+			sb = started
+		}
+	}
+	sb, err := e.waitStarted(ctx, acct, sb)
+	if err != nil {
+		return nil, err
+	}
+	return e.attach(ctx, acct, sb)
+}
+
+// Reattach implements envs.Reattacher: it finds the conversation's sandbox by its labels, takes
+// it over for spec.Labels' worker and opens it.
+func (e *Env) Reattach(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) {
+	acct, err := e.accountFor(spec.Tenant, spec.Variables)
+	if err != nil {
+		return nil, err
+	}
+	found, err := e.list(ctx, acct, map[string]string{envs.LabelTenant: spec.Tenant, envs.LabelConversation: spec.Conversation})
+	if err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return nil, fmt.Errorf("%w: daytona: conversation %s/%s has no sandbox", envs.ErrNotFound, spec.Tenant, spec.Conversation)
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].Created().After(found[j].Created()) })
+	sb := found[0] // the newest, should there be two
+	log := e.log.With().Str("sandbox_id", sb.ID).Str("tenant", spec.Tenant).Str("conversation_id", spec.Conversation).Logger()
+
+	// Take it over first, so that the worker that had it stops counting it as its own.
+	labels := map[string]string{}
+	for k, v := range sb.Labels {
+		labels[k] = v
+	}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	actx, cancel := e.short(ctx)
+	err = acct.api.SetLabels(actx, sb.ID, labels)
+	cancel()
+	if err != nil {
+		return nil, classify("set sandbox labels", err)
+	}
+	sb.Labels = labels
+	s, err := e.open(ctx, acct, sb)
+	if err != nil {
+		if errors.Is(err, envs.ErrSandboxFailed) {
+			log.Warn().Err(err).Msg("the conversation's sandbox cannot run; deleting it")
+			if cerr := e.cleanup(acct, sb.ID); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+		return nil, err
+	}
+	e.hold(sb.ID, holding{acct: acct, worker: labels[envs.LabelWorker]})
+	log.Info().Str("from_worker", found[0].Labels[envs.LabelWorker]).Msg("sandbox re-attached")
+	return s, nil
+}
+
+// List returns the managed sandboxes, in every account in use, whose labels include match.
+// Sandboxes being deleted are left out.
+func (e *Env) List(ctx context.Context, match map[string]string) ([]envs.Info, error) {
+	var out []envs.Info
+	seen := map[string]bool{}
+	for _, acct := range e.allAccounts() {
+		list, err := e.list(ctx, acct, match)
+		if err != nil {
+			return out, err
+		}
+		for _, sb := range list {
+			if seen[sb.ID] {
+				continue
+			}
+			seen[sb.ID] = true
+			e.hold(sb.ID, holding{acct: acct})
+			out = append(out, infoOf(sb))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+// list pages through one account's managed sandboxes matching labels.
+func (e *Env) list(ctx context.Context, acct *account, match map[string]string) ([]Sandbox, error) {
+	q := ListQuery{Labels: map[string]string{envs.LabelManagedBy: envs.ManagedByValue}, Limit: 100}
+	for k, v := range match {
+		q.Labels[k] = v
+	}
+	var out []Sandbox
+	for pages := 0; ; pages++ {
+		actx, cancel := e.short(ctx)
+		page, err := acct.api.List(actx, q)
+		cancel()
+		if err != nil {
+			return nil, classify("list sandboxes", err)
+		}
+		for _, sb := range page.Items {
+			if !sb.Deleted() && hasLabels(sb.Labels, q.Labels) {
+				out = append(out, sb)
+			}
+		}
+		if page.NextCursor == "" || page.NextCursor == q.Cursor || pages > 1000 {
+			return out, nil
+		}
+		q.Cursor = page.NextCursor
+	}
+}
+
+func hasLabels(labels, match map[string]string) bool {
+	for k, v := range match {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func infoOf(sb Sandbox) envs.Info {
+	img := sb.Snapshot
+	if sb.BuildInfo != nil {
+		img = strings.TrimSpace(strings.TrimPrefix(sb.BuildInfo.DockerfileContent, "FROM "))
+	} else if img != "" {
+		img = SnapshotPrefix + img
+	}
+	return envs.Info{
+		ID: sb.ID, Backend: Name, Tenant: sb.Labels[envs.LabelTenant], Conversation: sb.Labels[envs.LabelConversation],
+		Image: img, Labels: sb.Labels, Created: sb.Created(),
+	}
+}
+
+// Destroy deletes a sandbox; an unknown one, or one already being deleted, is fine. Deletion
+// completes asynchronously on the service's side.
+//
+// A sandbox that this Env took for a worker and that another worker has taken over since (its
+// worker label changed: the conversation moved while this worker was cut off) is not deleted:
+// the reaper of a worker that lost its conversations must not delete their sandboxes.
+func (e *Env) Destroy(ctx context.Context, id string) error {
+	acct := (*account)(nil)
+	h, ok := e.holdingOf(id)
+	if ok {
+		acct = h.acct
+	} else if accts := e.allAccounts(); len(accts) == 1 {
+		acct = accts[0]
+	} else {
+		// Look for it in every account.
+		for _, a := range accts {
+			actx, cancel := e.short(ctx)
+			_, err := a.api.Get(actx, id)
+			cancel()
+			if err == nil {
+				acct = a
+				break
+			}
+		}
+		if acct == nil {
+			return nil
+		}
+	}
+	if ok && h.worker != "" {
+		actx, cancel := e.short(ctx)
+		sb, err := acct.api.Get(actx, id)
+		cancel()
+		switch {
+		case statusOf(err) == http.StatusNotFound:
+			e.forget(id)
+			return nil
+		case err != nil:
+			return fmt.Errorf("destroy sandbox %s: %w", id, classify("get sandbox", err))
+		case sb.Labels[envs.LabelWorker] != h.worker:
+			e.log.Info().Str("sandbox_id", id).Str("worker", sb.Labels[envs.LabelWorker]).Msg("sandbox taken over by another worker; not deleting it")
+			e.forget(id)
+			return nil
+		}
+	}
+	if _, has := ctx.Deadline(); !has {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.CleanupTimeout)
+		defer cancel()
+	}
+	if err := e.delete(ctx, acct, id); err != nil {
+		return err
+	}
+	e.forget(id)
+	return nil
+}

@@ -1,0 +1,199 @@
+package daytona_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/codefleet/codefleet/internal/daytonafake"
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/client"
+	"github.com/codefleet/codefleet/pkg/dispatcher"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+const fleetTTL = time.Second
+
+// TestWorkerKilledMidConversation: a conversation's worker dies in the middle of a run; the
+// in-flight run gets worker_lost, and the conversation goes on on the other worker in the same
+// Daytona sandbox, with its files: the result says neither created nor recreated. Each worker has
+// a backend of its own, as two processes would, on one Daytona service.
+func TestWorkerKilledMidConversation(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	ns := testutil.StartNATS(t)
+
+	// The doomed worker's NATS connection is closed without a shutdown: it just vanishes.
+	doomedEnv := newEnv(t, fake, nil)
+	doomedNC := testutil.Connect(t, ns)
+	doomed, err := worker.New(worker.Config{ID: "doomed", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: fleetTTL}, doomedNC, doomedEnv, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doomed.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d := startFleetDispatcher(t, ns)
+	waitWorkers(t, d, 1)
+	c, err := client.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := c.Conversation("moving")
+	ctx := context.Background()
+	first, err := conv.Run(ctx, "echo 'kept across workers' > notes.txt; pip_cache=1", "bash", nil)
+	if err != nil || first.Sandbox == nil || first.Sandbox.Worker != "doomed" || !first.Sandbox.Created {
+		t.Fatalf("first run: %+v %v, want a sandbox created on doomed", first, err)
+	}
+	sandboxID := first.Sandbox.ID
+	if res, err := conv.Run(ctx, "print(open('notes.txt').read().strip())", "python", nil); err != nil || res.Output != "kept across workers\n" {
+		t.Fatalf("second run: %+v %v", res, err)
+	}
+
+	survivorEnv := newEnv(t, fake, nil)
+	startFleetWorker(t, ns, "survivor", survivorEnv)
+	waitWorkers(t, d, 2)
+
+	// A run is in flight when the doomed worker dies.
+	var wg sync.WaitGroup
+	var runErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, runErr = conv.Run(ctx, "sleep 30", "bash", nil)
+	}()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if doomed.Info().Running != 1 {
+			return errors.New("the run has not started on doomed")
+		}
+		return nil
+	})
+	doomedNC.Close()
+	wg.Wait()
+	var perr *protocol.Error
+	if !errors.As(runErr, &perr) || perr.Code != protocol.CodeWorkerLost {
+		t.Fatalf("in-flight run: got %v, want worker_lost", runErr)
+	}
+
+	res, err := conv.Run(ctx, "cat notes.txt", "bash", nil)
+	if err != nil {
+		t.Fatalf("run after the worker died: %v", err)
+	}
+	if res.Sandbox.Worker != "survivor" || res.Sandbox.ID != sandboxID || res.Sandbox.Created || res.Sandbox.Recreated || res.Output != "kept across workers\n" {
+		t.Fatalf("run after the worker died: %+v (sandbox %+v), want the same sandbox %s on survivor with its file, not created nor recreated",
+			res, res.Sandbox, sandboxID)
+	}
+	sb, _ := fake.Get(sandboxID)
+	if sb.Labels[envs.LabelWorker] != "survivor" {
+		t.Fatalf("sandbox labels %v: the survivor did not take it over", sb.Labels)
+	}
+	if n := len(fake.Sandboxes()); n != 1 {
+		t.Fatalf("%d sandboxes on the service, want the conversation's one", n)
+	}
+
+	// The doomed worker is still running somewhere, cut off: its reaper must not delete the
+	// sandbox it lost. Its backend refuses, as the sandbox now belongs to the survivor.
+	if err := doomedEnv.Destroy(ctx, sandboxID); err != nil {
+		t.Fatalf("destroy from the doomed worker: %v", err)
+	}
+	if sb, ok := fake.Get(sandboxID); !ok || sb.Deleted() {
+		t.Fatalf("the doomed worker deleted the survivor's sandbox: %+v", sb)
+	}
+	// Its stuck run is killed when it shuts down (the run's context ends, and the backend kills
+	// the run's processes in the sandbox).
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	doomed.Shutdown(sctx)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := fake.Running(); n != 0 {
+			return fmt.Errorf("%d toolbox commands still running: the abandoned sleep 30 was not killed", n)
+		}
+		return nil
+	})
+
+	// The conversation still works, then closes; its sandbox is deleted.
+	if res, err := conv.Run(ctx, "ls", "bash", nil); err != nil || res.Output != "notes.txt\n" {
+		t.Fatalf("run after the doomed worker stopped: %+v %v", res, err)
+	}
+	closed, err := conv.Close(ctx)
+	if err != nil || !closed.Closed || closed.Sandbox == nil || closed.Sandbox.ID != sandboxID {
+		t.Fatalf("close: %+v %v", closed, err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := fake.Live(); n != 0 {
+			return fmt.Errorf("%d sandboxes live after close", n)
+		}
+		return nil
+	})
+}
+
+// TestNewConversationCreates: a conversation that never had a sandbox gets a new one (created,
+// not recreated), and a second conversation does not pick up the first one's.
+func TestNewConversationCreates(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	ns := testutil.StartNATS(t)
+	startFleetWorker(t, ns, "w1", newEnv(t, fake, nil))
+	d := startFleetDispatcher(t, ns)
+	waitWorkers(t, d, 1)
+	c, err := client.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, err := c.Conversation("a").Run(ctx, "echo a > who", "bash", nil)
+	if err != nil || !a.Sandbox.Created || a.Sandbox.Recreated {
+		t.Fatalf("conversation a: %+v %v", a, err)
+	}
+	b, err := c.Conversation("b").Run(ctx, "cat who 2>/dev/null || echo nobody", "bash", nil)
+	if err != nil || !b.Sandbox.Created || b.Sandbox.ID == a.Sandbox.ID || b.Output != "nobody\n" {
+		t.Fatalf("conversation b: %+v %v, want a sandbox of its own", b, err)
+	}
+	for _, id := range []string{"a", "b"} {
+		if _, err := c.Conversation(id).Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func startFleetWorker(t *testing.T, ns *server.Server, id string, env envs.Env) *worker.Worker {
+	t.Helper()
+	w, err := worker.New(worker.Config{ID: id, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: fleetTTL, DestroyOnShutdown: true},
+		testutil.Connect(t, ns), env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	return w
+}
+
+func startFleetDispatcher(t *testing.T, ns *server.Server) *dispatcher.Dispatcher {
+	t.Helper()
+	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: fleetTTL}, testutil.Connect(t, ns), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background()) })
+	return d
+}
+
+func waitWorkers(t *testing.T, d *dispatcher.Dispatcher, n int) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if got := len(d.Workers()); got != n {
+			return fmt.Errorf("%d workers live, want %d", got, n)
+		}
+		return nil
+	})
+}

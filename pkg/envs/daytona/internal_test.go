@@ -1,0 +1,123 @@
+package daytona
+
+import (
+	"net/http"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRetryAfterHeader(t *testing.T) {
+	for _, tc := range []struct {
+		h    http.Header
+		want time.Duration
+		ok   bool
+	}{
+		{http.Header{"Retry-After-Sandbox-Create": {"3"}}, 3 * time.Second, true},
+		{http.Header{"Retry-After": {"1"}, "Retry-After-Authenticated": {"5"}}, 5 * time.Second, true},
+		{http.Header{"Retry-After-Sandbox-Lifecycle": {"0.5"}}, 500 * time.Millisecond, true},
+		{http.Header{"X-Ratelimit-Reset-Sandbox-Create": {"9"}}, 0, false},
+		{http.Header{"Retry-After": {"soon"}}, 0, false},
+	} {
+		got, ok := retryAfterHeader(tc.h)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%v: got %s %v, want %s %v", tc.h, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParseTrailer(t *testing.T) {
+	const n = "cfabc"
+	for _, tc := range []struct {
+		in, out string
+		tr      trailer
+		ok      bool
+	}{
+		{"hi\n\ncfabc 0 0 0\n", "hi\n", trailer{}, true},
+		{"no newline\ncfabc 3 0 1 1500\n", "no newline", trailer{exit: 3, truncated: true, duration: 1500 * time.Microsecond}, true},
+		{"before\ncfabc 124 1 0\n", "before", trailer{exit: 124, timedOut: true}, true},
+		// Output that imitates a trailer with another nonce is output.
+		{"\ncfxyz 0 0 0\n\ncfabc 1 0 0\n", "\ncfxyz 0 0 0\n", trailer{exit: 1}, true},
+		{"no trailer", "no trailer", trailer{}, false},
+		{"\ncfabc x y z\n", "\ncfabc x y z\n", trailer{}, false},
+	} {
+		out, tr, ok := parseTrailer(tc.in, n)
+		if out != tc.out || tr != tc.tr || ok != tc.ok {
+			t.Errorf("%q: got %q %+v %v, want %q %+v %v", tc.in, out, tr, ok, tc.out, tc.tr, tc.ok)
+		}
+	}
+}
+
+func TestLanguagesFrom(t *testing.T) {
+	for _, tc := range []struct {
+		probe string
+		want  []string
+	}{
+		{"python3\nbash\nnode\nts-node\nsetsid\nbase64\n", []string{"python", "bash", "javascript", "typescript"}},
+		{"python3\nbash\nnode\ntsc\nsetsid\nbase64\n", []string{"python", "bash", "javascript", "typescript"}},
+		{"python3\nbash\n", []string{"python"}}, // no setsid/base64: only the Python supervisor works
+		{"bash\nsetsid\nbase64\n", []string{"bash"}},
+		{"", nil},
+	} {
+		if got := languagesFrom(tc.probe); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%q: got %v, want %v", tc.probe, got, tc.want)
+		}
+	}
+}
+
+func TestVersionLess(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"0.150.0", "0.167.0", true}, {"0.167.0", "0.167.0", false}, {"v0.190.1", "0.167.0", false},
+		{"0.99", "0.167.0", true}, {"1.0.0-rc1", "0.167.0", false},
+	} {
+		if got := versionLess(tc.a, tc.b); got != tc.want {
+			t.Errorf("versionLess(%q, %q) = %v", tc.a, tc.b, got)
+		}
+	}
+}
+
+func TestTimeouts(t *testing.T) {
+	if got := apiTimeout(time.Second); got != 6 {
+		t.Errorf("apiTimeout(1s) = %d, want 6", got)
+	}
+	if got := apiTimeout(1500 * time.Millisecond); got != 7 {
+		t.Errorf("apiTimeout(1.5s) = %d, want 7", got)
+	}
+	if seconds(2*time.Second) != "2" || seconds(1500*time.Millisecond) != "1.500" {
+		t.Errorf("seconds: %s %s", seconds(2*time.Second), seconds(1500*time.Millisecond))
+	}
+}
+
+// TestSupervisorsParse checks the generated scripts with the shells and Python of the host,
+// without running them: sh -n for the shell one (dash where /bin/sh is dash), compile() for
+// the Python one, for awkward code and env.
+func TestSupervisorsParse(t *testing.T) {
+	p := runPlan{nonce: "cf0", language: "bash", code: "echo 'it''s' \"$HOME\" `x`\n\\", timeout: 1500 * time.Millisecond, max: 1000,
+		workdir: "/tmp/it's", exports: map[string]string{"A": "it's $x \"y\"", "B_2": "\n"}}
+	for _, sh := range []string{"sh", "bash", "dash", "zsh"} {
+		if _, err := exec.LookPath(sh); err != nil {
+			continue
+		}
+		if out, err := exec.Command(sh, "-n", "-c", shellSupervisor(p)).CombinedOutput(); err != nil {
+			t.Errorf("%s -n: %v\n%s", sh, err, out)
+		}
+		// The command line the daemon's shell gets.
+		if out, err := exec.Command(sh, "-n", "-c", viaSh("true")).CombinedOutput(); err != nil {
+			t.Errorf("%s -n viaSh: %v\n%s", sh, err, out)
+		}
+	}
+	if _, err := exec.LookPath("python3"); err == nil {
+		p.language, p.code = "python", "print('\"\\x00')"
+		src := pythonSupervisor(p)
+		cmd := exec.Command("python3", "-c", "import sys; compile(sys.stdin.read(), 'supervisor', 'exec')")
+		cmd.Stdin = strings.NewReader(src)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("python supervisor does not compile: %v\n%s\n%s", err, out, src)
+		}
+	}
+}
