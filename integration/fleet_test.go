@@ -12,12 +12,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +35,7 @@ import (
 	"github.com/docker/docker/client"
 	mobycontainer "github.com/moby/moby/api/types/container"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/testcontainers/testcontainers-go"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
@@ -38,6 +43,7 @@ import (
 
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
 // labelRun marks every container and network of this test process.
@@ -222,6 +228,10 @@ type fleet struct {
 	nats []*testcontainers.DockerContainer
 	// workerArgs are extra flags of every worker.
 	workerArgs []string
+	// inNetwork is the NATS URL(s) the fleet's services connect to; replicas is the KV
+	// replica count they create buckets with.
+	inNetwork string
+	replicas  int
 
 	mu         sync.Mutex
 	containers []*testcontainers.DockerContainer
@@ -238,7 +248,7 @@ func newFleet(t *testing.T) *fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fleet{t: t, net: net, cli: cli}
+	f := &fleet{t: t, net: net, cli: cli, inNetwork: "nats://nats:4222", replicas: 1}
 	// Cleanups run last-in first-out: containers go before the network.
 	t.Cleanup(func() {
 		if err := net.Remove(context.Background()); err != nil {
@@ -290,6 +300,9 @@ func (f *fleet) dumpLogs(name string, c *testcontainers.DockerContainer) {
 	}
 	defer rc.Close()
 	b, _ := io.ReadAll(rc)
+	if dir := os.Getenv("CODEFLEET_IT_LOGS"); dir != "" {
+		os.WriteFile(filepath.Join(dir, name+".log"), b, 0o644)
+	}
 	if len(b) > 8<<10 {
 		b = b[len(b)-8<<10:]
 	}
@@ -306,14 +319,52 @@ func (f *fleet) startNATS() *testcontainers.DockerContainer {
 	return c
 }
 
-// natsURL is the host's URL of the first NATS server.
+// startNATSCluster starts a 3-node NATS cluster with JetStream (n1, n2, n3 in the network);
+// the fleet's services connect to all three and keep their KV buckets on 3 replicas.
+func (f *fleet) startNATSCluster() {
+	routes := "nats://n1:6222,nats://n2:6222,nats://n3:6222"
+	for _, n := range []string{"n1", "n2", "n3"} {
+		c := f.start(runTag+"-"+n, imageNATS, []string{n}, "Server is ready",
+			[]string{"-js", "-sd", "/data", "-n", n, "--cluster_name", "codefleet", "--cluster", "nats://0.0.0.0:6222", "--routes", routes},
+			testcontainers.WithExposedPorts("4222/tcp"))
+		f.nats = append(f.nats, c)
+	}
+	// Services are given n1 only: they learn the other nodes from it (as clients of a cluster
+	// do) and must fail over to them when n1 goes.
+	f.inNetwork = "nats://n1:4222"
+	f.replicas = 3
+	// JetStream is usable once the cluster has elected its meta leader.
+	nc := f.connect()
+	testutil.Eventually(f.t, time.Minute, func() error {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = js.AccountInfo(ctx)
+		return err
+	})
+}
+
+// natsURL is the host's URL(s) of the NATS servers still running, on loopback.
 func (f *fleet) natsURL() string {
 	f.t.Helper()
-	ep, err := f.nats[0].PortEndpoint(context.Background(), "4222/tcp", "nats")
-	if err != nil {
-		f.t.Fatal(err)
+	var urls []string
+	for _, c := range f.nats {
+		if st, err := c.State(context.Background()); err != nil || !st.Running {
+			continue
+		}
+		ep, err := c.PortEndpoint(context.Background(), "4222/tcp", "nats")
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		urls = append(urls, ep)
 	}
-	return ep
+	if len(urls) == 0 {
+		return "nats://127.0.0.1:1" // none running: refused, never the default URL
+	}
+	return strings.Join(urls, ",")
 }
 
 // connect opens a host-side NATS connection that reconnects forever.
@@ -327,11 +378,12 @@ func (f *fleet) connect() *nats.Conn {
 	return nc
 }
 
-const natsInNetwork = "nats://nats:4222"
+// heartbeatTTL is the fleet's: a worker silent this long is dead (the default).
+const heartbeatTTL = 10 * time.Second
 
 func (f *fleet) startDispatcher(name string) *testcontainers.DockerContainer {
 	return f.start(runTag+"-"+name, imageDispatcher, nil, "dispatcher started",
-		[]string{"--nats-url", natsInNetwork, "--name", name, "--heartbeat-ttl", "2s"})
+		[]string{"--nats-url", f.inNetwork, "--name", name, "--heartbeat-ttl", heartbeatTTL.String(), "--kv-replicas", strconv.Itoa(f.replicas)})
 }
 
 // workerID is the id of a worker named name in this run.
@@ -339,8 +391,8 @@ func workerID(name string) string { return runTag + "-" + name }
 
 // startWorker starts a worker with the host's Docker socket; its sandboxes are siblings.
 func (f *fleet) startWorker(name string, args ...string) *testcontainers.DockerContainer {
-	cmd := append([]string{"--nats-url", natsInNetwork, "--id", workerID(name), "--image", testutil.SandboxImage(),
-		"--heartbeat-interval", "500ms", "--heartbeat-ttl", "2s", "--capacity", "500", "--log-level", "debug"}, f.workerArgs...)
+	cmd := append([]string{"--nats-url", f.inNetwork, "--kv-replicas", strconv.Itoa(f.replicas), "--id", workerID(name), "--image", testutil.SandboxImage(),
+		"--heartbeat-interval", "500ms", "--heartbeat-ttl", heartbeatTTL.String(), "--capacity", "500", "--log-level", "debug"}, f.workerArgs...)
 	return f.start(workerID(name), imageWorker, nil, "worker started", append(cmd, args...),
 		testcontainers.WithHostConfigModifier(func(hc *mobycontainer.HostConfig) {
 			hc.Binds = append(hc.Binds, "/var/run/docker.sock:/var/run/docker.sock")
@@ -379,3 +431,58 @@ func (f *fleet) sandboxesOf(name string) []string {
 }
 
 var imageRemoveOptions = image.RemoveOptions{Force: true, PruneChildren: true}
+
+// registry opens the workers' registry bucket.
+func registry(nc *nats.Conn) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return js.KeyValue(ctx, protocol.WorkersBucket)
+}
+
+// liveWorkers lists the ids registered in codefleet-workers, sorted.
+func liveWorkers(nc *nats.Conn) ([]string, error) {
+	kv, err := registry(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys, err := kv.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	slices.Sort(keys)
+	return keys, err
+}
+
+// workerInfo reads a worker's registration.
+func workerInfo(nc *nats.Conn, id string) (protocol.WorkerInfo, error) {
+	var info protocol.WorkerInfo
+	kv, err := registry(nc)
+	if err != nil {
+		return info, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := kv.Get(ctx, id)
+	if err != nil {
+		return info, fmt.Errorf("registration of %s: %w", id, err)
+	}
+	return info, json.Unmarshal(e.Value(), &info)
+}
+
+// logsOf returns a container's logs so far.
+func (f *fleet) logsOf(c *testcontainers.DockerContainer) string {
+	f.t.Helper()
+	rc, err := c.Logs(context.Background())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	return string(b)
+}

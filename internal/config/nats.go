@@ -18,6 +18,9 @@ func ConnectNATS(url, creds, name string, log zerolog.Logger) (nc *nats.Conn, cl
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// A connection cut without a reset (a partition) is found dead after 2 missed pings.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if !c.IsClosed() { // closing is not news
 				log.Warn().Err(err).Msg("NATS disconnected; reconnecting")

@@ -293,6 +293,9 @@ func (d *Dispatcher) live(worker string) bool {
 func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoid string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if avoid != "" && d.awaitWorker(ctx, avoid) {
+		avoid = "" // it was only reconnecting: the conversation stays
+	}
 	owner, recreated, perr := d.resolve(ctx, tenant, conv, backend, avoid)
 
 	d.mu.Lock()
@@ -308,13 +311,60 @@ func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoi
 	}
 }
 
+// awaitWorker waits for a registered worker that had no responders to answer again, as it
+// does within a second or two of a NATS restart or a network blip, and reports whether it did.
+// It gives up when the registry loses the worker or after a heartbeat TTL, the time in which a
+// worker that is really gone loses its registration.
+func (d *Dispatcher) awaitWorker(ctx context.Context, worker string) bool {
+	lost := d.reg.Lost(worker)
+	deadline := time.NewTimer(d.cfg.HeartbeatTTL)
+	defer deadline.Stop()
+	subject := d.subjects.Worker(worker, "ping")
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		_, err := d.nc.RequestWithContext(pctx, subject, nil)
+		cancel()
+		if err == nil {
+			return true
+		}
+		select {
+		case <-lost:
+			return false
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // resolve returns the live owner of a conversation, claiming or moving it as needed. avoid
 // names a worker known not to answer (its registration may not have expired yet): it is
 // treated as dead. recreated is true when the conversation had an owner that is gone.
 func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid string) (affinity.Owner, bool, *protocol.Error) {
 	usable := func(worker string) bool { return worker != avoid && d.live(worker) }
+	backoff := 50 * time.Millisecond
+	// wait reports whether err is a passing JetStream fault (a stream leader being elected
+	// after a node loss, a reconnect) worth retrying, after waiting a little.
+	wait := func(err error) bool {
+		if !transient(err) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		return true
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		cur, ok, err := d.store.Get(ctx, tenant, conv)
+		if err != nil && wait(err) {
+			attempt--
+			continue
+		}
 		if err != nil {
 			return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "affinity lookup: %v", err)
 		}
@@ -334,6 +384,10 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid s
 		} else {
 			got, won, err = d.store.Claim(ctx, tenant, conv, next)
 		}
+		if err != nil && wait(err) {
+			attempt--
+			continue
+		}
 		if err != nil {
 			return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "affinity update: %v", err)
 		}
@@ -346,6 +400,14 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid s
 		}
 	}
 	return affinity.Owner{}, false, protocol.Errorf(protocol.CodeInternal, "conversation %s: placement did not settle", conv)
+}
+
+// transient reports whether a KV error may pass by itself: no JetStream answer yet (a stream
+// leader election after a node loss) or the connection being re-established.
+func transient(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
 }
 
 // pick places a conversation on a live worker other than avoid.
@@ -465,8 +527,9 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 	}
 }
 
-// noResponders: the owner has no subscription (it died or stopped). The run was not delivered,
-// so it is safe to move the conversation and send the run again, once.
+// noResponders: the owner has no subscription: it died or stopped, or it is reconnecting. The
+// run was not delivered, so it is safe to send it again, once: to the owner if it answers again
+// soon (awaitWorker), else to a live worker the conversation is moved to.
 func (d *Dispatcher) noResponders(r *relay) {
 	if r.isClose {
 		go d.release(r)
@@ -478,7 +541,7 @@ func (d *Dispatcher) noResponders(r *relay) {
 		return
 	}
 	r.retried = true
-	d.log.Info().Str("worker_id", r.owner.Worker).Str("conversation_id", r.conv).Msg("owner has no responders; moving conversation")
+	d.log.Info().Str("worker_id", r.owner.Worker).Str("conversation_id", r.conv).Msg("owner has no responders; waiting for it or moving the conversation")
 	key := protocol.Key(r.tenant, r.conv)
 	d.mu.Lock()
 	if p := d.placing[key]; p != nil {

@@ -169,20 +169,20 @@ func TestWorkerLostMidRun(t *testing.T) {
 }
 
 // TestOwnerWithoutResponders: a worker whose process is gone but whose registration has not
-// expired yet answers "no responders"; the run is not lost but moved to a live worker, and its
-// result says recreated.
+// expired yet answers "no responders". The run is not lost: once the registration expires, the
+// conversation is moved to a live worker and the run sent there, its result marked recreated.
 func TestOwnerWithoutResponders(t *testing.T) {
+	const gonesTTL = 2 * time.Second
 	ns := testutil.StartNATS(t)
 	goneNC := testutil.Connect(t, ns)
-	// A long TTL: the registration outlives the process for the whole test.
-	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: time.Second, HeartbeatTTL: time.Minute}, goneNC, fake.New(), testutil.Logger(t))
+	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: gonesTTL}, goneNC, fake.New(), testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := gone.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: time.Minute}, testutil.Connect(t, ns), testutil.Logger(t))
+	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: gonesTTL}, testutil.Connect(t, ns), testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,20 +196,79 @@ func TestOwnerWithoutResponders(t *testing.T) {
 		t.Fatalf("first run: %+v %v", res, err)
 	}
 	startWorker(t, ns, "alive", fake.New())
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if len(d.Workers()) != 2 {
-			return errors.New("alive not seen yet")
-		}
-		return nil
-	})
-	goneNC.Close() // its subscriptions vanish; its registration stays for a minute
+	waitWorkers(t, 2, d)
+	goneNC.Close() // its subscriptions vanish at once; its registration only after the TTL
+	start := time.Now()
 	res, err := conv.Run(context.Background(), "echo moved", "bash", nil)
 	if err != nil || res.Sandbox.Worker != "alive" || !res.Sandbox.Recreated || res.Output != "moved\n" {
 		t.Fatalf("run after the owner vanished: %+v %v, want it on alive, recreated", res, err)
 	}
+	if took := time.Since(start); took > gonesTTL+time.Second {
+		t.Fatalf("the run took %s, want it moved within the TTL (%s) and a second", took, gonesTTL)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	gone.Shutdown(ctx)
+}
+
+// TestOwnerReconnecting: a worker that has no responders only for a moment (a NATS restart, a
+// new connection of the same worker) keeps its conversation: the run waits for it and runs in
+// the same sandbox, not recreated.
+func TestOwnerReconnecting(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	env := fake.New()
+	cfg := worker.Config{ID: "blinking", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: 3 * time.Second}
+	firstNC := testutil.Connect(t, ns)
+	first, err := worker.New(cfg, firstNC, env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		first.Shutdown(ctx) // its connection is gone: this only stops its goroutines
+	})
+	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: cfg.HeartbeatTTL}, testutil.Connect(t, ns), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background()) })
+	waitWorkers(t, 1, d)
+	c := newClient(t, ns)
+	conv := c.Conversation("steady")
+	res, err := conv.Run(context.Background(), "echo kept > f", "bash", nil)
+	if err != nil || res.Sandbox.Worker != "blinking" {
+		t.Fatalf("first run: %+v %v", res, err)
+	}
+	// Another worker is there to take the conversation, should the dispatcher move it.
+	startWorker(t, ns, "other", fake.New())
+	waitWorkers(t, 2, d)
+	firstNC.Close() // no responders from now on...
+	done := make(chan struct{})
+	var again *protocol.RunResult
+	go func() {
+		defer close(done)
+		again, err = conv.Run(context.Background(), "cat f", "bash", nil)
+	}()
+	// ...until the same worker is back on a new connection with the same sandboxes.
+	second, err2 := worker.New(cfg, testutil.Connect(t, ns), env, testutil.Logger(t))
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	if err := second.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Shutdown(context.Background()) })
+	<-done
+	if err != nil || again.Output != "kept\n" || again.Sandbox.Worker != "blinking" || again.Sandbox.Recreated || again.Sandbox.ID != res.Sandbox.ID {
+		t.Fatalf("run during the reconnect: %+v %v, want it in sandbox %s on blinking", again, err, res.Sandbox.ID)
+	}
 }
 
 // TestStaleSandboxesRemoved: a worker that was unreachable while its conversations moved away

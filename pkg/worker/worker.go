@@ -120,6 +120,10 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := g.AddEndpoint("close", micro.HandlerFunc(w.handleClose)); err != nil {
 		return fmt.Errorf("worker: endpoint close: %w", err)
 	}
+	// ping tells a dispatcher that the worker is subscribed again after a reconnect.
+	if err := g.AddEndpoint("ping", micro.HandlerFunc(func(req micro.Request) { req.Respond([]byte("{}")) })); err != nil {
+		return fmt.Errorf("worker: endpoint ping: %w", err)
+	}
 
 	// The subscriptions must reach the server before Start returns: a request sent right after
 	// would otherwise find no responders.
@@ -130,9 +134,21 @@ func (w *Worker) Start(ctx context.Context) error {
 	bgctx, cancel := context.WithCancel(context.Background())
 	w.stop = cancel
 	w.bg.Add(2)
+	lastBeat := time.Now()
 	go w.every(bgctx, w.cfg.HeartbeatInterval, func(ctx context.Context) {
-		if err := w.heartbeat(ctx); err != nil && ctx.Err() == nil {
-			w.log.Warn().Err(err).Msg("heartbeat")
+		err := w.heartbeat(ctx)
+		if err == nil || ctx.Err() != nil {
+			lastBeat = time.Now()
+			return
+		}
+		w.log.Warn().Err(err).Msg("heartbeat")
+		// Silent for a whole TTL while the connection claims to be up: it is probably dead
+		// (a network cut leaves no error until pings time out). Reconnect now, so the worker
+		// is back as soon as the network is.
+		if time.Since(lastBeat) > w.cfg.HeartbeatTTL && w.nc.IsConnected() {
+			w.log.Warn().Dur("silent", time.Since(lastBeat)).Msg("registration not refreshed for a TTL; reconnecting to NATS")
+			w.nc.ForceReconnect()
+			lastBeat = time.Now()
 		}
 	})
 	go w.every(bgctx, w.cfg.ReapInterval, w.m.reap)
@@ -192,7 +208,9 @@ func (w *Worker) openRegistry(ctx context.Context) error {
 }
 
 func (w *Worker) heartbeat(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.cfg.HeartbeatInterval)
+	// A put slower than the interval still counts if it lands within the TTL: give it half of
+	// it (ticks are skipped meanwhile), so a loaded server or machine does not lose the worker.
+	ctx, cancel := context.WithTimeout(ctx, max(w.cfg.HeartbeatInterval, w.cfg.HeartbeatTTL/2))
 	defer cancel()
 	info := w.Info()
 	_, err := w.kv.Put(ctx, w.cfg.ID, protocol.Encode(&info))
