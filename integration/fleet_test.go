@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -60,6 +61,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("integration: skipped with -short (make test runs it)")
+		os.Exit(0)
+	}
 	// Ryuk's image cannot be pulled here; cleanup is explicit.
 	os.Setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
 	// Published ports are reached on loopback, never through another address of the host.
@@ -379,7 +385,7 @@ func (f *fleet) connect() *nats.Conn {
 }
 
 // heartbeatTTL is the fleet's: a worker silent this long is dead (the default).
-const heartbeatTTL = 10 * time.Second
+const heartbeatTTL = 3 * time.Second
 
 func (f *fleet) startDispatcher(name string) *testcontainers.DockerContainer {
 	return f.start(runTag+"-"+name, imageDispatcher, nil, "dispatcher started",

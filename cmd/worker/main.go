@@ -77,6 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&w.Capacity, "capacity", worker.DefaultCapacity, "most sandboxes held at once; a new conversation past it gets the error capacity")
 	fs.IntVar(&w.MaxConcurrentRuns, "max-concurrent-runs", 0, "most runs executing at once across conversations (0: the capacity)")
 	fs.IntVar(&w.MaxConcurrentCreates, "max-concurrent-creates", worker.DefaultMaxConcurrentCreates, "most sandboxes being created at once; more new conversations wait their turn")
+	fs.DurationVar(&w.CreateTimeout, "create-timeout", worker.DefaultCreateTimeout, "bound on getting one sandbox created, the wait for a turn included")
 	fs.IntVar(&w.QueueDepth, "queue-depth", worker.DefaultQueueDepth, "most runs waiting per conversation; past it a run gets the error busy")
 	fs.DurationVar(&w.MaxTimeout, "max-timeout", worker.DefaultMaxTimeout, "cap on a run's timeout_ms")
 	fs.DurationVar(&w.IdleTTL, "idle-ttl", worker.DefaultIdleTTL, "destroy a sandbox unused for this long")
