@@ -57,6 +57,22 @@ func isCode(err error, code protocol.Code) bool {
 	return errors.As(err, &perr) && perr.Code == code
 }
 
+// waitRunning waits until a worker's registration says n runs are executing.
+func (f *fleet) waitRunning(name string, n int) {
+	f.t.Helper()
+	nc := f.connect()
+	testutil.Eventually(f.t, 30*time.Second, func() error {
+		info, err := workerInfo(nc, workerID(name))
+		if err != nil {
+			return err
+		}
+		if info.Running != n {
+			return fmt.Errorf("%s has %d runs executing, want %d", name, info.Running, n)
+		}
+		return nil
+	})
+}
+
 // TestScaleOut: one worker carries 200 conversations that keep running; two workers join. New
 // conversations go to the new workers, and every run of the old ones stays on the first.
 func TestScaleOut(t *testing.T) {
@@ -191,18 +207,7 @@ func TestWorkerKilled(t *testing.T) {
 			results <- outcome{err, time.Now()}
 		}()
 	}
-	// Every run is executing on the doomed worker (its registration says so).
-	nc := f.connect()
-	testutil.Eventually(t, 30*time.Second, func() error {
-		info, err := workerInfo(nc, workerID("doomed"))
-		if err != nil {
-			return err
-		}
-		if info.Running != convs {
-			return fmt.Errorf("%d runs executing", info.Running)
-		}
-		return nil
-	})
+	f.waitRunning("doomed", convs)
 	killed := time.Now()
 	if err := f.cli.ContainerKill(ctx, doomed.GetContainerID(), "KILL"); err != nil {
 		t.Fatal(err)
@@ -286,17 +291,8 @@ func TestGracefulStop(t *testing.T) {
 			errs[i] = err
 		}()
 	}
+	f.waitRunning("leaving", inFlight)
 	nc := f.connect()
-	testutil.Eventually(t, 30*time.Second, func() error {
-		info, err := workerInfo(nc, workerID("leaving"))
-		if err != nil {
-			return err
-		}
-		if info.Running != inFlight {
-			return fmt.Errorf("%d runs executing", info.Running)
-		}
-		return nil
-	})
 	stopped := make(chan error, 1)
 	go func() {
 		timeout := 30 * time.Second

@@ -21,33 +21,16 @@ import (
 	"github.com/codefleet/codefleet/pkg/worker"
 )
 
-const ttl = time.Second
+const ttl = testutil.FleetTTL
 
 func startWorker(t testing.TB, ns *server.Server, id string, env envs.Env) *worker.Worker {
 	t.Helper()
-	nc := testutil.Connect(t, ns)
-	w, err := worker.New(worker.Config{ID: id, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true}, nc, env, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Shutdown(context.Background()) })
-	return w
+	return testutil.StartWorker(t, ns, worker.Config{ID: id}, env)
 }
 
 func startDispatcher(t testing.TB, ns *server.Server) *dispatcher.Dispatcher {
 	t.Helper()
-	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: ttl}, testutil.Connect(t, ns), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Stop(context.Background()) })
-	return d
+	return testutil.StartDispatcher(t, ns, dispatcher.Config{})
 }
 
 func newClient(t testing.TB, ns *server.Server) *client.Client {

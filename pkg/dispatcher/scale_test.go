@@ -59,27 +59,12 @@ func (l *ledger) count(code string) int {
 // fleetWorker starts a worker with room for a large test.
 func fleetWorker(t testing.TB, ns *server.Server, id string, env envs.Env) *worker.Worker {
 	t.Helper()
-	w, err := worker.New(worker.Config{ID: id, Capacity: 5000, QueueDepth: 64, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true}, testutil.Connect(t, ns), env, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Shutdown(context.Background()) })
-	return w
+	return testutil.StartWorker(t, ns, worker.Config{ID: id, Capacity: 5000, QueueDepth: 64}, env)
 }
 
 func waitWorkers(t testing.TB, n int, ds ...*dispatcher.Dispatcher) {
 	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		for _, d := range ds {
-			if got := len(d.Workers()); got != n {
-				return fmt.Errorf("a dispatcher sees %d workers, want %d", got, n)
-			}
-		}
-		return nil
-	})
+	testutil.WaitWorkers(t, n, ds...)
 }
 
 // replyCounter sends raw requests, each with its own reply subject, and counts every reply that

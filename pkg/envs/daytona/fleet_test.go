@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/codefleet/codefleet/internal/daytonafake"
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/client"
@@ -19,7 +17,7 @@ import (
 	"github.com/codefleet/codefleet/pkg/worker"
 )
 
-const fleetTTL = time.Second
+const fleetTTL = testutil.FleetTTL
 
 // TestWorkerKilledMidConversation: a conversation's worker dies in the middle of a run; the
 // in-flight run gets worker_lost, and the conversation goes on on the other worker in the same
@@ -39,8 +37,8 @@ func TestWorkerKilledMidConversation(t *testing.T) {
 	if err := doomed.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	d := startFleetDispatcher(t, ns)
-	waitWorkers(t, d, 1)
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{})
+	testutil.WaitWorkers(t, 1, d)
 	c, err := client.New(testutil.Connect(t, ns))
 	if err != nil {
 		t.Fatal(err)
@@ -57,8 +55,8 @@ func TestWorkerKilledMidConversation(t *testing.T) {
 	}
 
 	survivorEnv := newEnv(t, fake, nil)
-	startFleetWorker(t, ns, "survivor", survivorEnv)
-	waitWorkers(t, d, 2)
+	testutil.StartWorker(t, ns, worker.Config{ID: "survivor"}, survivorEnv)
+	testutil.WaitWorkers(t, 2, d)
 
 	// A run is in flight when the doomed worker dies.
 	var wg sync.WaitGroup
@@ -138,9 +136,9 @@ func TestWorkerKilledMidConversation(t *testing.T) {
 func TestNewConversationCreates(t *testing.T) {
 	fake := startFake(t, daytonafake.Options{})
 	ns := testutil.StartNATS(t)
-	startFleetWorker(t, ns, "w1", newEnv(t, fake, nil))
-	d := startFleetDispatcher(t, ns)
-	waitWorkers(t, d, 1)
+	testutil.StartWorker(t, ns, worker.Config{ID: "w1"}, newEnv(t, fake, nil))
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{})
+	testutil.WaitWorkers(t, 1, d)
 	c, err := client.New(testutil.Connect(t, ns))
 	if err != nil {
 		t.Fatal(err)
@@ -159,41 +157,4 @@ func TestNewConversationCreates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-func startFleetWorker(t *testing.T, ns *server.Server, id string, env envs.Env) *worker.Worker {
-	t.Helper()
-	w, err := worker.New(worker.Config{ID: id, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: fleetTTL, DestroyOnShutdown: true},
-		testutil.Connect(t, ns), env, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Shutdown(context.Background()) })
-	return w
-}
-
-func startFleetDispatcher(t *testing.T, ns *server.Server) *dispatcher.Dispatcher {
-	t.Helper()
-	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: fleetTTL}, testutil.Connect(t, ns), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Stop(context.Background()) })
-	return d
-}
-
-func waitWorkers(t *testing.T, d *dispatcher.Dispatcher, n int) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if got := len(d.Workers()); got != n {
-			return fmt.Errorf("%d workers live, want %d", got, n)
-		}
-		return nil
-	})
 }

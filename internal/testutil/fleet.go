@@ -1,0 +1,72 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/codefleet/codefleet/pkg/dispatcher"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+// FleetTTL is the heartbeat TTL of the in-process fleets tests start: short, so a lost worker
+// shows within a second.
+const FleetTTL = time.Second
+
+// StartWorker starts a worker of env on its own connection to ns, shut down (its sandboxes
+// destroyed) when the test ends. cfg's zero fields get the fleet's test defaults: heartbeat
+// every 200 ms, FleetTTL.
+func StartWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.Env) *worker.Worker {
+	t.Helper()
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 200 * time.Millisecond
+	}
+	if cfg.HeartbeatTTL == 0 {
+		cfg.HeartbeatTTL = FleetTTL
+	}
+	cfg.DestroyOnShutdown = true
+	w, err := worker.New(cfg, Connect(t, ns), env, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	return w
+}
+
+// StartDispatcher starts a dispatcher on its own connection to ns, stopped when the test ends.
+// A zero HeartbeatTTL is FleetTTL.
+func StartDispatcher(t testing.TB, ns *server.Server, cfg dispatcher.Config) *dispatcher.Dispatcher {
+	t.Helper()
+	if cfg.HeartbeatTTL == 0 {
+		cfg.HeartbeatTTL = FleetTTL
+	}
+	d, err := dispatcher.New(cfg, Connect(t, ns), Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop(context.Background()) })
+	return d
+}
+
+// WaitWorkers waits until every dispatcher sees n live workers.
+func WaitWorkers(t testing.TB, n int, ds ...*dispatcher.Dispatcher) {
+	t.Helper()
+	Eventually(t, 10*time.Second, func() error {
+		for _, d := range ds {
+			if got := len(d.Workers()); got != n {
+				return fmt.Errorf("a dispatcher sees %d workers, want %d", got, n)
+			}
+		}
+		return nil
+	})
+}
