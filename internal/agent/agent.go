@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,6 +32,11 @@ type Agent struct {
 	Environ []string
 
 	reaper *Reaper
+	// warm is the pool of pre-started interpreters while Serve runs (nil otherwise: Run
+	// called directly always starts cold).
+	warm atomic.Pointer[pool]
+	// warmRuns counts the runs handed to a warm interpreter (tests check the path is taken).
+	warmRuns atomic.Int64
 
 	outMu sync.Mutex
 	out   *bufio.Writer
@@ -49,11 +55,19 @@ func New(dir string, environ []string, reaper *Reaper) *Agent {
 }
 
 // Serve reads requests from in and writes responses to out until in ends or ctx is done.
-// Runs still going when it returns are killed.
+// Runs still going when it returns are killed. While it runs, python and bash interpreters are
+// kept started ahead of runs (see warm.go); they are killed before it returns.
 func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	a.out = bufio.NewWriterSize(out, 64<<10)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	p := newPool(a)
+	a.warm.Store(p)
+	defer func() {
+		a.warm.Store(nil)
+		p.close()
+	}()
+	p.fill()
 	r := bufio.NewReaderSize(in, 64<<10)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -148,6 +162,9 @@ type language struct {
 	argv func(bins []string, code, file string) []string
 	// ext, when set, means the code is always written to a file in the working directory.
 	ext string
+	// warm, when set, builds the command line of a pre-started interpreter from the resolved
+	// binaries and the base environment (see warm.go).
+	warm func(bins, environ []string) []string
 }
 
 // maxInlineCode is the largest code passed as one argv string (Linux MAX_ARG_STRLEN is 128 KiB).
@@ -163,6 +180,7 @@ var languages = []language{
 			}
 			return []string{b[0], "-c", code}
 		},
+		warm: func(b, _ []string) []string { return []string{b[0], "-c", pythonBoot} },
 	},
 	{
 		name: "bash",
@@ -172,6 +190,10 @@ var languages = []language{
 				return []string{b[0], file}
 			}
 			return []string{b[0], "-c", code}
+		},
+		// $0 is the binary, as for `bash -c CODE`.
+		warm: func(b, environ []string) []string {
+			return []string{b[0], "-c", bashBoot(startUnderscore(environ, b[0])), b[0]}
 		},
 	},
 	{
@@ -251,13 +273,31 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 	if lang == nil {
 		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("unknown language %q", req.Language)}
 	}
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	inline := lang.ext == "" && len(req.Code) <= maxInlineCode
+
+	// A warm interpreter, when one is idle, was started (and its binary looked up) after the
+	// last run ended, so it is what a cold start would find now.
+	if p := a.warm.Load(); p != nil {
+		w := p.begin(lang.name, inline && warmable(req.Env, req.Code))
+		defer p.end(lang.name)
+		if w != nil {
+			if proc := w.handoff(req.Env, req.Code); proc != nil {
+				a.warmRuns.Add(1)
+				return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput)
+			}
+		}
+	}
+
 	bins, ok := a.resolve(lang)
 	if !ok {
 		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("%s is not available in this sandbox (no %s in PATH)", lang.name, strings.Join(lang.bins[0], " or "))}
 	}
-
 	file := ""
-	if lang.ext != "" || len(req.Code) > maxInlineCode {
+	if !inline {
 		ext := lang.ext
 		dir := a.Dir
 		if ext == "" {
@@ -273,44 +313,64 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 			defer os.Remove(strings.TrimSuffix(file, ".ts") + ".js")
 		}
 	}
-	argv := lang.argv(bins, req.Code, file)
-
-	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
-	if timeout <= 0 {
-		timeout = 60 * time.Second
+	proc, err := a.spawn(lang.argv(bins, req.Code, file), mergeEnviron(a.Environ, req.Env), nil)
+	if err != nil {
+		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeStartFailed, Error: err.Error()}
 	}
-	return a.exec(ctx, req.ID, argv, mergeEnviron(a.Environ, req.Env), timeout, req.MaxOutput)
+	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput)
 }
 
-func (a *Agent) exec(ctx context.Context, id string, argv, env []string, timeout time.Duration, maxOutput int) *Response {
+// process is a started snippet: a cold one (spawn) or a warm interpreter that was handed its run.
+type process struct {
+	pid    int // also its process group
+	exited <-chan syscall.WaitStatus
+	out    *os.File  // read end of its stdout+stderr pipe
+	start  time.Time // when it was started, or handed its run
+	// input, when set, is closed once the rest of a warm interpreter's input is written (or
+	// failed to be, because it is gone).
+	input chan struct{}
+}
+
+// spawn starts argv in a process group of its own with stdin /dev/null and stdout and stderr
+// on one new pipe; extra, when set, becomes its fd 3.
+func (a *Agent) spawn(argv, env []string, extra *os.File) (*process, error) {
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return &Response{Op: OpError, ID: id, Code: ErrCodeStartFailed, Error: err.Error()}
+		return nil, err
 	}
 	defer devnull.Close()
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return &Response{Op: OpError, ID: id, Code: ErrCodeStartFailed, Error: err.Error()}
+		return nil, err
 	}
-	defer pr.Close()
-
+	files := []uintptr{devnull.Fd(), pw.Fd(), pw.Fd()}
+	if extra != nil {
+		files = append(files, extra.Fd())
+	}
 	start := time.Now()
 	pid, exited, err := a.reaper.Start(argv[0], argv, &syscall.ProcAttr{
 		Dir:   a.Dir,
 		Env:   env,
-		Files: []uintptr{devnull.Fd(), pw.Fd(), pw.Fd()},
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	})
 	pw.Close()
 	if err != nil {
-		return &Response{Op: OpError, ID: id, Code: ErrCodeStartFailed, Error: fmt.Sprintf("start %s: %v", argv[0], err)}
+		pr.Close()
+		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
+	return &process{pid: pid, exited: exited, out: pr, start: start}, nil
+}
 
+// wait collects p's output until it exits, enforcing the timeout and cancellation, and returns
+// the run's result.
+func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int) *Response {
+	defer p.out.Close()
 	buf := newCapBuffer(maxOutput)
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		io.Copy(buf, pr)
+		io.Copy(buf, p.out)
 	}()
 
 	timer := time.NewTimer(timeout)
@@ -318,25 +378,33 @@ func (a *Agent) exec(ctx context.Context, id string, argv, env []string, timeout
 	var status syscall.WaitStatus
 	timedOut, cancelled := false, false
 	select {
-	case status = <-exited:
+	case status = <-p.exited:
 	case <-timer.C:
 		timedOut = true
-		syscall.Kill(-pid, syscall.SIGKILL)
-		status = <-exited
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+		status = <-p.exited
 	case <-ctx.Done():
 		cancelled = true
-		syscall.Kill(-pid, syscall.SIGKILL)
-		status = <-exited
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+		status = <-p.exited
 	}
-	duration := time.Since(start)
+	duration := time.Since(p.start)
 	// The snippet is done: whatever it left in its process group goes too. Output still in the
 	// pipe is read; a descendant that escaped the group and holds the pipe is not waited for.
-	KillGroup(pid)
+	KillGroup(p.pid)
 	select {
 	case <-copied:
 	case <-time.After(drainGrace):
-		pr.SetReadDeadline(time.Now())
+		p.out.SetReadDeadline(time.Now())
 		<-copied
+		// The copier may have been stopped before it got to read what the snippet wrote
+		// before it exited (on a loaded machine it may not run for longer than the grace):
+		// that is in the pipe now, and is taken without waiting for more.
+		p.out.SetReadDeadline(time.Time{})
+		drainNow(p.out, buf)
+	}
+	if p.input != nil {
+		<-p.input // the reader is gone, so the write has ended
 	}
 
 	resp := &Response{Op: OpResult, ID: id, Output: buf.String(), Truncated: buf.Truncated(), DurationUS: duration.Microseconds()}
@@ -352,6 +420,27 @@ func (a *Agent) exec(ctx context.Context, id string, argv, env []string, timeout
 		resp.ExitCode = 128 + int(syscall.SIGKILL)
 	}
 	return resp
+}
+
+// drainNow copies into w what the pipe r holds at once, without waiting for more (the pipe is
+// non-blocking: os.Pipe registers it with the runtime poller), and at most 1 MiB of it: an
+// escaped descendant may still be writing.
+func drainNow(r *os.File, w io.Writer) {
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return
+	}
+	chunk := make([]byte, 64<<10)
+	rc.Read(func(fd uintptr) bool {
+		for range 16 {
+			n, err := syscall.Read(int(fd), chunk)
+			if n <= 0 || err != nil {
+				return true // empty (EAGAIN), closed by every writer, or failed: done either way
+			}
+			w.Write(chunk[:n])
+		}
+		return true
+	})
 }
 
 // mergeEnviron overlays extra onto base (KEY=VALUE list).

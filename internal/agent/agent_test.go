@@ -2,11 +2,13 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -15,17 +17,25 @@ import (
 // responses until the one with the wanted id.
 type session struct {
 	t   testing.TB
+	a   *Agent
 	in  *io.PipeWriter
 	out *bufio.Reader
+	// stop ends Serve and waits for it; it is also run at cleanup.
+	stop func()
 }
 
 var testReaper = NewChildWaiter()
 
 func startAgent(t testing.TB) *session {
 	t.Helper()
+	return serve(t, New(t.TempDir(), os.Environ(), testReaper))
+}
+
+// serve runs a.Serve on pipes until the test ends.
+func serve(t testing.TB, a *Agent) *session {
+	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	a := New(t.TempDir(), os.Environ(), testReaper)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -33,12 +43,17 @@ func startAgent(t testing.TB) *session {
 		a.Serve(ctx, inR, outW)
 		outW.Close()
 	}()
-	t.Cleanup(func() {
-		cancel()
-		inW.Close()
-		<-done
-	})
-	return &session{t: t, in: inW, out: bufio.NewReader(outR)}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			inW.Close()
+			go io.Copy(io.Discard, outR) // let Serve finish writing
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return &session{t: t, a: a, in: inW, out: bufio.NewReader(outR), stop: stop}
 }
 
 func (s *session) send(raw string) {
@@ -165,5 +180,47 @@ func TestCapBuffer(t *testing.T) {
 		if got := b.String(); got != tc.want {
 			t.Errorf("max %d writes %q: got %q, want %q", tc.max, tc.writes, got, tc.want)
 		}
+	}
+}
+
+// TestDrainNowTakesWhatThePipeHolds: output a snippet wrote before it exited is in the pipe;
+// when the copier was stopped before reading it (a loaded machine), drainNow still gets it, and
+// it returns even while an escaped writer keeps writing.
+func TestDrainNowTakesWhatThePipeHolds(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	pw.Write([]byte("written before the exit\n"))
+	var got bytes.Buffer
+	drainNow(pr, &got)
+	if got.String() != "written before the exit\n" {
+		t.Fatalf("drained %q", got.String())
+	}
+
+	// A writer that never stops: drainNow takes a bounded amount and returns.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chunk := bytes.Repeat([]byte("y"), 4096)
+		for {
+			select {
+			case <-stop:
+				pw.Close()
+				return
+			default:
+				pw.Write(chunk)
+			}
+		}
+	}()
+	got.Reset()
+	drainNow(pr, &got)
+	close(stop)
+	go io.Copy(io.Discard, pr) // let the writer finish its last write
+	<-done
+	if got.Len() > 1<<20 {
+		t.Fatalf("drained %d bytes from an endless writer, want at most 1 MiB", got.Len())
 	}
 }

@@ -3,8 +3,10 @@ package docker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -109,9 +111,41 @@ func TestHostileSnippets(t *testing.T) {
 	if got := runOK(t, sb, "bash", "echo alive"); got.Output != "alive\n" {
 		t.Fatalf("after hostile snippets: got %q", got.Output)
 	}
-	// Nothing of the bomb is left: the agent, this bash, ls and wc are all that run.
-	if got := runOK(t, sb, "bash", "ls -d /proc/[0-9]* | wc -l"); got.Output != "4\n" {
+	// Nothing of the bomb is left: the agent and this bash are all that run, besides the idle
+	// warm interpreters, which hold their fd 3 waiting for a run (the agent's fds cannot be
+	// read; this bash has no fd 3: a cold one never had it, a warm one closed it).
+	if got := runOK(t, sb, "bash", "n=0; for p in /proc/[0-9]*; do [ -e $p/fd/3 ] || n=$((n+1)); done; echo $n"); got.Output != "2\n" {
 		t.Fatalf("processes left after the fork bomb: %q", got.Output)
+	}
+}
+
+// TestWarmInterpreters: inside a container (the agent as PID 1), runs go to the pre-started
+// interpreters and behave as cold ones.
+func TestWarmInterpreters(t *testing.T) {
+	env := newEnv(t, nil)
+	sb := create(t, env, envs.Spec{})
+	// A warm interpreter's command line is its bootstrap; a run after another of its language
+	// finds one started.
+	for _, c := range []struct{ lang, code, want string }{
+		{"bash", `grep -c BASH_EXECUTION_STRING /proc/$$/cmdline; echo "$0" $#`, "1\n/usr/bin/bash 0\n"},
+		{"python", "import sys; print(len(sys.orig_argv[2]) > 100, sys.argv)", "True ['-c']\n"},
+	} {
+		testutil.Eventually(t, 30*time.Second, func() error {
+			if res := runOK(t, sb, c.lang, c.code); res.Output != c.want {
+				return fmt.Errorf("%s printed %q (exit %d), want %q", c.lang, res.Output, res.ExitCode, c.want)
+			}
+			return nil
+		})
+	}
+	checks := []struct{ lang, code, want string }{
+		{"python", "import sys\ndef f():\n    1/0\nf()", "Traceback (most recent call last):\n  File \"<string>\", line 4, in <module>\n  File \"<string>\", line 3, in f\nZeroDivisionError: division by zero\n"},
+		{"bash", "pip_dir=$(python3 -c 'import site; print(site.getusersitepackages())'); mkdir -p $pip_dir && echo 'X = 42' > $pip_dir/cfmod.py", ""},
+		{"python", "import cfmod; print(cfmod.X)", "42\n"},
+	}
+	for _, c := range checks {
+		if res := runOK(t, sb, c.lang, c.code); res.Output != c.want {
+			t.Errorf("%s %q printed %q (exit %d), want %q", c.lang, c.code, res.Output, res.ExitCode, c.want)
+		}
 	}
 }
 

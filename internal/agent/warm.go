@@ -1,0 +1,385 @@
+package agent
+
+// Warm interpreters.
+//
+// Starting bash or python inside a container costs milliseconds (the dynamic loader, the
+// locale, python's site), more than everything else in a run. So while Serve runs, the agent
+// keeps one interpreter per language started ahead of the runs: `bash -c BOOT` or
+// `python3 -c BOOT`, in its own process group, stdin /dev/null, stdout and stderr on its own
+// pipe, working directory and environment those of a cold run, blocked reading fd 3. A run of
+// that language hands it the run's variables and code over fd 3 (warmPayload), which is then
+// closed, and from there on it is an ordinary run: the same timeout, kill, output and exit code
+// handling as a cold start. The bootstrap (bashBoot, pythonBoot) runs the code as `bash -c CODE`
+// or `python3 -c CODE` would; each snippet is still a fresh process that never ran other code.
+//
+// Freshness. An interpreter reads files when it starts (python: site-packages, .pth files, the
+// user site directory), and any run may change them (`pip install` from a bash snippet, then
+// `import` from a python one). So an interpreter is handed a run only if no run ended since it
+// was started, and none is started while a run is going: when a run ends, every idle
+// interpreter is killed; the run's own language is started again at once (the next run is most
+// likely the same language), the others once the agent has been idle for warmIdle, so that a
+// burst of bash runs does not pay for python starts it does not use.
+//
+// A run starts cold instead when its code goes to a file (javascript, typescript, big code),
+// when its code or variables cannot go to a warm interpreter unchanged (warmable), when no
+// interpreter of its language is idle or being forked (an interpreter that is still
+// initialising is handed the run at once, never waited for), or when the idle one is dead
+// (killed from outside the runs, say). The interpreter was looked up in PATH when it was
+// started, after the last run ended, so it is the one a cold start would find.
+//
+// Known differences from a cold start, none of which a snippet normally sees: the process's
+// command line (/proc/self/cmdline, python's sys.orig_argv) is the bootstrap's; bash's
+// PIPESTATUS is (0) and `_` is not exported before the code's first command; bash reports
+// syntax errors as "bash: eval: line N: ..." rather than "bash: -c: line N: ..." (same exit
+// code 2); bash does not exec the code's last command in place of itself; python's top frame
+// has the bootstrap's frame as f_back (tracebacks do not show it). A snippet can reach an idle
+// interpreter of its own sandbox (same user); it could already change what the next run sees
+// through the files it shares with it.
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// warmIdle is how long no run must end before the interpreters of the languages that did not
+// just run are started again.
+const warmIdle = 50 * time.Millisecond
+
+// pool keeps one warm interpreter per language for the life of Serve. Its methods are safe for
+// concurrent use.
+type pool struct {
+	a     *Agent
+	langs map[string]*language // the languages that can be warmed
+
+	mu       sync.Mutex
+	closed   bool
+	idle     map[string]*warmProc     // language → interpreter waiting for a run
+	starting map[string]chan struct{} // language → a start is in flight; closed when it is done
+	active   int                      // runs going on
+	ended    uint64                   // runs ended so far: an interpreter started before the last one is stale
+	timer    *time.Timer              // starts the other languages once idle
+	wg       sync.WaitGroup           // starts and kills in flight
+}
+
+func newPool(a *Agent) *pool {
+	p := &pool{a: a, langs: map[string]*language{}, idle: map[string]*warmProc{}, starting: map[string]chan struct{}{}}
+	for i := range languages {
+		if languages[i].warm != nil {
+			p.langs[languages[i].name] = &languages[i]
+		}
+	}
+	return p
+}
+
+// fill starts an interpreter for every language that has none, unless a run is going on.
+func (p *pool) fill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.active > 0 {
+		return
+	}
+	for name := range p.langs {
+		p.startLocked(name)
+	}
+}
+
+// begin marks a run of lang as going on and, when want is set, takes lang's idle interpreter
+// (nil when there is none). end must follow.
+//
+// A start of lang in flight is waited for: it is a fork and exec, which a cold start would do
+// itself, and a second process starting beside it would only halve the CPU each gets. Its
+// interpreter is handed the run while it initialises, which is never waited for.
+func (p *pool) begin(lang string, want bool) *warmProc {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active++
+	if !want {
+		return nil
+	}
+	if started := p.starting[lang]; started != nil && p.idle[lang] == nil {
+		p.mu.Unlock()
+		<-started
+		p.mu.Lock()
+	}
+	w := p.idle[lang]
+	delete(p.idle, lang)
+	return w
+}
+
+// end marks a run of lang as ended: the idle interpreters are stale and killed, lang's is
+// started again at once and the others after warmIdle.
+func (p *pool) end(lang string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active--
+	p.ended++
+	for name, w := range p.idle {
+		delete(p.idle, name)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			w.kill()
+		}()
+	}
+	if p.closed || p.active > 0 {
+		return
+	}
+	p.startLocked(lang)
+	if p.timer == nil {
+		p.timer = time.AfterFunc(warmIdle, p.fill)
+	} else {
+		p.timer.Reset(warmIdle)
+	}
+}
+
+// startLocked starts an interpreter of lang in the background, if it can be warmed and has
+// none idle or starting. p.mu is held.
+func (p *pool) startLocked(lang string) {
+	if p.closed || p.langs[lang] == nil || p.idle[lang] != nil || p.starting[lang] != nil {
+		return
+	}
+	p.starting[lang] = make(chan struct{})
+	p.wg.Add(1)
+	go p.start(lang, p.ended)
+}
+
+// start starts an interpreter of lang and keeps it if no run ended since the start was decided
+// (gen), and starts another if one did.
+func (p *pool) start(lang string, gen uint64) {
+	defer p.wg.Done()
+	w, err := p.a.startWarm(p.langs[lang])
+	p.mu.Lock()
+	close(p.starting[lang])
+	delete(p.starting, lang)
+	keep := err == nil && !p.closed && gen == p.ended && p.idle[lang] == nil
+	if keep {
+		p.idle[lang] = w
+	} else if err == nil && p.active == 0 {
+		p.startLocked(lang) // it went stale while starting
+	}
+	p.mu.Unlock()
+	if err == nil && !keep {
+		w.kill()
+	}
+}
+
+// close kills the idle interpreters and waits for those starting.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	idle := p.idle
+	p.idle = map[string]*warmProc{}
+	p.mu.Unlock()
+	for _, w := range idle {
+		w.kill()
+	}
+	p.wg.Wait()
+}
+
+// warmProc is an interpreter started ahead of its run, blocked reading fd 3.
+type warmProc struct {
+	process
+	// boot is the write end of the interpreter's fd 3.
+	boot *os.File
+}
+
+// startWarm starts an interpreter of lang with the base environment.
+func (a *Agent) startWarm(lang *language) (*warmProc, error) {
+	bins, ok := a.resolve(lang)
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	argv := lang.warm(bins, a.Environ)
+	br, bw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	proc, err := a.spawn(argv, a.Environ, br)
+	br.Close()
+	if err != nil {
+		bw.Close()
+		return nil, err
+	}
+	return &warmProc{process: *proc, boot: bw}, nil
+}
+
+// pipeBuf is what an empty pipe always takes without blocking (PIPE_BUF).
+const pipeBuf = 4096
+
+// handoff gives w its run and returns it as a started process, or nil, having discarded w, when
+// w is dead. The first pipeBuf bytes are written at once (a dead interpreter fails the write
+// with EPIPE); the rest of a bigger payload is written in the background, since the interpreter
+// reads it only once it has finished starting.
+func (w *warmProc) handoff(env map[string]string, code string) *process {
+	payload := warmPayload(env, code)
+	start := time.Now()
+	first := payload[:min(len(payload), pipeBuf)]
+	if _, err := w.boot.Write(first); err != nil {
+		w.kill()
+		return nil
+	}
+	proc := w.process
+	proc.start = start
+	if rest := payload[len(first):]; len(rest) > 0 {
+		proc.input = make(chan struct{})
+		go func() {
+			defer close(proc.input)
+			w.boot.Write(rest) // fails once the process is gone
+			w.boot.Close()
+		}()
+	} else {
+		w.boot.Close()
+	}
+	return &proc
+}
+
+// kill kills an interpreter that was not handed a run (or is dead), and waits for it.
+func (w *warmProc) kill() {
+	select {
+	case <-w.exited:
+	default:
+		syscall.Kill(-w.pid, syscall.SIGKILL)
+		<-w.exited
+	}
+	w.boot.Close()
+	w.out.Close()
+}
+
+// warmPayload is what a warm interpreter reads on fd 3: each variable as KEY=VALUE and a NUL,
+// an empty record, the code's length in bytes and a NUL, then the code.
+func warmPayload(env map[string]string, code string) []byte {
+	n := len(code) + 16
+	for k, v := range env {
+		n += len(k) + len(v) + 2
+	}
+	b := make([]byte, 0, n)
+	for k, v := range env {
+		b = append(b, k...)
+		b = append(b, '=')
+		b = append(b, v...)
+		b = append(b, 0)
+	}
+	b = append(b, 0)
+	b = strconv.AppendInt(b, int64(len(code)), 10)
+	b = append(b, 0)
+	return append(b, code...)
+}
+
+// warmable reports whether a run's code and variables can go to a warm interpreter: they must
+// reach it unchanged (no NUL, which a cold start rejects; names a shell can export), and no
+// variable may be one that is read when a process starts or that bash treats specially, since
+// the interpreter started before the run's variables were known (coldVar).
+func warmable(env map[string]string, code string) bool {
+	if strings.IndexByte(code, 0) >= 0 {
+		return false
+	}
+	for k, v := range env {
+		if !isName(k) || coldVar(k) || strings.IndexByte(v, 0) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// isName reports whether s is a shell variable name.
+func isName(s string) bool {
+	for i, c := range s {
+		if c != '_' && !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// coldVars are the variables a run can set only through a cold start: read by the dynamic
+// loader, libc, bash or python when the process starts (exporting them later changes nothing,
+// or not the same thing), or set by bash itself at startup. coldPrefixes are the families of
+// them.
+var (
+	coldVars = map[string]bool{
+		"PATH": true, "HOME": true, "PWD": true, "OLDPWD": true, "TZ": true, "TZDIR": true,
+		"LANG": true, "LANGUAGE": true, "LOCPATH": true, "NLSPATH": true, "GCONV_PATH": true,
+		"ENV": true, "SHELLOPTS": true, "POSIXLY_CORRECT": true, "SHLVL": true, "IFS": true,
+		"OPTIND": true, "OPTERR": true, "PPID": true, "UID": true, "EUID": true, "GROUPS": true,
+		"RANDOM": true, "SRANDOM": true, "SECONDS": true, "LINENO": true, "HISTCMD": true,
+		"FUNCNAME": true, "DIRSTACK": true, "PIPESTATUS": true, "EPOCHSECONDS": true,
+		"EPOCHREALTIME": true, "COMP_WORDBREAKS": true, "_": true,
+	}
+	coldPrefixes = []string{"BASH", "PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_"}
+)
+
+func coldVar(k string) bool {
+	if coldVars[k] {
+		return true
+	}
+	for _, p := range coldPrefixes {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// bashBoot is the program of a warm bash, given the value $_ has when bash starts. It exports
+// each variable and reads the code into BASH_EXECUTION_STRING, which `bash -c CODE` sets to the
+// code (so the bootstrap leaves no variable of its own; the code is read in one go under the C
+// locale, where -N counts bytes), closes fd 3, sets $_ back and evals the code. It is one line,
+// so that the code's line numbers ($LINENO, error messages) are those of `bash -c CODE`; eval
+// returns 2 on a syntax error as `bash -c` exits 2, and `exit`, `set -e`, traps and functions
+// behave the same at the top level of either.
+func bashBoot(underscore string) string {
+	return `while IFS= read -r -d '' BASH_EXECUTION_STRING <&3 && [[ $BASH_EXECUTION_STRING ]]; do export "$BASH_EXECUTION_STRING"; done; ` +
+		`IFS= read -r -d '' BASH_EXECUTION_STRING <&3; IFS= LC_ALL=C read -r -N "$BASH_EXECUTION_STRING" BASH_EXECUTION_STRING <&3; ` +
+		`exec 3<&-; : ` + shellQuote(underscore) + `; eval "$BASH_EXECUTION_STRING"`
+}
+
+// startUnderscore is the value of $_ when bash starts with environ and argv0: the environment's
+// `_`, else argv0.
+func startUnderscore(environ []string, argv0 string) string {
+	v := argv0
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, "_=") {
+			v = kv[2:]
+		}
+	}
+	return v
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// pythonBoot is the program of a warm python. It reads its run (imports nothing new, so nothing
+// is looked up in the working directory before the code runs), sets the variables as bytes,
+// and runs the code as `python3 -c CODE` does: compiled as '<string>' and run in __main__'s
+// globals, where the bootstrap leaves no name (sys.argv is already ['-c']). An exception leaving
+// the code has the bootstrap's frame removed from its traceback and is re-raised with a bare
+// raise (which adds no frame), so python prints it, exits 1, handles SystemExit and
+// KeyboardInterrupt exactly as for `python3 -c CODE`.
+const pythonBoot = `def __cf():
+    import os
+    b = b''
+    while True:
+        c = os.read(3, 1 << 16)
+        if not c:
+            break
+        b += c
+    os.close(3)
+    *env, _, _, code = b.split(b'\0')
+    for kv in env:
+        k, _, v = kv.partition(b'=')
+        os.environb[k] = v
+    return code.decode('utf-8', 'surrogateescape')
+try:
+    exec(compile(globals().pop('__cf')(), '<string>', 'exec'), globals())
+except BaseException as __cf:
+    __cf.__traceback__ = __cf.__traceback__.tb_next
+    raise
+`
