@@ -10,7 +10,10 @@ VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo
 LDFLAGS      ?= -s -w -X main.version=$(VERSION)
 # The sandbox image: built by scripts/sandbox-image.sh, used by the tests and by `make run`.
 IMAGE        ?= $(or $(CODEFLEET_IMAGE),codefleet-sandbox:bookworm)
-TEST_PKGS    ?= ./...
+# The in-process tests, then the fleet-in-containers tests alone: run side by side on 2 CPUs,
+# each starves the other's heartbeats.
+TEST_PKGS    ?= $(shell $(GO) list ./... | grep -v /integration)
+INTEGRATION_PKGS ?= ./integration/
 TEST_TIMEOUT ?= 30m
 # Tests run under the race detector. Measured on 2 CPUs: every package under -race takes about
 # 50s against 35s without it (the Docker tests wait on containers either way), so one -race run
@@ -37,6 +40,7 @@ image: ## make sure the sandbox image exists (pull, else build from Debian packa
 test: image lint ## gofmt check and go vet, then every test (needs Docker) under the race detector
 	@[ -n "$(RACE)" ] || echo "make test: without the race detector (cgo is off, or RACE= was given)" >&2
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
+	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(INTEGRATION_PKGS)
 
 bench: image ## benchmarks of BENCH_PKGS (BENCH=regexp, BENCHTIME=2s)
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout $(TEST_TIMEOUT) $(BENCH_PKGS)

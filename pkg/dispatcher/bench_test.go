@@ -36,7 +36,7 @@ func instant() *fake.Env {
 func BenchmarkHop(b *testing.B) {
 	ns := testutil.StartNATS(b)
 	fleetWorker(b, ns, "w1", instant())
-	d := startDispatcher(b, ns)
+	d := loadDispatcher(b, ns)
 	waitWorkers(b, 1, d)
 	nc := testutil.Connect(b, ns)
 	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
@@ -85,7 +85,7 @@ func BenchmarkRouted(b *testing.B) {
 	for _, id := range []string{"w1", "w2", "w3"} {
 		fleetWorker(b, ns, id, instant())
 	}
-	d1, d2 := startDispatcher(b, ns), startDispatcher(b, ns)
+	d1, d2 := loadDispatcher(b, ns), loadDispatcher(b, ns)
 	waitWorkers(b, 3, d1, d2)
 	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
 	data := protocol.Encode(&protocol.RunRequest{Code: "print(1)", Language: "python"})

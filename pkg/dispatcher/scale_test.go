@@ -56,10 +56,21 @@ func (l *ledger) count(code string) int {
 	return l.execs[code]
 }
 
+// loadTTL is the heartbeat TTL of the fleets under load: these tests are not about noticing a
+// dead worker, and a loaded machine (the race detector, other packages' tests beside) must not
+// make a live one look dead.
+const loadTTL = 10 * time.Second
+
 // fleetWorker starts a worker with room for a large test.
 func fleetWorker(t testing.TB, ns *server.Server, id string, env envs.Env) *worker.Worker {
 	t.Helper()
-	return testutil.StartWorker(t, ns, worker.Config{ID: id, Capacity: 5000, QueueDepth: 64}, env)
+	return testutil.StartWorker(t, ns, worker.Config{ID: id, Capacity: 5000, QueueDepth: 64, HeartbeatTTL: loadTTL}, env)
+}
+
+// loadDispatcher starts a dispatcher for a fleet under load.
+func loadDispatcher(t testing.TB, ns *server.Server) *dispatcher.Dispatcher {
+	t.Helper()
+	return testutil.StartDispatcher(t, ns, dispatcher.Config{HeartbeatTTL: loadTTL})
 }
 
 func waitWorkers(t testing.TB, n int, ds ...*dispatcher.Dispatcher) {
@@ -147,7 +158,7 @@ func TestAffinityAtScale(t *testing.T) {
 	for _, id := range ids {
 		fleetWorker(t, ns, id, led.env())
 	}
-	d1, d2 := startDispatcher(t, ns), startDispatcher(t, ns)
+	d1, d2 := loadDispatcher(t, ns), loadDispatcher(t, ns)
 	waitWorkers(t, len(ids), d1, d2)
 
 	rc := newReplyCounter(t, ns)
@@ -241,7 +252,7 @@ func TestClaimRace(t *testing.T) {
 	}
 	var ds []*dispatcher.Dispatcher
 	for i := 0; i < dispatchers; i++ {
-		ds = append(ds, startDispatcher(t, ns))
+		ds = append(ds, loadDispatcher(t, ns))
 	}
 	waitWorkers(t, 3, ds...)
 
@@ -311,14 +322,14 @@ func TestDispatcherCrashUnderLoad(t *testing.T) {
 	fleetWorker(t, ns, "w1", led.env())
 	fleetWorker(t, ns, "w2", led.env())
 	doomedNC := testutil.Connect(t, ns)
-	doomed, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: ttl}, doomedNC, testutil.Logger(t))
+	doomed, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: loadTTL}, doomedNC, testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := doomed.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	survivor := startDispatcher(t, ns)
+	survivor := loadDispatcher(t, ns)
 	waitWorkers(t, 2, doomed, survivor)
 
 	// A short attempt timeout: a request lost with the dispatcher is retried after 2 s.
