@@ -73,6 +73,25 @@ func (f *fleet) waitRunning(name string, n int) {
 	})
 }
 
+// holding starts NATS, a dispatcher and worker first, gives it n conversations (prefix-0 ...)
+// that each write a file f, then starts worker second, which has none. It returns a client and first's container.
+func (f *fleet) holding(first string, n int, prefix, second string) (*client.Client, *testcontainers.DockerContainer) {
+	f.t.Helper()
+	f.startNATS()
+	f.startDispatcher("d1")
+	w := f.startWorker(first)
+	c := f.newClient()
+	f.waitWorkers(c, first)
+	for i := 0; i < n; i++ {
+		if _, err := c.Conversation(fmt.Sprintf("%s-%d", prefix, i)).Run(context.Background(), "echo before > f", "bash", nil); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	f.startWorker(second)
+	f.waitWorkers(c, first, second)
+	return c, w
+}
+
 // TestScaleOut: one worker carries 200 conversations that keep running; two workers join. New
 // conversations go to the new workers, and every run of the old ones stays on the first.
 func TestScaleOut(t *testing.T) {
@@ -182,19 +201,8 @@ func TestScaleOut(t *testing.T) {
 func TestWorkerKilled(t *testing.T) {
 	const convs = 6
 	f := newFleet(t)
-	f.startNATS()
-	f.startDispatcher("d1")
-	doomed := f.startWorker("doomed")
-	c := f.newClient()
-	f.waitWorkers(c, "doomed")
+	c, doomed := f.holding("doomed", convs, "k", "survivor")
 	ctx := context.Background()
-	for i := 0; i < convs; i++ {
-		if _, err := c.Conversation(fmt.Sprintf("k-%d", i)).Run(ctx, "echo before > f", "bash", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.startWorker("survivor")
-	f.waitWorkers(c, "doomed", "survivor")
 
 	type outcome struct {
 		err error
@@ -263,19 +271,8 @@ func TestWorkerRestart(t *testing.T) {
 func TestGracefulStop(t *testing.T) {
 	const inFlight = 4
 	f := newFleet(t)
-	f.startNATS()
-	f.startDispatcher("d1")
-	leaving := f.startWorker("leaving")
-	c := f.newClient()
-	f.waitWorkers(c, "leaving")
+	c, leaving := f.holding("leaving", inFlight, "g", "staying")
 	ctx := context.Background()
-	for i := 0; i < inFlight; i++ {
-		if _, err := c.Conversation(fmt.Sprintf("g-%d", i)).Run(ctx, "true", "bash", nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.startWorker("staying")
-	f.waitWorkers(c, "leaving", "staying")
 
 	var wg sync.WaitGroup
 	outs := make([]string, inFlight)
