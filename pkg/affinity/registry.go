@@ -65,6 +65,9 @@ type RegistryConfig struct {
 	// worker that stops without its key expiring is noticed within TTL + TTL/4). Calls are
 	// queued: a slow OnLost delays later calls, not the Registry. It must not call Stop.
 	OnLost func(workerID string)
+	// PendingWindow is how long a placement keeps counting on top of a worker's registered
+	// load after the registration was computed (default DefaultPendingWindow).
+	PendingWindow time.Duration
 }
 
 type workerState struct {
@@ -87,8 +90,10 @@ type Registry struct {
 
 	mu      sync.Mutex
 	workers map[string]*workerState
-	pending map[string]int // placements made here since the worker's last registration update
-	events  []string       // lost workers not yet passed to OnLost
+	// pending holds, per worker, when this Registry placed conversations on it that its
+	// registration may not count yet (see PendingWindow).
+	pending map[string][]time.Time
+	events  []string // lost workers not yet passed to OnLost
 	notify  chan struct{}
 }
 
@@ -104,13 +109,16 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, cfg RegistryConfi
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
 	}
+	if cfg.PendingWindow <= 0 {
+		cfg.PendingWindow = DefaultPendingWindow
+	}
 	kv, err := openWorkersBucket(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("affinity: bucket %s: %w", protocol.WorkersBucket, err)
 	}
 	r := &Registry{
 		cfg: cfg, kv: kv, done: make(chan struct{}), quit: make(chan struct{}),
-		workers: make(map[string]*workerState), pending: make(map[string]int),
+		workers: make(map[string]*workerState), pending: make(map[string][]time.Time),
 		notify: make(chan struct{}, 1),
 	}
 	w, cancel, err := startWatch(ctx, kv, r.done, r.apply)
@@ -180,8 +188,28 @@ func (r *Registry) apply(e jetstream.KeyValueEntry) {
 		r.workers[id] = ws
 	}
 	ws.info, ws.seen = info, now
-	delete(r.pending, id)
+	// The registration counts the placements whose runs reached the worker before it was
+	// computed; the later ones stay pending.
+	cut := info.Updated
+	if cut.IsZero() || cut.After(now) {
+		cut = now
+	}
+	cut = cut.Add(-r.cfg.PendingWindow)
+	kept := r.pending[id][:0]
+	for _, at := range r.pending[id] {
+		if at.After(cut) {
+			kept = append(kept, at)
+		}
+	}
+	r.pending[id] = kept
 }
+
+// DefaultPendingWindow is how long a placement keeps counting on top of a worker's registered
+// load after the registration was computed: time for the run to reach the worker and open its
+// session. Dropping placements sooner than that makes every dispatcher pile new conversations
+// onto the worker whose latest registration does not show the last burst yet; keeping them a
+// little too long only overcounts every worker alike.
+const DefaultPendingWindow = 250 * time.Millisecond
 
 // loseLocked forgets a worker, closes its Lost channel and queues the OnLost call.
 func (r *Registry) loseLocked(id string) {
@@ -321,8 +349,8 @@ func (a candidate) same(b candidate) bool {
 // Place picks a worker for a new conversation: among the live, non-draining workers that list
 // backend (backend "" = any) and have Load < Capacity, the least loaded by Load/Capacity (ties
 // broken at random); with more than 8 candidates, the less loaded of two picked at random (power
-// of two choices). Load counts the placements this Registry made since the worker's last
-// registration update, so a burst of new conversations spreads. When no worker fits it returns
+// of two choices). Load counts the placements this Registry made that the worker's registration
+// may not count yet (PendingWindow), so a burst of new conversations spreads. When no worker fits it returns
 // an error wrapping ErrNoWorker that says why.
 func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
 	r.mu.Lock()
@@ -346,7 +374,7 @@ func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
 			continue
 		}
 		active++
-		load := ws.info.Load + r.pending[id]
+		load := ws.info.Load + len(r.pending[id])
 		if ws.info.Capacity <= 0 || load >= ws.info.Capacity {
 			continue
 		}
@@ -385,6 +413,6 @@ func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
 			}
 		}
 	}
-	r.pending[best.ws.info.ID]++
+	r.pending[best.ws.info.ID] = append(r.pending[best.ws.info.ID], time.Now())
 	return cloneInfo(best.ws.info), nil
 }

@@ -516,7 +516,7 @@ func TestPlace(t *testing.T) {
 		}
 	})
 
-	t.Run("fresh registration resets pending", func(t *testing.T) {
+	t.Run("registration computed before the placements arrived keeps them pending", func(t *testing.T) {
 		r, kv := setup(t)
 		seen(t, r,
 			register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),
@@ -526,7 +526,36 @@ func TestPlace(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// a reports its load again (still 0: the placements went elsewhere); b has 5 pending.
+		// a's heartbeat of a moment ago cannot count the 5 runs just sent to it: they stay
+		// pending, and a does not look empty.
+		seen(t, r, register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100, Updated: time.Now()}))
+		counts := map[string]int{}
+		for range 4 {
+			w, err := r.Place("docker")
+			if err != nil {
+				t.Fatal(err)
+			}
+			counts[w.ID]++
+		}
+		if counts["a"] != 2 || counts["b"] != 2 {
+			t.Fatalf("placements after a's early heartbeat: %v, want 2 and 2", counts)
+		}
+	})
+
+	t.Run("fresh registration resets pending", func(t *testing.T) {
+		js := newJS(t, testutil.StartNATS(t))
+		r := openRegistry(t, js, affinity.RegistryConfig{TTL: time.Minute, PendingWindow: time.Nanosecond})
+		kv := workersKV(t, js)
+		seen(t, r,
+			register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),
+			register(t, kv, protocol.WorkerInfo{ID: "b", Capacity: 100}))
+		for range 10 {
+			if _, err := r.Place("docker"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// a reports its load again, after the placements had time to reach it (the window is a
+		// nanosecond here), still 0: they went elsewhere; b has 5 pending.
 		seen(t, r, register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}))
 		for i := range 5 {
 			if w, err := r.Place("docker"); err != nil || w.ID != "a" {

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -119,7 +120,8 @@ type Dispatcher struct {
 	// runs of one conversation keep their order and a placement is done once.
 	placing map[string]*placement
 
-	relayed atomic.Int64
+	relayed  atomic.Int64
+	arrivals atomic.Uint64
 }
 
 // relay is one run (or close) in flight to a worker.
@@ -133,12 +135,16 @@ type relay struct {
 	recreated    bool
 	retried      bool
 	isClose      bool
+	seq          uint64 // arrival order at this dispatcher
 	token        string
 	timer        *time.Timer
 }
 
 type placement struct {
 	waiters []*relay
+	// resent counts the runs at the head of waiters that were sent before and came back with
+	// no responders: they go first, in the order they were first sent.
+	resent int
 }
 
 // New returns a dispatcher; it does no I/O.
@@ -253,7 +259,7 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 		return
 	}
 	r := &relay{
-		req: req, tenant: tenant, conv: conv, data: req.Data(),
+		req: req, tenant: tenant, conv: conv, data: req.Data(), seq: d.arrivals.Add(1),
 		timeout: min(run.Timeout(), d.cfg.MaxTimeout) + d.cfg.RelayOverhead,
 	}
 	if run.Sandbox != nil {
@@ -545,11 +551,16 @@ func (d *Dispatcher) noResponders(r *relay) {
 	key := protocol.Key(r.tenant, r.conv)
 	d.mu.Lock()
 	if p := d.placing[key]; p != nil {
-		p.waiters = append([]*relay{r}, p.waiters...)
+		i := p.resent
+		for i > 0 && p.waiters[i-1].seq > r.seq {
+			i--
+		}
+		p.waiters = slices.Insert(p.waiters, i, r)
+		p.resent++
 		d.mu.Unlock()
 		return
 	}
-	p := &placement{waiters: []*relay{r}}
+	p := &placement{waiters: []*relay{r}, resent: 1}
 	d.placing[key] = p
 	d.mu.Unlock()
 	go d.place(key, p, r.tenant, r.conv, r.backend, r.owner.Worker)

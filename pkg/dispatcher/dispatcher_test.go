@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
@@ -304,5 +306,72 @@ func TestStaleSandboxesRemoved(t *testing.T) {
 	res, err := c.Conversation("kept").Run(ctx, "cat f", "bash", nil)
 	if err != nil || res.Output != "hi\n" || res.Sandbox.Created {
 		t.Fatalf("kept lost its sandbox: %+v %v", res, err)
+	}
+}
+
+// TestResentRunsKeepTheirOrder: runs of one conversation that all bounce off an owner without
+// responders are sent to the new owner in the order they arrived.
+func TestResentRunsKeepTheirOrder(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	goneNC := testutil.Connect(t, ns)
+	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl}, goneNC, fake.New(), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		gone.Shutdown(ctx)
+	})
+	d := startDispatcher(t, ns)
+	waitWorkers(t, 1, d)
+	c := newClient(t, ns)
+	if _, err := c.Conversation("ordered").Run(context.Background(), "first", "bash", nil); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	alive := fake.New()
+	alive.RunFunc = func(_ context.Context, _ envs.Info, ex envs.Exec) (envs.Result, error) {
+		mu.Lock()
+		order = append(order, ex.Code)
+		mu.Unlock()
+		return envs.Result{Output: ex.Code}, nil
+	}
+	startWorker(t, ns, "alive", alive)
+	waitWorkers(t, 2, d)
+
+	goneNC.Close() // from now on its subject has no responders; its registration lives on
+	nc := testutil.Connect(t, ns)
+	inbox := nats.NewInbox()
+	replies, err := nc.SubscribeSync(inbox + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := protocol.Subjects{Prefix: protocol.DefaultPrefix}.Run(protocol.DefaultTenant, "ordered")
+	const n = 5
+	for i := 0; i < n; i++ { // one connection: the dispatcher gets them in this order
+		req := protocol.RunRequest{Code: fmt.Sprintf("run-%d", i), Language: "bash"}
+		if err := nc.PublishRequest(subject, fmt.Sprintf("%s.%d", inbox, i), protocol.Encode(&req)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		m, err := replies.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if res, err := protocol.DecodeRunResult(m.Data); err != nil || res.Error != nil || res.Sandbox.Worker != "alive" {
+			t.Fatalf("reply on %s: %+v %v", m.Subject, res, err)
+		}
+	}
+	want := []string{"run-0", "run-1", "run-2", "run-3", "run-4"}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(order, want) {
+		t.Fatalf("the new owner ran %v, want %v", order, want)
 	}
 }

@@ -443,8 +443,13 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 		}
 		sb, err := m.env.Open(ctx, info.ID)
 		if err != nil {
-			m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; destroying it")
-			m.destroyQuietly(info.ID)
+			if errors.Is(err, envs.ErrSandboxFailed) {
+				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; destroying it")
+				m.destroyQuietly(info.ID)
+			} else {
+				// Passing (the backend unreachable): left alone; the reconciler sees it later.
+				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; keeping it for later")
+			}
 			continue
 		}
 		s := m.newSession(info.Tenant, info.Conversation)
@@ -465,31 +470,32 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 // this worker that no session owns (orphans of a crash or a race).
 func (m *manager) reap(ctx context.Context) {
 	now := time.Now()
-	m.retire(func(s *session) string {
+	m.retire(func(s *session) (string, bool) {
 		switch {
 		case now.Sub(s.lastUsed) > m.cfg.IdleTTL:
-			return "idle"
+			return "idle", true
 		case s.sb != nil && now.Sub(s.created) > m.cfg.MaxLife:
-			return "max_life"
+			return "max_life", true
 		}
-		return ""
+		return "", false
 	})
 	m.evictMoved(ctx)
 	m.removeOrphans(ctx, now)
 }
 
-// retire ends and destroys the sessions without runs for which why returns a reason.
-func (m *manager) retire(why func(*session) string) {
+// retire ends the sessions without runs for which why returns a reason, destroying their
+// sandboxes or, when why says not to, only letting go of them.
+func (m *manager) retire(why func(*session) (reason string, destroy bool)) {
 	var ended []*session
 	m.mu.Lock()
 	for _, s := range m.sessions {
 		s.mu.Lock()
 		if s.active == 0 {
-			if reason := why(s); reason != "" {
-				s.destroy = true
+			if reason, destroy := why(s); reason != "" {
+				s.destroy = destroy
 				delete(m.sessions, s.key)
 				ended = append(ended, s)
-				s.log.Info().Str("why", reason).Msg("removing sandbox")
+				s.log.Info().Str("why", reason).Bool("destroy", destroy).Msg("removing sandbox")
 			}
 		}
 		s.mu.Unlock()
@@ -533,11 +539,14 @@ func (m *manager) evictMoved(ctx context.Context) {
 	if len(moved) == 0 {
 		return
 	}
-	m.retire(func(s *session) string {
+	// A sandbox that outlives its worker (Daytona) is the new owner's now, files and all: this
+	// worker only lets go of it.
+	_, shared := m.env.(envs.Reattacher)
+	m.retire(func(s *session) (string, bool) {
 		if owner, ok := moved[s.key]; ok {
-			return "conversation moved to worker " + owner
+			return "conversation moved to worker " + owner, !shared
 		}
-		return ""
+		return "", false
 	})
 }
 
@@ -576,9 +585,24 @@ func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
 				continue
 			}
 		}
+		if m.stillWanted(ctx, info) {
+			continue
+		}
 		m.log.Info().Str("sandbox_id", info.ID).Str("conversation_id", info.Conversation).Msg("removing orphaned sandbox")
 		m.destroyQuietly(info.ID)
 	}
+}
+
+// stillWanted reports whether a sandbox without a session must be kept anyway: with a backend
+// whose sandboxes outlive their worker, a conversation that still has an owner will be
+// re-attached to it (by this worker after a failed re-attach, or by another). When in doubt
+// (the affinity store cannot be read), it is kept.
+func (m *manager) stillWanted(ctx context.Context, info envs.Info) bool {
+	if _, shared := m.env.(envs.Reattacher); !shared || m.ownerOf == nil {
+		return false
+	}
+	_, owned, err := m.ownerOf(ctx, info.Tenant, info.Conversation)
+	return owned || err != nil
 }
 
 // drain stops new conversations and waits for accepted runs, until ctx ends.

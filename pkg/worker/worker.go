@@ -51,6 +51,8 @@ type Worker struct {
 	svc micro.Service
 	js  jetstream.JetStream
 	kv  jetstream.KeyValue
+	// hbMu serializes heartbeats, which may replace kv.
+	hbMu sync.Mutex
 	// affinity is the dispatchers' affinity bucket, opened when first found.
 	affinity jetstream.KeyValue
 
@@ -208,6 +210,13 @@ func (w *Worker) openRegistry(ctx context.Context) error {
 }
 
 func (w *Worker) heartbeat(ctx context.Context) error {
+	// One heartbeat at a time: Shutdown's announcement runs beside the background loop, and a
+	// heartbeat may re-open the bucket (w.kv).
+	w.hbMu.Lock()
+	defer w.hbMu.Unlock()
+	if w.kv == nil {
+		return nil // not started
+	}
 	// A put slower than the interval still counts if it lands within the TTL: give it half of
 	// it (ticks are skipped meanwhile), so a loaded server or machine does not lose the worker.
 	ctx, cancel := context.WithTimeout(ctx, max(w.cfg.HeartbeatInterval, w.cfg.HeartbeatTTL/2))
@@ -234,10 +243,8 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	}
 	w.draining.Store(true)
 	var errs []error
-	if w.kv != nil {
-		if err := w.heartbeat(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("announce draining: %w", err))
-		}
+	if err := w.heartbeat(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("announce draining: %w", err))
 	}
 	if w.svc != nil {
 		if err := w.svc.Stop(); err != nil {
@@ -254,6 +261,7 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.stop()
 		w.bg.Wait()
 	}
+	// No heartbeat runs any more: w.kv is read without hbMu.
 	if w.kv != nil {
 		if err := w.kv.Delete(ctx, w.cfg.ID); err != nil {
 			errs = append(errs, fmt.Errorf("deregister: %w", err))

@@ -243,7 +243,8 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		}
 		return nil, err
 	}
-	sb, err = e.waitStarted(ctx, acct, sb)
+	// A new sandbox that does not start in time failed to be created (and is deleted).
+	sb, err = e.waitStarted(ctx, acct, sb, envs.ErrSandboxFailed)
 	if err != nil {
 		return fail(err)
 	}
@@ -274,8 +275,9 @@ func maybeCreated(err error) bool {
 }
 
 // waitStarted polls a sandbox until it is started, as the SDKs do: every 100 ms, growing by a
-// tenth per poll after 5 s, up to 1 s. It fails at once on error or build_failed.
-func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox) (Sandbox, error) {
+// tenth per poll after 5 s, up to 1 s. It fails at once on error or build_failed; when ctx ends
+// first, the error wraps slow.
+func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox, slow error) (Sandbox, error) {
 	start := time.Now()
 	interval := 100 * time.Millisecond
 	for {
@@ -295,7 +297,7 @@ func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox) (Sandb
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return sb, fmt.Errorf("%w: daytona: sandbox %s still %s after %s (%v)", envs.ErrSandboxFailed, sb.ID, sb.State,
+			return sb, fmt.Errorf("%w: daytona: sandbox %s still %s after %s (%v)", slow, sb.ID, sb.State,
 				time.Since(start).Round(time.Millisecond), ctx.Err())
 		case <-t.C:
 		}
@@ -419,7 +421,9 @@ func (e *Env) open(ctx context.Context, acct *account, sb Sandbox) (*sandbox, er
 			sb = started
 		}
 	}
-	sb, err := e.waitStarted(ctx, acct, sb)
+	// An existing sandbox that is slow to start may start yet: not a failure, which would
+	// delete it.
+	sb, err := e.waitStarted(ctx, acct, sb, envs.ErrBackendUnavailable)
 	if err != nil {
 		return nil, err
 	}
@@ -559,7 +563,8 @@ func (e *Env) Destroy(ctx context.Context, id string) error {
 	} else if accts := e.allAccounts(); len(accts) == 1 {
 		acct = accts[0]
 	} else {
-		// Look for it in every account.
+		// Look for it in every account. It is gone only if every account says so.
+		var lookupErrs []error
 		for _, a := range accts {
 			actx, cancel := e.short(ctx)
 			_, err := a.api.Get(actx, id)
@@ -568,8 +573,14 @@ func (e *Env) Destroy(ctx context.Context, id string) error {
 				acct = a
 				break
 			}
+			if statusOf(err) != http.StatusNotFound {
+				lookupErrs = append(lookupErrs, err)
+			}
 		}
 		if acct == nil {
+			if len(lookupErrs) > 0 {
+				return classify("find sandbox to delete", errors.Join(lookupErrs...))
+			}
 			return nil
 		}
 	}

@@ -130,6 +130,8 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	elapsed := time.Since(start)
 	if err != nil {
 		if statusOf(err) == http.StatusRequestTimeout {
+			// Daytona killed its shell, not the snippet's own session: kill that too.
+			s.kill(plan.nonce)
 			return envs.Result{
 				Output:   "[codefleet: the run outlived Daytona's timeout; Daytona discards the output of such runs]\n",
 				ExitCode: 124, TimedOut: true, Duration: elapsed,
