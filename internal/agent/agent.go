@@ -70,7 +70,10 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	p.fill()
 	r := bufio.NewReaderSize(in, 64<<10)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		cancel()  // runs still going are killed...
+		wg.Wait() // ...and answered before Serve returns
+	}()
 	for {
 		line, err := readLine(r)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -222,5 +223,29 @@ func TestDrainNowTakesWhatThePipeHolds(t *testing.T) {
 	<-done
 	if got.Len() > 1<<20 {
 		t.Fatalf("drained %d bytes from an endless writer, want at most 1 MiB", got.Len())
+	}
+}
+
+// TestServeEndKillsRuns: when the worker's stream ends, runs still going are killed and
+// answered, and Serve returns at once instead of waiting for them.
+func TestServeEndKillsRuns(t *testing.T) {
+	a := New(t.TempDir(), os.Environ(), testReaper)
+	s := serve(t, a)
+	b, _ := json.Marshal(Request{Op: OpRun, ID: "long", Language: "bash", Code: "touch started; sleep 60", TimeoutMS: 120000})
+	s.send(string(b))
+	marker := filepath.Join(a.Dir, "started")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not start")
+		}
+	}
+	start := time.Now()
+	s.in.Close() // the stream ends
+	resp := s.wait("long")
+	if resp.ExitCode != 137 || time.Since(start) > 5*time.Second {
+		t.Fatalf("run when the stream ended: exit %d after %s, want it killed (137) at once", resp.ExitCode, time.Since(start))
 	}
 }
