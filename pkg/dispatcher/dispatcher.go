@@ -600,8 +600,17 @@ func (d *Dispatcher) expire(token string) {
 	d.replyError(r.req, "", protocol.Errorf(protocol.CodeWorkerLost, "worker %s did not answer within %s", r.owner.Worker, r.timeout))
 }
 
-// workerLost answers every relay in flight on a worker that is gone.
+// lostGrace is how long after a worker is lost its runs still in flight are failed: a worker
+// that stopped gracefully sent its last replies before it left the registry, but they travel
+// apart from the registry's news and may arrive a moment later.
+const lostGrace = 200 * time.Millisecond
+
+// workerLost answers, after lostGrace, every relay still in flight on a worker that is gone.
 func (d *Dispatcher) workerLost(worker string) {
+	time.AfterFunc(lostGrace, func() { d.failInFlight(worker) })
+}
+
+func (d *Dispatcher) failInFlight(worker string) {
 	d.mu.Lock()
 	var lost []*relay
 	for token := range d.byWorker[worker] {

@@ -261,6 +261,11 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.stop()
 		w.bg.Wait()
 	}
+	// The last replies reach the server before the registration goes: a dispatcher that saw
+	// the worker leave first would answer their runs worker_lost.
+	if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		errs = append(errs, fmt.Errorf("flush replies: %w", err))
+	}
 	// No heartbeat runs any more: w.kv is read without hbMu.
 	if w.kv != nil {
 		if err := w.kv.Delete(ctx, w.cfg.ID); err != nil {
