@@ -17,8 +17,9 @@ package agent
 // `import` from a python one). So an interpreter is handed a run only if no run ended since it
 // was started, and none is started while a run is going: when a run ends, every idle
 // interpreter is killed; the run's own language is started again at once (the next run is most
-// likely the same language), the others once the agent has been idle for warmIdle, so that a
-// burst of bash runs does not pay for python starts it does not use.
+// likely the same language), the other languages the sandbox has run once the agent has been
+// idle for warmIdle, so that a burst of bash runs does not pay for python starts it does not
+// use. (When Serve starts, every language is started once.)
 //
 // A run starts cold instead when its code goes to a file (javascript, typescript, big code),
 // when its code or variables cannot go to a warm interpreter unchanged (warmable), when no
@@ -59,6 +60,7 @@ type pool struct {
 	closed   bool
 	idle     map[string]*warmProc     // language → interpreter waiting for a run
 	starting map[string]chan struct{} // language → a start is in flight; closed when it is done
+	used     map[string]bool          // languages the sandbox has run
 	active   int                      // runs going on
 	ended    uint64                   // runs ended so far: an interpreter started before the last one is stale
 	timer    *time.Timer              // starts the other languages once idle
@@ -66,7 +68,7 @@ type pool struct {
 }
 
 func newPool(a *Agent) *pool {
-	p := &pool{a: a, langs: map[string]*language{}, idle: map[string]*warmProc{}, starting: map[string]chan struct{}{}}
+	p := &pool{a: a, langs: map[string]*language{}, idle: map[string]*warmProc{}, starting: map[string]chan struct{}{}, used: map[string]bool{}}
 	for i := range languages {
 		if languages[i].warm != nil {
 			p.langs[languages[i].name] = &languages[i]
@@ -76,16 +78,25 @@ func newPool(a *Agent) *pool {
 }
 
 // fill starts an interpreter for every language that has none, unless a run is going on.
-func (p *pool) fill() {
+func (p *pool) fill() { p.refill(false) }
+
+// refill starts an interpreter for every language that has none, or with usedOnly for those
+// the sandbox has run so far: a conversation that only ever runs bash does not pay for a
+// python start (milliseconds of CPU) after each of its runs.
+func (p *pool) refill(usedOnly bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.active > 0 {
 		return
 	}
 	for name := range p.langs {
-		p.startLocked(name)
+		if !usedOnly || p.used[name] {
+			p.startLocked(name)
+		}
 	}
 }
+
+func (p *pool) refillUsed() { p.refill(true) }
 
 // begin marks a run of lang as going on and, when want is set, takes lang's idle interpreter
 // (nil when there is none). end must follow.
@@ -97,6 +108,7 @@ func (p *pool) begin(lang string, want bool) *warmProc {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.active++
+	p.used[lang] = true
 	if !want {
 		return nil
 	}
@@ -130,7 +142,7 @@ func (p *pool) end(lang string) {
 	}
 	p.startLocked(lang)
 	if p.timer == nil {
-		p.timer = time.AfterFunc(warmIdle, p.fill)
+		p.timer = time.AfterFunc(warmIdle, p.refillUsed)
 	} else {
 		p.timer.Reset(warmIdle)
 	}

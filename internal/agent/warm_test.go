@@ -24,11 +24,20 @@ func testEnviron(home string) []string {
 // startWarmAgent serves an Agent whose runs use warm interpreters, and returns a cold twin: an
 // Agent on the same directory and environment that is not serving, so its Run always starts
 // cold.
+//
+// Both languages have run once, so that their interpreters are started again after every run
+// (the agent restarts only the languages a sandbox uses).
 func startWarmAgent(t *testing.T) (s *session, cold *Agent) {
 	t.Helper()
 	dir := t.TempDir()
 	env := testEnviron(dir)
-	return serve(t, New(dir, env, testReaper)), New(dir, env, testReaper)
+	s = serve(t, New(dir, env, testReaper))
+	for lang, code := range map[string]string{"python": "pass", "bash": "true"} {
+		if r := s.call(Request{Op: OpRun, ID: "use-" + lang, Language: lang, Code: code}); r.Op != OpResult || r.ExitCode != 0 {
+			t.Fatalf("first %s run: %+v", lang, r)
+		}
+	}
+	return s, New(dir, env, testReaper)
 }
 
 // idlePid returns the pid of lang's idle interpreter, or an error when there is none.
