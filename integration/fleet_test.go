@@ -300,12 +300,11 @@ func (f *fleet) start(name, image string, alias []string, log string, cmd []stri
 }
 
 func (f *fleet) dumpLogs(name string, c *testcontainers.DockerContainer) {
-	rc, err := c.Logs(context.Background())
+	logs, err := containerLogs(c)
 	if err != nil {
 		return
 	}
-	defer rc.Close()
-	b, _ := io.ReadAll(rc)
+	b := []byte(logs)
 	if dir := os.Getenv("CODEFLEET_IT_LOGS"); dir != "" {
 		os.WriteFile(filepath.Join(dir, name+".log"), b, 0o644)
 	}
@@ -484,11 +483,19 @@ func workerInfo(nc *nats.Conn, id string) (protocol.WorkerInfo, error) {
 // logsOf returns a container's logs so far.
 func (f *fleet) logsOf(c *testcontainers.DockerContainer) string {
 	f.t.Helper()
-	rc, err := c.Logs(context.Background())
+	logs, err := containerLogs(c)
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	return logs
+}
+
+func containerLogs(c *testcontainers.DockerContainer) (string, error) {
+	rc, err := c.Logs(context.Background())
+	if err != nil {
+		return "", err
+	}
 	defer rc.Close()
-	b, _ := io.ReadAll(rc)
-	return string(b)
+	b, err := io.ReadAll(rc)
+	return string(b), err
 }

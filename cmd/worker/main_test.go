@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -307,42 +306,41 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestRunStartsAndStops starts the worker on an embedded NATS server, sees it register, then
-// cancels its context as SIGTERM does and sees it drain, deregister and return nil. The Docker
-// daemon is only asked for sandboxes to re-adopt; without it the worker warns and goes on.
-func TestRunStartsAndStops(t *testing.T) {
-	clearEnv(t)
+// runWorker runs the worker command with args on an embedded NATS server until it has
+// registered as id, then cancels its context as SIGTERM does and waits for it to return nil. It
+// returns the registration it saw, the registry bucket and the worker's logs.
+func runWorker(t *testing.T, id string, args ...string) (protocol.WorkerInfo, jetstream.KeyValue, string) {
+	t.Helper()
 	srv := testutil.StartNATS(t)
-	nc := testutil.Connect(t, srv)
-	id := "cmd-test-" + strings.ReplaceAll(testutil.RunID, ".", "-")
-
+	js, err := jetstream.New(testutil.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--nats-url", srv.ClientURL(), "--id", id, "--agent", fakeAgent(t),
-			"--drain-timeout", "2s", "--log-level", "debug"}, &logs)
+		done <- run(ctx, append([]string{"--nats-url", srv.ClientURL(), "--id", id, "--drain-timeout", "2s"}, args...), &logs)
 	}()
-
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var info protocol.WorkerInfo
+	var kv jetstream.KeyValue
 	testutil.Eventually(t, 30*time.Second, func() error {
 		select {
 		case err := <-done:
 			t.Fatalf("run returned early: %v\n%s", err, logs.String())
 		default:
 		}
-		kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
+		kv, err = js.KeyValue(ctx, protocol.WorkersBucket)
 		if err != nil {
 			return err
 		}
-		_, err = kv.Get(ctx, id)
-		return err
+		e, err := kv.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(e.Value(), &info)
 	})
-
 	cancel()
 	select {
 	case err := <-done:
@@ -352,16 +350,22 @@ func TestRunStartsAndStops(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("run did not return after cancel\n%s", logs.String())
 	}
-	kv, err := js.KeyValue(context.Background(), protocol.WorkersBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return info, kv, logs.String()
+}
+
+// TestRunStartsAndStops starts the worker on an embedded NATS server, sees it register, then
+// cancels its context as SIGTERM does and sees it drain, deregister and return nil. The Docker
+// daemon is only asked for sandboxes to re-adopt; without it the worker warns and goes on.
+func TestRunStartsAndStops(t *testing.T) {
+	clearEnv(t)
+	id := "cmd-test-" + strings.ReplaceAll(testutil.RunID, ".", "-")
+	_, kv, logs := runWorker(t, id, "--agent", fakeAgent(t), "--log-level", "debug")
 	if _, err := kv.Get(context.Background(), id); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("registration after shutdown: %v, want ErrKeyNotFound", err)
 	}
 	for _, w := range []string{"NATS connected", "worker ready", "draining", "bye"} {
-		if !strings.Contains(logs.String(), w) {
-			t.Errorf("logs lack %q:\n%s", w, logs.String())
+		if !strings.Contains(logs, w) {
+			t.Errorf("logs lack %q:\n%s", w, logs)
 		}
 	}
 }
@@ -378,48 +382,9 @@ func TestRunDaytona(t *testing.T) {
 	defer fake.Close()
 	t.Setenv("DAYTONA_API_KEY", "dtn_fake")
 	t.Setenv("DAYTONA_API_URL", fake.URL)
-	srv := testutil.StartNATS(t)
-	nc := testutil.Connect(t, srv)
 	id := "cmd-daytona-" + strings.ReplaceAll(testutil.RunID, ".", "-")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--nats-url", srv.ClientURL(), "--id", id, "--backend", "daytona", "--drain-timeout", "2s"}, &logs)
-	}()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 30*time.Second, func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, logs.String())
-		default:
-		}
-		kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
-		if err != nil {
-			return err
-		}
-		e, err := kv.Get(ctx, id)
-		if err != nil {
-			return err
-		}
-		var info protocol.WorkerInfo
-		if err := json.Unmarshal(e.Value(), &info); err != nil || len(info.Backends) != 1 || info.Backends[0] != "daytona" {
-			return fmt.Errorf("registration %s (%v)", e.Value(), err)
-		}
-		return nil
-	})
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v\n%s", err, logs.String())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("run did not return after cancel\n%s", logs.String())
+	info, _, _ := runWorker(t, id, "--backend", "daytona")
+	if len(info.Backends) != 1 || info.Backends[0] != "daytona" {
+		t.Fatalf("registered backends %v, want [daytona]", info.Backends)
 	}
 }

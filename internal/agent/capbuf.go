@@ -1,8 +1,9 @@
 package agent
 
 import (
-	"fmt"
 	"strings"
+
+	"github.com/codefleet/codefleet/pkg/envs"
 )
 
 // capBuffer keeps the first and the last bytes written to it, up to max in all, and counts what
@@ -69,8 +70,7 @@ func (b *capBuffer) String() string {
 	s.Grow(len(b.head) + len(b.tail) + 64)
 	s.Write(b.head)
 	if b.Truncated() {
-		cut := b.total - int64(len(b.head)+len(b.tail))
-		fmt.Fprintf(&s, "\n[... %d bytes truncated ...]\n", cut)
+		s.WriteString(envs.TruncationMarker(b.total - int64(len(b.head)+len(b.tail))))
 	}
 	if b.full {
 		s.Write(b.tail[b.tailPos:])

@@ -559,17 +559,27 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, idOrName string)
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) start(w http.ResponseWriter, r *http.Request, idOrName string) {
-	s.mu.Lock()
+// settledLocked finds a sandbox that is not changing state, or answers 404 or 409 and returns
+// nil. s.mu is held.
+func (s *Server) settledLocked(w http.ResponseWriter, r *http.Request, idOrName string) *sandbox {
 	sb := s.lookupLocked(idOrName)
 	switch {
 	case sb == nil:
-		s.mu.Unlock()
 		notFound(w, r, idOrName)
-		return
+		return nil
 	case sb.pending:
-		s.mu.Unlock()
 		apiError(w, r, http.StatusConflict, "Sandbox state change in progress")
+		return nil
+	}
+	return sb
+}
+
+func (s *Server) start(w http.ResponseWriter, r *http.Request, idOrName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb := s.settledLocked(w, r, idOrName)
+	switch {
+	case sb == nil:
 		return
 	case sb.State == stateStarted:
 	case sb.State == stateStopped:
@@ -578,36 +588,25 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request, idOrName string) 
 		sb.setState(stateStarting)
 		s.after(sb, s.opts.StepDelay, func() { sb.setState(stateStarted); sb.pending = false })
 	default:
-		s.mu.Unlock()
 		apiError(w, r, http.StatusBadRequest, "Sandbox is in state "+sb.State+" and cannot be started")
 		return
 	}
-	out := sb.Sandbox.clone()
-	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
 }
 
 func (s *Server) stop(w http.ResponseWriter, r *http.Request, idOrName string) {
 	s.mu.Lock()
-	sb := s.lookupLocked(idOrName)
+	defer s.mu.Unlock()
+	sb := s.settledLocked(w, r, idOrName)
 	switch {
 	case sb == nil:
-		s.mu.Unlock()
-		notFound(w, r, idOrName)
-		return
-	case sb.pending:
-		s.mu.Unlock()
-		apiError(w, r, http.StatusConflict, "Sandbox state change in progress")
 		return
 	case sb.State != stateStarted:
-		s.mu.Unlock()
 		apiError(w, r, http.StatusBadRequest, "Sandbox is not started")
 		return
 	}
 	s.stopLocked(sb)
-	out := sb.Sandbox.clone()
-	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
 }
 
 // stopLocked stops a started sandbox. s.mu is held.

@@ -368,12 +368,9 @@ func fitPayload(res *protocol.RunResult, limit int) []byte {
 	if limit <= 0 || len(b) <= limit-512 {
 		return b
 	}
-	out := res.Output
-	for keep := len(out) / 2; keep > 0 && len(b) > limit-512; keep /= 2 {
-		half := keep / 2
-		cut := len(out) - 2*half
+	for keep := len(res.Output) / 2; keep > 0 && len(b) > limit-512; keep /= 2 {
 		trimmed := *res
-		trimmed.Output = out[:half] + fmt.Sprintf("\n[... %d more bytes truncated to fit the message ...]\n", cut) + out[len(out)-half:]
+		trimmed.Output, _ = envs.CapOutput(res.Output, keep)
 		trimmed.Truncated = true
 		b, _ = json.Marshal(&trimmed)
 	}
