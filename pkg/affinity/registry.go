@@ -62,7 +62,8 @@ type RegistryConfig struct {
 	// OnLost is called, from one goroutine and never concurrently, when a known worker is
 	// lost: its key was deleted or purged (Delete on graceful shutdown, or the server's delete
 	// marker when its entry expires), or it was not refreshed for TTL (checked every TTL/4, so a
-	// worker that stops without its key expiring is noticed within TTL + TTL/4). Calls are
+	// worker that stops without its key expiring is noticed within TTL + TTL/4, unless the
+	// bucket itself does not answer then: silence is no news while no heartbeat can land). Calls are
 	// queued: a slow OnLost delays later calls, not the Registry. It must not call Stop.
 	OnLost func(workerID string)
 	// PendingWindow is how long a placement keeps counting on top of a worker's registered
@@ -252,10 +253,37 @@ func (r *Registry) expireLoop() {
 			return
 		case now := <-t.C:
 			r.mu.Lock()
-			r.expireLocked(now)
+			stale := false
+			for _, ws := range r.workers {
+				stale = stale || r.stale(ws, now)
+			}
+			r.mu.Unlock()
+			if !stale {
+				continue
+			}
+			healthy := r.reachable()
+			r.mu.Lock()
+			if healthy {
+				r.expireLocked(time.Now())
+			} else {
+				// No heartbeat can land while the bucket does not answer (its stream is
+				// electing a leader after a node loss, this process is cut off): that is no
+				// news of the workers. They get a whole TTL again once it answers.
+				for _, ws := range r.workers {
+					ws.seen = time.Now()
+				}
+			}
 			r.mu.Unlock()
 		}
 	}
+}
+
+// reachable reports whether the registry bucket answers (its stream has a leader).
+func (r *Registry) reachable() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TTL/4)
+	defer cancel()
+	_, err := r.kv.Status(ctx)
+	return err == nil
 }
 
 func (r *Registry) callbackLoop() {
@@ -290,7 +318,6 @@ func cloneInfo(info protocol.WorkerInfo) protocol.WorkerInfo {
 // Live returns the live workers (draining ones included), sorted by id.
 func (r *Registry) Live() []protocol.WorkerInfo {
 	r.mu.Lock()
-	r.expireLocked(time.Now())
 	out := make([]protocol.WorkerInfo, 0, len(r.workers))
 	for _, ws := range r.workers {
 		out = append(out, cloneInfo(ws.info))
@@ -312,7 +339,6 @@ func (r *Registry) Live() []protocol.WorkerInfo {
 func (r *Registry) Get(id string) (protocol.WorkerInfo, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(time.Now())
 	ws := r.workers[id]
 	if ws == nil {
 		return protocol.WorkerInfo{}, false
@@ -325,7 +351,6 @@ func (r *Registry) Get(id string) (protocol.WorkerInfo, bool) {
 func (r *Registry) Lost(id string) <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(time.Now())
 	if ws := r.workers[id]; ws != nil {
 		return ws.lost
 	}
@@ -355,7 +380,6 @@ func (a candidate) same(b candidate) bool {
 func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expireLocked(time.Now())
 	if len(r.workers) == 0 {
 		return protocol.WorkerInfo{}, fmt.Errorf("%w: no live workers", ErrNoWorker)
 	}

@@ -564,3 +564,28 @@ func TestPlace(t *testing.T) {
 		}
 	})
 }
+
+// TestRegistrySilentBucketIsNoNews: when the registry bucket itself does not answer (here the
+// NATS server is gone; on a cluster, its stream electing a leader after a node loss), no
+// heartbeat can land, and the workers' silence does not make them lost.
+func TestRegistrySilentBucketIsNoNews(t *testing.T) {
+	const ttl = time.Second
+	ns := testutil.StartNATS(t)
+	js := newJS(t, ns)
+	if _, err := js.CreateKeyValue(ctxT(t), affinity.WorkersBucketConfig(time.Minute, 1)); err != nil {
+		t.Fatal(err)
+	}
+	r := openRegistry(t, js, affinity.RegistryConfig{TTL: ttl})
+	seen(t, r, register(t, workersKV(t, js), protocol.WorkerInfo{ID: "w1", Capacity: 4}))
+	lost := r.Lost("w1")
+	ns.Shutdown()
+	// A stale worker is lost within TTL + TTL/4 when the bucket answers; give it three TTLs.
+	select {
+	case <-lost:
+		t.Fatal("w1 was lost while the registry bucket could not be reached")
+	case <-time.After(3 * ttl):
+	}
+	if _, ok := r.Get("w1"); !ok {
+		t.Fatal("w1 is not live")
+	}
+}
