@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -263,6 +264,9 @@ func TestWorkerRestart(t *testing.T) {
 	res, err := conv.Run(ctx, "cat f", "bash", nil)
 	if err != nil || res.Output != "survived\n" || res.Sandbox.ID != first.Sandbox.ID || res.Sandbox.Created || res.Sandbox.Recreated {
 		t.Fatalf("after the restart: %+v %v, want sandbox %s re-adopted with its file", res, err, first.Sandbox.ID)
+	}
+	if logs := f.logsOf(w); !regexp.MustCompile(`"transport":"socket"[^\n]*"sandbox re-attached"`).MatchString(logs) {
+		t.Fatalf("the restarted worker does not reach its sandbox over the socket again:\n%s", logs)
 	}
 }
 

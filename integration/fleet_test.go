@@ -53,6 +53,11 @@ const labelRun = "io.codefleet.it-run"
 // runTag is this test process's id, short enough for worker ids.
 var runTag = "it" + strings.ReplaceAll(testutil.RunID, "-", "")
 
+// socketDir is shared by the host and every worker container at the same path, as a pod shares
+// a volume between the worker and a DinD sidecar: the workers reach their sandboxes' agents
+// over unix sockets in it (--socket-dir) instead of the attached stream through the daemon.
+var socketDir = filepath.Join(os.TempDir(), "codefleet-"+runTag)
+
 // Images built for this run.
 var (
 	imageNATS       = "codefleet-it/nats:" + runTag
@@ -74,7 +79,9 @@ func TestMain(m *testing.M) {
 		tclog.SetDefault(tclog.NewNoopLogger())
 	}
 	code := 1
-	if err := buildImages(); err != nil {
+	if err := os.MkdirAll(socketDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+	} else if err := buildImages(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: build images:", err)
 	} else {
 		code = m.Run()
@@ -84,6 +91,7 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	removeImages()
+	os.RemoveAll(socketDir) // the sandboxes of killed workers were removed without their worker
 	os.Exit(code)
 }
 
@@ -394,13 +402,14 @@ func (f *fleet) startDispatcher(name string) *testcontainers.DockerContainer {
 // workerID is the id of a worker named name in this run.
 func workerID(name string) string { return runTag + "-" + name }
 
-// startWorker starts a worker with the host's Docker socket; its sandboxes are siblings.
+// startWorker starts a worker with the host's Docker socket (its sandboxes are siblings) and
+// the shared socket directory.
 func (f *fleet) startWorker(name string, args ...string) *testcontainers.DockerContainer {
 	cmd := append([]string{"--nats-url", f.inNetwork, "--kv-replicas", strconv.Itoa(f.replicas), "--id", workerID(name), "--image", testutil.SandboxImage(),
-		"--heartbeat-interval", "500ms", "--heartbeat-ttl", heartbeatTTL.String(), "--capacity", "500", "--log-level", "debug"}, f.workerArgs...)
+		"--heartbeat-interval", "500ms", "--heartbeat-ttl", heartbeatTTL.String(), "--capacity", "500", "--log-level", "debug", "--socket-dir", socketDir}, f.workerArgs...)
 	return f.start(workerID(name), imageWorker, nil, "worker started", append(cmd, args...),
 		testcontainers.WithHostConfigModifier(func(hc *mobycontainer.HostConfig) {
-			hc.Binds = append(hc.Binds, "/var/run/docker.sock:/var/run/docker.sock")
+			hc.Binds = append(hc.Binds, "/var/run/docker.sock:/var/run/docker.sock", socketDir+":"+socketDir)
 		}))
 }
 

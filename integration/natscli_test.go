@@ -109,7 +109,7 @@ func TestNATSCLIConversation(t *testing.T) {
 	f := newFleet(t)
 	f.startNATS()
 	f.startDispatcher("d1")
-	f.startWorker("w1")
+	w1 := f.startWorker("w1")
 	sch := schemas(t)
 	run := func(req map[string]any) protocol.RunResult {
 		t.Helper()
@@ -131,6 +131,9 @@ func TestNATSCLIConversation(t *testing.T) {
 	res := run(map[string]any{"code": "open('data.txt','w').write('from nats')\nprint('written')", "language": "python"})
 	if res.Error != nil || res.Output != "written\n" || res.ExitCode != 0 || !res.Sandbox.Created || res.Sandbox.Worker != workerID("w1") {
 		t.Fatalf("write: %+v", res)
+	}
+	if logs := f.logsOf(w1); !strings.Contains(logs, `"transport":"socket"`) {
+		t.Fatalf("the worker does not reach its sandbox over the shared socket directory:\n%s", logs)
 	}
 	res = run(map[string]any{"code": "cat data.txt; exit 7", "language": "bash"})
 	if res.Output != "from nats" || res.ExitCode != 7 || res.Sandbox.Created {

@@ -103,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringListVar(&d.CapAdd, "cap-add", nil, "capabilities re-added after all are dropped, comma-separated (e.g. CHOWN)")
 	fs.BoolVar(&d.ReadonlyRootfs, "readonly-rootfs", false, "make everything but the workdir and /tmp read-only")
 	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
+	fs.StringVar(&d.SocketDir, "socket-dir", docker.DefaultSocketDir, "directory the worker shares with the Docker daemon (same path for both) for the fast channel to the sandboxes; none: the attached stream only")
 	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
 
 	dt := &o.daytona

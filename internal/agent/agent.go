@@ -24,12 +24,16 @@ const drainGrace = 100 * time.Millisecond
 // maxFrame bounds one request line.
 const maxFrame = 16 << 20
 
-// Agent serves the framed protocol on one reader/writer pair and runs snippets.
+// Agent serves the framed protocol and runs snippets. It speaks with the worker over the
+// container's attached stdin/stdout (Serve), and, when the worker asks for it (OpConnect), over
+// a unix socket the worker listens on (see socket.go).
 type Agent struct {
 	// Dir is the working directory of every run.
 	Dir string
 	// Environ is the base environment of every run (the container's).
 	Environ []string
+	// SocketPath is where the worker's socket is when it sends OpConnect; SocketPath by default.
+	SocketPath string
 
 	reaper *Reaper
 	// warm is the pool of pre-started interpreters while Serve runs (nil otherwise: Run
@@ -38,27 +42,22 @@ type Agent struct {
 	// warmRuns counts the runs handed to a warm interpreter (tests check the path is taken).
 	warmRuns atomic.Int64
 
-	outMu sync.Mutex
-	out   *bufio.Writer
-
-	mu   sync.Mutex
-	runs map[string]*runState
-}
-
-type runState struct {
-	cancel context.CancelFunc
+	// sockMu guards sock, the socket session's connection (one at a time: a worker that
+	// connects again replaces the old one, whose runs are killed).
+	sockMu sync.Mutex
+	sock   io.Closer
 }
 
 // New returns an Agent that starts processes through reaper.
 func New(dir string, environ []string, reaper *Reaper) *Agent {
-	return &Agent{Dir: dir, Environ: environ, reaper: reaper, runs: map[string]*runState{}}
+	return &Agent{Dir: dir, Environ: environ, SocketPath: SocketPath, reaper: reaper}
 }
 
 // Serve reads requests from in and writes responses to out until in ends or ctx is done.
-// Runs still going when it returns are killed. While it runs, python and bash interpreters are
-// kept started ahead of runs (see warm.go); they are killed before it returns.
+// Runs still going when it returns are killed, those of a socket session too. While it runs,
+// python and bash interpreters are kept started ahead of runs (see warm.go); they are killed
+// before it returns.
 func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
-	a.out = bufio.NewWriterSize(out, 64<<10)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := newPool(a)
@@ -68,11 +67,32 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 		p.close()
 	}()
 	p.fill()
+	var socks sync.WaitGroup
+	defer socks.Wait() // after cancel: the socket session ends with ctx
+	return a.serve(ctx, in, out, &socks)
+}
+
+// session is one channel with the worker: its responses, and the runs it asked for (ids are
+// the worker's, so they are only unique within one session).
+type session struct {
+	outMu sync.Mutex
+	out   *bufio.Writer
+
+	mu   sync.Mutex
+	runs map[string]context.CancelFunc
+}
+
+// serve handles the requests of one session until in ends or ctx is done; the runs it started
+// are killed and answered before it returns. socks, when set, tracks the socket sessions this
+// one starts (only the attached stream may start them).
+func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *sync.WaitGroup) error {
+	s := &session{out: bufio.NewWriterSize(out, 64<<10), runs: map[string]context.CancelFunc{}}
+	ctx, cancel := context.WithCancel(ctx)
 	r := bufio.NewReaderSize(in, 64<<10)
 	var wg sync.WaitGroup
 	defer func() {
 		cancel()  // runs still going are killed...
-		wg.Wait() // ...and answered before Serve returns
+		wg.Wait() // ...and answered before serve returns
 	}()
 	for {
 		line, err := readLine(r)
@@ -87,37 +107,57 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 		}
 		var req Request
 		if err := json.Unmarshal(line, &req); err != nil {
-			a.send(&Response{Op: OpError, Code: ErrCodeBadFrame, Error: "bad frame: " + err.Error()})
+			s.send(&Response{Op: OpError, Code: ErrCodeBadFrame, Error: "bad frame: " + err.Error()})
 			continue
 		}
 		switch req.Op {
 		case OpHello:
-			a.send(&Response{Op: OpHello, ID: req.ID, Version: ProtocolVersion, Languages: a.Languages()})
-		case OpCancel:
-			a.mu.Lock()
-			if rs := a.runs[req.ID]; rs != nil {
-				rs.cancel()
+			s.send(a.hello(req.ID, ""))
+		case OpConnect:
+			if socks == nil {
+				s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeBadFrame, Error: "connect is only taken on the attached stream"})
+				continue
 			}
-			a.mu.Unlock()
+			conn, err := a.connect(req.ID, req.Token)
+			if err != nil {
+				s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeConnectFailed, Error: err.Error()})
+				continue
+			}
+			socks.Add(1)
+			go func() {
+				defer socks.Done()
+				a.serveSocket(ctx, conn)
+			}()
+			s.send(&Response{Op: OpConnect, ID: req.ID})
+		case OpCancel:
+			s.mu.Lock()
+			if stop := s.runs[req.ID]; stop != nil {
+				stop()
+			}
+			s.mu.Unlock()
 		case OpRun:
 			rctx, rcancel := context.WithCancel(ctx)
-			a.mu.Lock()
-			a.runs[req.ID] = &runState{cancel: rcancel}
-			a.mu.Unlock()
+			s.mu.Lock()
+			s.runs[req.ID] = rcancel
+			s.mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer rcancel()
 				resp := a.Run(rctx, &req)
-				a.mu.Lock()
-				delete(a.runs, req.ID)
-				a.mu.Unlock()
-				a.send(resp)
+				s.mu.Lock()
+				delete(s.runs, req.ID)
+				s.mu.Unlock()
+				s.send(resp)
 			}()
 		default:
-			a.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeBadFrame, Error: fmt.Sprintf("unknown op %q", req.Op)})
+			s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeBadFrame, Error: fmt.Sprintf("unknown op %q", req.Op)})
 		}
 	}
+}
+
+func (a *Agent) hello(id, token string) *Response {
+	return &Response{Op: OpHello, ID: id, Version: ProtocolVersion, Languages: a.Languages(), Token: token}
 }
 
 // readLine reads one line of at most maxFrame bytes; a longer line is discarded whole and
@@ -144,16 +184,16 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 	}
 }
 
-func (a *Agent) send(resp *Response) {
+func (s *session) send(resp *Response) {
 	b, err := json.Marshal(resp)
 	if err != nil {
 		b, _ = json.Marshal(&Response{Op: OpError, ID: resp.ID, Code: ErrCodeStartFailed, Error: "encode response: " + err.Error()})
 	}
-	a.outMu.Lock()
-	defer a.outMu.Unlock()
-	a.out.Write(b)
-	a.out.WriteByte('\n')
-	a.out.Flush()
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	s.out.Write(b)
+	s.out.WriteByte('\n')
+	s.out.Flush()
 }
 
 // language describes how to run one language.

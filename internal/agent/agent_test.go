@@ -14,9 +14,9 @@ import (
 	"time"
 )
 
-// session runs an Agent on pipes and returns a function that sends one frame and reads
+// testSession runs an Agent on pipes and returns a function that sends one frame and reads
 // responses until the one with the wanted id.
-type session struct {
+type testSession struct {
 	t   testing.TB
 	a   *Agent
 	in  *io.PipeWriter
@@ -27,13 +27,13 @@ type session struct {
 
 var testReaper = NewChildWaiter()
 
-func startAgent(t testing.TB) *session {
+func startAgent(t testing.TB) *testSession {
 	t.Helper()
 	return serve(t, New(t.TempDir(), os.Environ(), testReaper))
 }
 
 // serve runs a.Serve on pipes until the test ends.
-func serve(t testing.TB, a *Agent) *session {
+func serve(t testing.TB, a *Agent) *testSession {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
@@ -54,24 +54,24 @@ func serve(t testing.TB, a *Agent) *session {
 		})
 	}
 	t.Cleanup(stop)
-	return &session{t: t, a: a, in: inW, out: bufio.NewReader(outR), stop: stop}
+	return &testSession{t: t, a: a, in: inW, out: bufio.NewReader(outR), stop: stop}
 }
 
-func (s *session) send(raw string) {
+func (s *testSession) send(raw string) {
 	s.t.Helper()
 	if _, err := io.WriteString(s.in, raw+"\n"); err != nil {
 		s.t.Fatal(err)
 	}
 }
 
-func (s *session) call(req Request) Response {
+func (s *testSession) call(req Request) Response {
 	s.t.Helper()
 	b, _ := json.Marshal(req)
 	s.send(string(b))
 	return s.wait(req.ID)
 }
 
-func (s *session) wait(id string) Response {
+func (s *testSession) wait(id string) Response {
 	s.t.Helper()
 	for {
 		line, err := s.out.ReadBytes('\n')

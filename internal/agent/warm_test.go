@@ -27,7 +27,7 @@ func testEnviron(home string) []string {
 //
 // Both languages have run once, so that their interpreters are started again after every run
 // (the agent restarts only the languages a sandbox uses).
-func startWarmAgent(t *testing.T) (s *session, cold *Agent) {
+func startWarmAgent(t *testing.T) (s *testSession, cold *Agent) {
 	t.Helper()
 	dir := t.TempDir()
 	env := testEnviron(dir)
@@ -67,7 +67,7 @@ func waitWarm(t *testing.T, a *Agent, lang string) int {
 
 // runWarm waits for an idle interpreter of req's language, runs req and checks that it went
 // to that interpreter.
-func runWarm(t *testing.T, s *session, req Request) Response {
+func runWarm(t *testing.T, s *testSession, req Request) Response {
 	t.Helper()
 	waitWarm(t, s.a, req.Language)
 	before := s.a.warmRuns.Load()

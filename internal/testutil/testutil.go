@@ -124,6 +124,9 @@ func CheckLeftovers() error {
 // this test process is left.
 func MainWithLeftoverCheck(m *testing.M) {
 	code := m.Run()
+	if agentPath != "" && os.Getenv("CODEFLEET_AGENT") == "" {
+		os.RemoveAll(filepath.Dir(agentPath)) // the agent built for this process
+	}
 	if err := CheckLeftovers(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		if code == 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/codefleet/codefleet/pkg/worker"
 )
@@ -20,17 +21,13 @@ import (
 // beside the same snippet through `docker exec` into the same container (what AG2's
 // DockerCodeEnvironment does with docker-py's exec_run), in the same process and run.
 //
-// worker/* sends the runs back to back; worker-paced/* pauses benchPace between them (untimed),
+// */worker/* sends the runs back to back; */worker-paced/* pauses benchPace between them (untimed),
 // as a client does while its model thinks, which leaves the sandbox agent the time to start the
 // language's next interpreter ahead of the run (internal/agent/warm.go).
 //
 //	go test -run '^$' -bench WarmRun -benchtime 200x ./pkg/worker/
 func BenchmarkWarmRun(b *testing.B) {
 	ns := testutil.StartNATS(b)
-	w := startWorker(b, ns, newDocker(b), worker.Config{})
-	c := newClient(b, ns, w)
-	warm := c.ok("bench", "bash", "true")
-
 	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
 	if err != nil {
 		b.Fatal(err)
@@ -38,29 +35,39 @@ func BenchmarkWarmRun(b *testing.B) {
 	defer cli.Close()
 
 	snippets := []struct{ lang, code string }{{"bash", "true"}, {"python", "print(1)"}}
-	for _, path := range []struct {
-		name string
-		pace time.Duration
-	}{{"worker", 0}, {"worker-paced", benchPace}} {
-		for _, sn := range snippets {
-			b.Run(path.name+"/"+sn.lang, func(b *testing.B) {
-				req := protocol.Encode(&protocol.RunRequest{Language: sn.lang, Code: sn.code})
-				lat := make([]time.Duration, 0, b.N)
-				for b.Loop() {
-					if path.pace > 0 {
-						b.StopTimer()
-						time.Sleep(path.pace)
-						b.StartTimer()
+	var sandbox string
+	// The worker's transport to the sandbox agent: the unix socket it shares with the container
+	// (the default when the worker and the daemon share a filesystem), or the attached stream
+	// through the daemon (the fallback).
+	for _, transport := range []struct{ name, socketDir string }{{"socket", ""}, {"attach", docker.NoSocketDir}} {
+		w := startWorker(b, ns, newDockerSockets(b, transport.socketDir), worker.Config{ID: "bench-" + transport.name})
+		c := newClient(b, ns, w)
+		warm := c.ok("bench", "bash", "true")
+		sandbox = warm.Sandbox.ID
+		for _, path := range []struct {
+			name string
+			pace time.Duration
+		}{{"worker", 0}, {"worker-paced", benchPace}} {
+			for _, sn := range snippets {
+				b.Run(transport.name+"/"+path.name+"/"+sn.lang, func(b *testing.B) {
+					req := protocol.Encode(&protocol.RunRequest{Language: sn.lang, Code: sn.code})
+					lat := make([]time.Duration, 0, b.N)
+					for b.Loop() {
+						if path.pace > 0 {
+							b.StopTimer()
+							time.Sleep(path.pace)
+							b.StartTimer()
+						}
+						start := time.Now()
+						res := c.rawRun("default", "bench", req)
+						lat = append(lat, time.Since(start))
+						if res.Error != nil || res.ExitCode != 0 {
+							b.Fatalf("run: %+v", res)
+						}
 					}
-					start := time.Now()
-					res := c.rawRun("default", "bench", req)
-					lat = append(lat, time.Since(start))
-					if res.Error != nil || res.ExitCode != 0 {
-						b.Fatalf("run: %+v", res)
-					}
-				}
-				report(b, lat)
-			})
+					report(b, lat)
+				})
+			}
 		}
 	}
 	argv := map[string][]string{"bash": {"bash", "-c", "true"}, "python": {"python3", "-c", "print(1)"}}
@@ -69,7 +76,7 @@ func BenchmarkWarmRun(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
 			for b.Loop() {
 				start := time.Now()
-				code := dockerExec(b, cli, warm.Sandbox.ID, argv[sn.lang])
+				code := dockerExec(b, cli, sandbox, argv[sn.lang])
 				lat = append(lat, time.Since(start))
 				if code != 0 {
 					b.Fatalf("docker exec exit %d", code)

@@ -26,10 +26,13 @@ func TestMain(m *testing.M) { testutil.MainWithLeftoverCheck(m) }
 var subjects = protocol.Subjects{}
 
 // newDocker returns a Docker backend whose containers carry this test run's label.
-func newDocker(t testing.TB) *docker.Env {
+func newDocker(t testing.TB) *docker.Env { return newDockerSockets(t, "") }
+
+// newDockerSockets is newDocker with the socket directory given (docker.NoSocketDir: none).
+func newDockerSockets(t testing.TB, socketDir string) *docker.Env {
 	t.Helper()
 	testutil.RequireDocker(t)
-	env, err := docker.New(docker.Config{Image: testutil.SandboxImage(), AgentPath: testutil.AgentBinary(t), Labels: testutil.TestLabels()}, testutil.Logger(t))
+	env, err := docker.New(docker.Config{Image: testutil.SandboxImage(), AgentPath: testutil.AgentBinary(t), Labels: testutil.TestLabels(), SocketDir: socketDir}, testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/docker"
 )
 
 // BenchmarkSandboxRun measures a warm run straight on the backend (no NATS, no worker), and
@@ -15,12 +16,21 @@ import (
 // variants pause between runs (untimed), as a client does, so that the agent has started the
 // language's next interpreter before the run comes (see pkg/worker's BenchmarkWarmRun).
 func BenchmarkSandboxRun(b *testing.B) {
-	env := newEnvB(b)
-	sb, err := env.Create(context.Background(), envs.Spec{Tenant: "bench", Conversation: "bench", Labels: testLabels()})
-	if err != nil {
-		b.Fatal(err)
+	for _, transport := range []struct{ name, socketDir string }{{"socket", ""}, {"attach", docker.NoSocketDir}} {
+		env := newEnvTB(b, func(c *docker.Config) { c.SocketDir = transport.socketDir })
+		sb, err := env.Create(context.Background(), envs.Spec{Tenant: "bench", Conversation: "bench-" + transport.name, Labels: testLabels()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer env.Destroy(context.Background(), sb.Info().ID)
+		if got := docker.Transport(sb); got != transport.name {
+			b.Fatalf("transport %s, want %s", got, transport.name)
+		}
+		benchRuns(b, transport.name, sb)
 	}
-	defer env.Destroy(context.Background(), sb.Info().ID)
+}
+
+func benchRuns(b *testing.B, prefix string, sb envs.Sandbox) {
 	for _, lang := range []struct {
 		name, code string
 		pace       time.Duration
@@ -28,7 +38,7 @@ func BenchmarkSandboxRun(b *testing.B) {
 		{"bash", "true", 0}, {"python", "print(1)", 0},
 		{"bash-paced", "true", 100 * time.Millisecond}, {"python-paced", "print(1)", 100 * time.Millisecond},
 	} {
-		b.Run(lang.name, func(b *testing.B) {
+		b.Run(prefix+"/"+lang.name, func(b *testing.B) {
 			language, _, _ := strings.Cut(lang.name, "-")
 			var total, inside []time.Duration
 			for b.Loop() {

@@ -1,7 +1,8 @@
 // Package docker is the Docker backend of codefleet: one container per conversation, with the
 // sandbox agent (cmd/sandbox-agent) as PID 1 spoken to over the container's attached stdin and
-// stdout. A run is one frame each way on an open stream, not a `docker exec`, which is why a warm
-// run costs about a millisecond instead of tens.
+// stdout, or, when the worker shares a directory with the daemon, over a unix socket in it
+// (socket.go). A run is one frame each way on an open channel, not a `docker exec`, which is why
+// a warm run costs a couple of milliseconds instead of tens.
 //
 // Containers are locked down by default (no network, memory without swap, pids and CPU limits,
 // all capabilities dropped, no-new-privileges, an unprivileged user, logging off) and labelled
@@ -18,9 +19,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/api/types"
@@ -89,6 +92,12 @@ type Config struct {
 	MaxOutput int
 	// Labels are put on every container (the worker id among them).
 	Labels map[string]string
+	// SocketDir is a directory the worker shares with the Docker daemon, where each container
+	// gets a socket directory of its own, for the fast transport (socket.go); DefaultSocketDir by
+	// default, NoSocketDir to use the attached stream only. A daemon that does not see it
+	// (remote, or the worker in a container without it mounted at the same path) is detected,
+	// and sandboxes use the attached stream then.
+	SocketDir string
 	// APITimeout bounds each short Docker call; PullTimeout bounds an image pull.
 	APITimeout  time.Duration
 	PullTimeout time.Duration
@@ -121,6 +130,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxOutput == 0 {
 		c.MaxOutput = DefaultMaxOutput
+	}
+	if c.SocketDir == "" {
+		c.SocketDir = DefaultSocketDir
+	}
+	if c.SocketDir != NoSocketDir {
+		c.SocketDir = filepath.Clean(c.SocketDir)
 	}
 	if c.APITimeout == 0 {
 		c.APITimeout = DefaultAPITimeout
@@ -156,6 +171,9 @@ type Env struct {
 	agentOnce sync.Once
 	agentTar  []byte
 	agentErr  error
+
+	// noSockets is set once the socket transport proved impossible here (socket.go).
+	noSockets atomic.Bool
 
 	// pulls lets concurrent creations share one pull of the same image.
 	pullMu sync.Mutex
@@ -275,11 +293,23 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		host.Tmpfs = map[string]string{"/tmp": "rw,nosuid,nodev,size=64m"}
 	}
 	name := containerName(spec)
+	host.Mounts = e.socketMount()
+	sockDir := ""
+	if host.Mounts != nil {
+		sockDir = host.Mounts[0].Source
+	}
 
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
 	created, err := e.cli.ContainerCreate(actx, cfg, host, nil, nil, name)
+	if err != nil && sockDir != "" && unseenMount(err) {
+		e.socketsOff("the Docker daemon does not see the socket directory (give the worker and the daemon the same directory at the same path to use it)", err)
+		e.removeSocketDir(sockDir)
+		sockDir, host.Mounts = "", nil
+		created, err = e.cli.ContainerCreate(actx, cfg, host, nil, nil, name)
+	}
 	if err != nil {
+		e.removeSocketDir(sockDir)
 		return nil, e.classify("create container", err)
 	}
 	id := created.ID
@@ -288,6 +318,7 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		if rerr := e.remove(id); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		e.removeSocketDir(sockDir)
 		return nil, err
 	}
 	if err := e.cli.CopyToContainer(actx, id, "/", bytes.NewReader(tarball), container.CopyToContainerOptions{}); err != nil {
@@ -305,8 +336,9 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		sb.Close()
 		return fail(err)
 	}
+	sb.upgrade(actx, sockDir)
 	sb.info = envs.Info{ID: id, Backend: Name, Tenant: spec.Tenant, Conversation: spec.Conversation, Image: img, Labels: labels, Created: time.Now()}
-	log.Debug().Str("image", img).Strs("languages", sb.languages).Msg("sandbox created")
+	log.Debug().Str("image", img).Strs("languages", sb.languages).Str("transport", sb.transport()).Msg("sandbox created")
 	return sb, nil
 }
 
@@ -338,7 +370,9 @@ func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
 		sb.Close()
 		return nil, err
 	}
+	sb.upgrade(actx, e.socketDirOf(c))
 	sb.info = infoOf(c.ID, c.Config.Image, c.Config.Labels, c.Created)
+	log.Debug().Str("transport", sb.transport()).Msg("sandbox re-attached")
 	return sb, nil
 }
 
@@ -368,8 +402,13 @@ func (e *Env) List(ctx context.Context, match map[string]string) ([]envs.Info, e
 func (e *Env) Destroy(ctx context.Context, id string) error {
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
+	sockDir := ""
+	if c, err := e.cli.ContainerInspect(actx, id); err == nil {
+		sockDir = e.socketDirOf(c)
+	}
 	err := e.cli.ContainerRemove(actx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress") {
+		e.removeSocketDir(sockDir)
 		return nil
 	}
 	return e.classify("remove container", err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +21,6 @@ import (
 func TestMain(m *testing.M) { testutil.MainWithLeftoverCheck(m) }
 
 func testLabels() map[string]string { return testutil.TestLabels() }
-
-func newEnvB(b *testing.B) *docker.Env { return newEnvTB(b, nil) }
 
 func newEnv(t *testing.T, mut func(*docker.Config)) *docker.Env { return newEnvTB(t, mut) }
 
@@ -183,5 +183,89 @@ func TestLanguages(t *testing.T) {
 	}
 	if res := runOK(t, sb, "bash", "ls -A"); res.Output != "js.txt\n" {
 		t.Fatalf("the workdir should hold only the snippet's file, got %q", res.Output)
+	}
+}
+
+// TestConformanceAttach runs the conformance suite on the attached stream alone, the transport
+// of a worker that does not share a filesystem with the daemon.
+func TestConformanceAttach(t *testing.T) {
+	env := newEnv(t, func(c *docker.Config) { c.SocketDir = docker.NoSocketDir })
+	envtest.Run(t, envtest.Config{Env: env, Labels: testutil.TestLabels(), MaxOutput: docker.DefaultMaxOutput})
+}
+
+// TestSocketTransport: with the worker beside the daemon, frames go over the socket; a snippet
+// can neither reach nor replace it; the socket comes back when the worker re-attaches, and the
+// directory goes with the container.
+func TestSocketTransport(t *testing.T) {
+	sockets := t.TempDir()
+	env := newEnv(t, func(c *docker.Config) { c.SocketDir = sockets })
+	sb := create(t, env, envs.Spec{})
+	if got := docker.Transport(sb); got != "socket" {
+		t.Fatalf("transport = %s, want socket", got)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(sockets, "*"))
+	if len(dirs) != 1 {
+		t.Fatalf("socket directories: %v, want one", dirs)
+	}
+	for _, c := range []struct{ name, code, want string }{
+		{"run", "echo hi; exit 5", "hi\n"},
+		// The listener is closed once the agent connected: nothing to connect to.
+		{"socket gone after the connection", "ls -A /.codefleet/run | wc -l", "0\n"},
+		{"socket directory read-only", "touch /.codefleet/run/worker.sock 2>&1 | grep -c 'Read-only file system'", "1\n"},
+	} {
+		if res := runOK(t, sb, "bash", c.code); res.Output != c.want {
+			t.Errorf("%s: %q printed %q, want %q", c.name, c.code, res.Output, c.want)
+		}
+	}
+	// A run the worker gives up on (its context ends) is killed in the sandbox too.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := sb.Run(ctx, envs.Exec{Language: "bash", Code: "touch started; sleep 60"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("abandoned run: %v", err)
+	}
+
+	// Re-attach (a restarted worker): the socket again, with the files.
+	id := sb.Info().ID
+	sb.Close()
+	again, err := env.Open(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := docker.Transport(again); got != "socket" {
+		t.Fatalf("transport after re-attaching = %s, want socket", got)
+	}
+	if res := runOK(t, again, "bash", "ls started; cat /proc/[0-9]*/comm | grep -c '^sleep$'"); res.Output != "started\n0\n" {
+		t.Fatalf("after re-attaching: %q, want the file and no sleep left", res.Output)
+	}
+	if err := env.Destroy(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dirs[0]); !os.IsNotExist(err) {
+		t.Fatalf("socket directory after destroy: %v, want it gone", err)
+	}
+}
+
+// TestSocketUnseenByDaemon: a daemon that does not see the worker's socket directory (a remote
+// one, or the worker in a container without the directory) is detected by the first creation;
+// that sandbox and the next use the attached stream, and no directory is left.
+func TestSocketUnseenByDaemon(t *testing.T) {
+	sockets := t.TempDir()
+	env := newEnv(t, func(c *docker.Config) { c.SocketDir = sockets })
+	env.MoveBindSources("/nonexistent-codefleet")
+	for i := range 2 {
+		sb := create(t, env, envs.Spec{})
+		if got := docker.Transport(sb); got != "attach" {
+			t.Fatalf("sandbox %d: transport = %s, want attach", i, got)
+		}
+		if res := runOK(t, sb, "bash", "echo ok"); res.Output != "ok\n" {
+			t.Fatalf("sandbox %d: run printed %q", i, res.Output)
+		}
+	}
+	if env.SocketsOn() {
+		t.Fatal("the socket transport is still on")
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(sockets, "*")); len(dirs) != 0 {
+		t.Fatalf("socket directories left: %v", dirs)
 	}
 }

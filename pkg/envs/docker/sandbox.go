@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,8 @@ type sandbox struct {
 	log  zerolog.Logger
 
 	conn   types.HijackedResponse
-	wmu    sync.Mutex // serializes frames written to conn
+	wmu    sync.Mutex // serializes frames written to the agent, and guards sock
+	sock   net.Conn   // the socket session, once upgraded (socket.go); frames go there then
 	nextID atomic.Uint64
 
 	mu      sync.Mutex
@@ -72,13 +74,41 @@ func (s *sandbox) readLoop() {
 		}
 		pw.CloseWithError(err)
 	}()
-	r := bufio.NewReaderSize(pr, 64<<10)
-	var err error
+	err := s.readFrames(bufio.NewReaderSize(pr, 64<<10))
+	pr.CloseWithError(err)
+	s.fail(err)
+}
+
+// useSocket makes c the sandbox's channel: frames are written to it from now on, and read
+// from it beside the attached stream (which keeps carrying the agent's stderr). Either one
+// ending fails the sandbox.
+func (s *sandbox) useSocket(c *agentConn) {
+	s.wmu.Lock()
+	s.sock = c
+	s.wmu.Unlock()
+	go func() {
+		err := s.readFrames(c.r)
+		c.Close()
+		s.fail(err)
+	}()
+}
+
+// transport says which channel the sandbox's frames take: "socket" or "attach".
+func (s *sandbox) transport() string {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.sock != nil {
+		return "socket"
+	}
+	return "attach"
+}
+
+// readFrames delivers the agent's frames from r to their runs until r fails.
+func (s *sandbox) readFrames(r *bufio.Reader) error {
 	for {
-		var line []byte
-		line, err = readFrame(r)
+		line, err := readFrame(r)
 		if err != nil {
-			break
+			return err
 		}
 		var resp agent.Response
 		if jerr := json.Unmarshal(line, &resp); jerr != nil {
@@ -93,8 +123,6 @@ func (s *sandbox) readLoop() {
 			ch <- resp
 		}
 	}
-	pr.CloseWithError(err)
-	s.fail(err)
 }
 
 // fail marks the sandbox dead and fails every pending run.
@@ -196,7 +224,11 @@ func (s *sandbox) write(req agent.Request) error {
 	}
 	b = append(b, '\n')
 	s.wmu.Lock()
-	_, err = s.conn.Conn.Write(b)
+	if s.sock != nil {
+		_, err = s.sock.Write(b)
+	} else {
+		_, err = s.conn.Conn.Write(b)
+	}
 	s.wmu.Unlock()
 	if err != nil {
 		s.fail(err)
@@ -284,6 +316,11 @@ func (s *sandbox) Close() error {
 		close(s.closed)
 	}
 	s.conn.Close()
+	s.wmu.Lock()
+	if s.sock != nil {
+		s.sock.Close() // the agent kills the runs of this session
+	}
+	s.wmu.Unlock()
 	return nil
 }
 

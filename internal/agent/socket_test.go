@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const testToken = "0123456789abcdef0123456789abcdef"
+
+// connectAgent has the agent of s connect to a new listener at its SocketPath and returns the
+// socket session's connection, after checking the hello that opens it.
+func connectAgent(t *testing.T, s *testSession, id string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	ln, err := net.Listen("unix", s.a.SocketPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if r := s.call(Request{Op: OpConnect, ID: id, Token: testToken}); r.Op != OpConnect {
+		t.Fatalf("connect: got %+v", r)
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	br := bufio.NewReader(conn)
+	var hello Response
+	if err := readResponse(br, &hello); err != nil {
+		t.Fatal(err)
+	}
+	if hello.Op != OpHello || hello.ID != id || hello.Token != testToken || hello.Version != ProtocolVersion || len(hello.Languages) == 0 {
+		t.Fatalf("first frame on the socket: %+v", hello)
+	}
+	return conn, br
+}
+
+func readResponse(r *bufio.Reader, resp *Response) error {
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(line, resp)
+}
+
+func socketCall(t *testing.T, conn net.Conn, br *bufio.Reader, req Request) Response {
+	t.Helper()
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var r Response
+		if err := readResponse(br, &r); err != nil {
+			t.Fatalf("read from socket: %v", err)
+		}
+		if r.ID == req.ID {
+			return r
+		}
+	}
+}
+
+func socketAgent(t *testing.T) *testSession {
+	a := New(t.TempDir(), os.Environ(), testReaper)
+	a.SocketPath = filepath.Join(t.TempDir(), "worker.sock")
+	return serve(t, a)
+}
+
+// TestSocketSession: after connect, the same protocol runs on the socket, and the attached
+// stream keeps working beside it.
+func TestSocketSession(t *testing.T) {
+	s := socketAgent(t)
+	conn, br := connectAgent(t, s, "c1")
+	if r := socketCall(t, conn, br, Request{Op: OpRun, ID: "r1", Language: "bash", Code: "echo over the socket; exit 4"}); r.Op != OpResult || r.Output != "over the socket\n" || r.ExitCode != 4 {
+		t.Fatalf("run on the socket: %+v", r)
+	}
+	// Run ids are per session: the same id on the attached stream is another run.
+	if r := s.call(Request{Op: OpRun, ID: "r1", Language: "bash", Code: "echo on the stream"}); r.Output != "on the stream\n" {
+		t.Fatalf("run on the attached stream: %+v", r)
+	}
+	// A socket session cannot open another one.
+	if r := socketCall(t, conn, br, Request{Op: OpConnect, ID: "c2", Token: testToken}); r.Code != ErrCodeBadFrame {
+		t.Fatalf("connect over the socket: %+v", r)
+	}
+}
+
+func TestSocketConnectErrors(t *testing.T) {
+	s := socketAgent(t)
+	if r := s.call(Request{Op: OpConnect, ID: "nobody", Token: testToken}); r.Op != OpError || r.Code != ErrCodeConnectFailed || !strings.Contains(r.Error, "worker.sock") {
+		t.Fatalf("connect with no listener: %+v", r)
+	}
+	ln, err := net.Listen("unix", s.a.SocketPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if r := s.call(Request{Op: OpConnect, ID: "short", Token: "abc"}); r.Code != ErrCodeConnectFailed {
+		t.Fatalf("connect with a short token: %+v", r)
+	}
+	// The agent still serves the attached stream.
+	if r := s.call(Request{Op: OpRun, ID: "r", Language: "bash", Code: "echo ok"}); r.Output != "ok\n" {
+		t.Fatalf("run after failed connects: %+v", r)
+	}
+}
+
+// TestSocketEndKillsRuns: a worker that dies closes its socket; the runs it started are
+// killed rather than left running for nobody. A worker that connects again replaces the old
+// session.
+func TestSocketEndKillsRuns(t *testing.T) {
+	s := socketAgent(t)
+	conn, _ := connectAgent(t, s, "c1")
+	b, _ := json.Marshal(Request{Op: OpRun, ID: "long", Language: "bash", Code: "echo $$ > pid; exec sleep 60", TimeoutMS: 120000})
+	conn.Write(append(b, '\n'))
+	pidFile := filepath.Join(s.a.Dir, "pid")
+	var pid int
+	poll(t, "the run to start", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil || !strings.HasSuffix(string(b), "\n") {
+			return false
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return true
+	})
+	conn.Close()
+	poll(t, "the run to be killed", func() bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) })
+
+	conn2, br2 := connectAgent(t, s, "c2")
+	conn3, br3 := connectAgent(t, s, "c3")
+	if _, err := io.ReadAll(br2); err != nil {
+		t.Fatalf("the replaced session: %v", err) // ends with EOF
+	}
+	conn2.Close()
+	if r := socketCall(t, conn3, br3, Request{Op: OpRun, ID: "r", Language: "bash", Code: "echo new"}); r.Output != "new\n" {
+		t.Fatalf("run on the new session: %+v", r)
+	}
+}
+
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
