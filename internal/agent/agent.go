@@ -68,7 +68,7 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	}()
 	p.fill()
 	var socks sync.WaitGroup
-	defer socks.Wait() // after cancel: the socket session ends with ctx
+	defer socks.Wait() // the socket session ends with the attached stream's (serve cancels its ctx)
 	return a.serve(ctx, in, out, &socks)
 }
 
@@ -208,6 +208,11 @@ type language struct {
 	// warm, when set, builds the command line of a pre-started interpreter from the resolved
 	// binaries and the base environment (see warm.go).
 	warm func(bins, environ []string) []string
+	// lasting, when set, means a warm interpreter stays good across runs: its start reads no
+	// file a run can change, given no variable of startVars in the base environment (see
+	// warm.go).
+	lasting   bool
+	startVars []string
 }
 
 // maxInlineCode is the largest code passed as one argv string (Linux MAX_ARG_STRLEN is 128 KiB).
@@ -238,6 +243,9 @@ var languages = []language{
 		warm: func(b, environ []string) []string {
 			return []string{b[0], "-c", bashBoot(startUnderscore(environ, b[0])), b[0]}
 		},
+		// A non-interactive bash reads no startup file but $BASH_ENV (and $ENV in sh mode).
+		lasting:   true,
+		startVars: []string{"BASH_ENV", "ENV"},
 	},
 	{
 		name: "javascript",

@@ -21,6 +21,15 @@ package agent
 // idle for warmIdle, so that a burst of bash runs does not pay for python starts it does not
 // use. (When Serve starts, every language is started once.)
 //
+// Lasting interpreters. `bash -c` reads no startup file but $BASH_ENV's (and $ENV's in sh mode);
+// so when the base environment sets neither, a warm bash is as good after any run as before it.
+// It is then not killed when a run ends, and the agent keeps two waiting: a run sent as soon as
+// the last one ended (the code blocks of one message) takes the spare, which has long finished
+// starting, instead of one still starting. (Starting the replacement beside the run instead
+// slowed the run itself on two CPUs.) What a run could still change for a bash that started
+// before it is only what root can (the locale archive, or the working directory replaced by
+// another).
+//
 // A run starts cold instead when its code goes to a file (javascript, typescript, big code),
 // when its code or variables cannot go to a warm interpreter unchanged (warmable), when no
 // interpreter of its language is idle or being forked (an interpreter that is still
@@ -50,39 +59,67 @@ import (
 // just run are started again.
 const warmIdle = 50 * time.Millisecond
 
-// pool keeps one warm interpreter per language for the life of Serve. Its methods are safe for
-// concurrent use.
+// pool keeps warm interpreters for the life of Serve: one per language, two of a lasting one.
+// Its methods are safe for concurrent use.
 type pool struct {
 	a     *Agent
 	langs map[string]*language // the languages that can be warmed
 
 	mu       sync.Mutex
+	cond     *sync.Cond // signalled when a start ends
 	closed   bool
-	idle     map[string]*warmProc     // language → interpreter waiting for a run
-	starting map[string]chan struct{} // language → a start is in flight; closed when it is done
-	used     map[string]bool          // languages the sandbox has run
-	active   int                      // runs going on
-	ended    uint64                   // runs ended so far: an interpreter started before the last one is stale
-	timer    *time.Timer              // starts the other languages once idle
-	wg       sync.WaitGroup           // starts and kills in flight
+	idle     map[string][]*warmProc // language → interpreters waiting for a run, oldest first
+	starting map[string]int         // language → starts in flight
+	used     map[string]bool        // languages the sandbox has run
+	lasting  map[string]bool        // languages whose warm interpreters stay good across runs
+	active   int                    // runs going on
+	ended    uint64                 // runs ended so far: an interpreter started before the last one is stale
+	timer    *time.Timer            // starts the other languages once idle
+	wg       sync.WaitGroup         // starts and kills in flight
 }
 
 func newPool(a *Agent) *pool {
-	p := &pool{a: a, langs: map[string]*language{}, idle: map[string]*warmProc{}, starting: map[string]chan struct{}{}, used: map[string]bool{}}
+	p := &pool{a: a, langs: map[string]*language{}, idle: map[string][]*warmProc{}, starting: map[string]int{}, used: map[string]bool{}, lasting: map[string]bool{}}
+	p.cond = sync.NewCond(&p.mu)
 	for i := range languages {
-		if languages[i].warm != nil {
-			p.langs[languages[i].name] = &languages[i]
+		lang := &languages[i]
+		if lang.warm == nil {
+			continue
 		}
+		p.langs[lang.name] = lang
+		p.lasting[lang.name] = lang.lasting && !setsAny(a.Environ, lang.startVars)
 	}
 	return p
 }
 
-// fill starts an interpreter for every language that has none, unless a run is going on.
+// setsAny reports whether environ sets any of names.
+func setsAny(environ, names []string) bool {
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		for _, n := range names {
+			if k == n {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// want is how many interpreters of lang are kept waiting: a lasting language keeps a spare, so
+// that a run sent as soon as the last one ended finds one that has finished starting.
+func (p *pool) want(lang string) int {
+	if p.lasting[lang] {
+		return 2
+	}
+	return 1
+}
+
+// fill starts the interpreters every language lacks, unless a run is going on.
 func (p *pool) fill() { p.refill(false) }
 
-// refill starts an interpreter for every language that has none, or with usedOnly for those
-// the sandbox has run so far: a conversation that only ever runs bash does not pay for a
-// python start (milliseconds of CPU) after each of its runs.
+// refill starts the interpreters every language lacks, or with usedOnly those the sandbox has
+// run so far: a conversation that only ever runs bash does not pay for a python start
+// (milliseconds of CPU) after each of its runs.
 func (p *pool) refill(usedOnly bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -98,8 +135,8 @@ func (p *pool) refill(usedOnly bool) {
 
 func (p *pool) refillUsed() { p.refill(true) }
 
-// begin marks a run of lang as going on and, when want is set, takes lang's idle interpreter
-// (nil when there is none). end must follow.
+// begin marks a run of lang as going on and, when want is set, takes lang's oldest idle
+// interpreter (nil when there is none). end must follow.
 //
 // A start of lang in flight is waited for: it is a fork and exec, which a cold start would do
 // itself, and a second process starting beside it would only halve the CPU each gets. Its
@@ -112,30 +149,36 @@ func (p *pool) begin(lang string, want bool) *warmProc {
 	if !want {
 		return nil
 	}
-	if started := p.starting[lang]; started != nil && p.idle[lang] == nil {
-		p.mu.Unlock()
-		<-started
-		p.mu.Lock()
+	for len(p.idle[lang]) == 0 && p.starting[lang] > 0 {
+		p.cond.Wait()
 	}
-	w := p.idle[lang]
-	delete(p.idle, lang)
-	return w
+	idle := p.idle[lang]
+	if len(idle) == 0 {
+		return nil
+	}
+	p.idle[lang] = idle[1:]
+	return idle[0]
 }
 
-// end marks a run of lang as ended: the idle interpreters are stale and killed, lang's is
-// started again at once and the others after warmIdle.
+// end marks a run of lang as ended: the idle interpreters are stale and killed (lasting ones
+// are kept), lang's are started again at once and the others after warmIdle.
 func (p *pool) end(lang string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.active--
 	p.ended++
-	for name, w := range p.idle {
+	for name, idle := range p.idle {
+		if p.lasting[name] {
+			continue
+		}
 		delete(p.idle, name)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			w.kill()
-		}()
+		for _, w := range idle {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				w.kill()
+			}()
+		}
 	}
 	if p.closed || p.active > 0 {
 		return
@@ -148,28 +191,30 @@ func (p *pool) end(lang string) {
 	}
 }
 
-// startLocked starts an interpreter of lang in the background, if it can be warmed and has
-// none idle or starting. p.mu is held.
+// startLocked starts in the background the interpreters lang lacks, if it can be warmed. p.mu
+// is held.
 func (p *pool) startLocked(lang string) {
-	if p.closed || p.langs[lang] == nil || p.idle[lang] != nil || p.starting[lang] != nil {
+	if p.closed || p.langs[lang] == nil {
 		return
 	}
-	p.starting[lang] = make(chan struct{})
-	p.wg.Add(1)
-	go p.start(lang, p.ended)
+	for n := len(p.idle[lang]) + p.starting[lang]; n < p.want(lang); n++ {
+		p.starting[lang]++
+		p.wg.Add(1)
+		go p.start(lang, p.ended)
+	}
 }
 
-// start starts an interpreter of lang and keeps it if no run ended since the start was decided
-// (gen), and starts another if one did.
+// start starts an interpreter of lang and keeps it if it is still wanted: lang is lasting, or
+// no run ended since the start was decided (gen); if a run did, it starts another.
 func (p *pool) start(lang string, gen uint64) {
 	defer p.wg.Done()
 	w, err := p.a.startWarm(p.langs[lang])
 	p.mu.Lock()
-	close(p.starting[lang])
-	delete(p.starting, lang)
-	keep := err == nil && !p.closed && gen == p.ended && p.idle[lang] == nil
+	p.starting[lang]--
+	p.cond.Broadcast()
+	keep := err == nil && !p.closed && (gen == p.ended || p.lasting[lang]) && len(p.idle[lang]) < p.want(lang)
 	if keep {
-		p.idle[lang] = w
+		p.idle[lang] = append(p.idle[lang], w)
 	} else if err == nil && p.active == 0 {
 		p.startLocked(lang) // it went stale while starting
 	}
@@ -187,10 +232,12 @@ func (p *pool) close() {
 		p.timer.Stop()
 	}
 	idle := p.idle
-	p.idle = map[string]*warmProc{}
+	p.idle = map[string][]*warmProc{}
 	p.mu.Unlock()
-	for _, w := range idle {
-		w.kill()
+	for _, ws := range idle {
+		for _, w := range ws {
+			w.kill()
+		}
 	}
 	p.wg.Wait()
 }

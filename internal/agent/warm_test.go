@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,8 +50,8 @@ func idlePid(a *Agent, lang string) (int, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if w := p.idle[lang]; w != nil {
-		return w.pid, nil
+	if idle := p.idle[lang]; len(idle) > 0 {
+		return idle[0].pid, nil
 	}
 	return 0, fmt.Errorf("no idle %s interpreter", lang)
 }
@@ -271,4 +273,64 @@ func TestWarmable(t *testing.T) {
 			t.Errorf("warmable(%q, %q) = %v, want %v", tc.env, tc.code, got, tc.want)
 		}
 	}
+}
+
+// TestLastingBash: a warm bash stays good across runs (its start reads no file a run can
+// change), so it is not killed when a run ends, and a spare is kept: two runs sent back to back
+// both go to interpreters that were waiting before the first began. With $BASH_ENV in the base
+// environment (a file bash reads when it starts) it is fresh-only, like python.
+func TestLastingBash(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		extra   []string
+		lasting bool
+	}{{"plain", nil, true}, {"BASH_ENV", []string{"BASH_ENV=/dev/null"}, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := serve(t, New(dir, append(testEnviron(dir), tc.extra...), testReaper))
+			want := 1
+			if tc.lasting {
+				want = 2
+			}
+			var idle []int
+			testutil.Eventually(t, 10*time.Second, func() error {
+				idle = idlePids(s.a, "bash")
+				if len(idle) != want {
+					return fmt.Errorf("%d idle bash, want %d", len(idle), want)
+				}
+				return nil
+			})
+			r1 := s.call(Request{Op: OpRun, ID: "first", Language: "bash", Code: "echo $$"})
+			r2 := s.call(Request{Op: OpRun, ID: "second", Language: "bash", Code: "echo $$"})
+			if r1.Output != strconv.Itoa(idle[0])+"\n" {
+				t.Fatalf("the first run printed %q, want the oldest idle bash %d", r1.Output, idle[0])
+			}
+			if tc.lasting && r2.Output != strconv.Itoa(idle[1])+"\n" {
+				t.Fatalf("the second run printed %q, want the spare %d, waiting since before the first run", r2.Output, idle[1])
+			}
+			if !tc.lasting && slices.Contains(idle, atoiLine(r2.Output)) {
+				t.Fatalf("the second run went to bash %s, started before the first run ended", r2.Output)
+			}
+		})
+	}
+}
+
+// idlePids returns the pids of lang's idle interpreters, oldest first.
+func idlePids(a *Agent, lang string) []int {
+	p := a.warm.Load()
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var pids []int
+	for _, w := range p.idle[lang] {
+		pids = append(pids, w.pid)
+	}
+	return pids
+}
+
+func atoiLine(s string) int {
+	n, _ := strconv.Atoi(strings.TrimSpace(s))
+	return n
 }

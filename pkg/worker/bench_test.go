@@ -40,7 +40,7 @@ func BenchmarkWarmRun(b *testing.B) {
 	// (the default when the worker and the daemon share a filesystem), or the attached stream
 	// through the daemon (the fallback).
 	for _, transport := range []struct{ name, socketDir string }{{"socket", ""}, {"attach", docker.NoSocketDir}} {
-		w := startWorker(b, ns, newDockerSockets(b, transport.socketDir), worker.Config{ID: "bench-" + transport.name})
+		w := startWorker(b, ns, newDockerSockets(b, transport.socketDir), worker.Config{ID: "bench-" + transport.name + "-" + testutil.RunID})
 		c := newClient(b, ns, w)
 		warm := c.ok("bench", "bash", "true")
 		sandbox = warm.Sandbox.ID
