@@ -146,6 +146,15 @@ func Logger(t testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(level).With().Timestamp().Logger()
 }
 
+// Pace pauses a benchmark for d, off the clock, as a client does between runs (0: no pause).
+func Pace(b *testing.B, d time.Duration) {
+	if d > 0 {
+		b.StopTimer()
+		time.Sleep(d)
+		b.StartTimer()
+	}
+}
+
 // Eventually polls cond every 10 ms until it returns nil or timeout passes, then fails with
 // cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {

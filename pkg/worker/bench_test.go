@@ -53,11 +53,7 @@ func BenchmarkWarmRun(b *testing.B) {
 					req := protocol.Encode(&protocol.RunRequest{Language: sn.lang, Code: sn.code})
 					lat := make([]time.Duration, 0, b.N)
 					for b.Loop() {
-						if path.pace > 0 {
-							b.StopTimer()
-							time.Sleep(path.pace)
-							b.StartTimer()
-						}
+						testutil.Pace(b, path.pace)
 						start := time.Now()
 						res := c.rawRun("default", "bench", req)
 						lat = append(lat, time.Since(start))

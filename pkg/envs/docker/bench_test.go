@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 )
@@ -42,11 +43,7 @@ func benchRuns(b *testing.B, prefix string, sb envs.Sandbox) {
 			language, _, _ := strings.Cut(lang.name, "-")
 			var total, inside []time.Duration
 			for b.Loop() {
-				if lang.pace > 0 {
-					b.StopTimer()
-					time.Sleep(lang.pace)
-					b.StartTimer()
-				}
+				testutil.Pace(b, lang.pace)
 				start := time.Now()
 				res, err := sb.Run(context.Background(), envs.Exec{Language: language, Code: lang.code})
 				total = append(total, time.Since(start))
