@@ -30,6 +30,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a := agent.New(dir, os.Environ(), agent.NewReaper())
+	a.WorkerOutside = true // PID 1 of the sandbox's own pid namespace; the worker is outside it
 	go func() {
 		<-ctx.Done()
 		os.Exit(0)

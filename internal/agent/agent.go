@@ -34,6 +34,11 @@ type Agent struct {
 	Environ []string
 	// SocketPath is where the worker's socket is when it sends OpConnect; SocketPath by default.
 	SocketPath string
+	// WorkerOutside, when set, refuses a socket made inside the agent's pid namespace: the
+	// worker is outside the sandbox, and a snippet that managed to put its own socket at
+	// SocketPath (the directory is a read-only mount, but a root snippet could move its
+	// parent) does not get the token.
+	WorkerOutside bool
 
 	reaper *Reaper
 	// warm is the pool of pre-started interpreters while Serve runs (nil otherwise: Run
@@ -331,7 +336,8 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 	inline := lang.ext == "" && len(req.Code) <= maxInlineCode
 
 	// A warm interpreter, when one is idle, was started (and its binary looked up) after the
-	// last run ended, so it is what a cold start would find now.
+	// last run ended, or is of a lasting language, so it is what a cold start would find now
+	// (see warm.go).
 	if p := a.warm.Load(); p != nil {
 		w := p.begin(lang.name, inline && warmable(req.Env, req.Code))
 		defer p.end(lang.name)

@@ -18,7 +18,8 @@
 // carrying the token as its first frame, then serves the same protocol on that connection. The
 // token proves to the worker that the connection is the agent's (a snippet cannot learn it: the
 // agent is not dumpable); the read-only mount keeps a snippet from putting its own socket in the
-// worker's place. The runs of a socket session are killed when its connection ends.
+// worker's place, and the agent in its container also refuses a socket made by a process it can
+// see (Agent.WorkerOutside). The runs of a socket session are killed when its connection ends.
 package agent
 
 import "time"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -22,6 +23,13 @@ func (a *Agent) connect(id, token string) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
+	if a.WorkerOutside {
+		// The worker is outside the sandbox's pid namespace, so the kernel shows its pid as 0.
+		if pid, err := peerPid(conn); err != nil || pid != 0 {
+			conn.Close()
+			return nil, fmt.Errorf("connect: %s is not the worker's: it was made by pid %d in this sandbox (%v)", a.SocketPath, pid, err)
+		}
+	}
 	b, _ := json.Marshal(a.hello(id, token))
 	conn.SetWriteDeadline(time.Now().Add(connectTimeout))
 	if _, err := conn.Write(append(b, '\n')); err != nil {
@@ -37,6 +45,30 @@ func (a *Agent) connect(id, token string) (net.Conn, error) {
 		old.Close() // that worker is gone (a worker connects once per attachment)
 	}
 	return conn, nil
+}
+
+// peerPid returns the pid of the process that made the socket conn is connected to, as this
+// process's pid namespace sees it (0 when it is outside).
+func peerPid(conn net.Conn) (int32, error) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return -1, errors.New("not a unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *syscall.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if credErr != nil {
+		return -1, credErr
+	}
+	return cred.Pid, nil
 }
 
 // serveSocket serves a socket session until its connection ends (its runs are then killed) or

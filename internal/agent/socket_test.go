@@ -153,3 +153,34 @@ func poll(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestSocketMadeInsideRefused: with WorkerOutside (the agent in its container), a socket made by
+// a process the agent can see (here the test itself, in the same pid namespace) is not the
+// worker's, and gets neither the token nor the session.
+func TestSocketMadeInsideRefused(t *testing.T) {
+	s := socketAgent(t)
+	s.a.WorkerOutside = true
+	ln, err := net.Listen("unix", s.a.SocketPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	}()
+	r := s.call(Request{Op: OpConnect, ID: "c", Token: testToken})
+	if r.Code != ErrCodeConnectFailed || !strings.Contains(r.Error, "pid "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("connect to a socket made inside: %+v", r)
+	}
+	if b := <-got; strings.Contains(b, testToken) {
+		t.Fatalf("the impostor got the token: %q", b)
+	}
+}

@@ -27,19 +27,22 @@ package agent
 // the last one ended (the code blocks of one message) takes the spare, which has long finished
 // starting, instead of one still starting. (Starting the replacement beside the run instead
 // slowed the run itself on two CPUs.) What a run could still change for a bash that started
-// before it is only what root can (the locale archive, or the working directory replaced by
-// another).
+// before it is only what root can (the locale archive, the working directory replaced by
+// another, or another bash put earlier in PATH: the base PATH's directories are root's).
 //
 // A run starts cold instead when its code goes to a file (javascript, typescript, big code),
 // when its code or variables cannot go to a warm interpreter unchanged (warmable), when no
 // interpreter of its language is idle or being forked (an interpreter that is still
 // initialising is handed the run at once, never waited for), or when the idle one is dead
 // (killed from outside the runs, say). The interpreter was looked up in PATH when it was
-// started, after the last run ended, so it is the one a cold start would find.
+// started, after the last run ended (or, lasting, at any time: see above), so it is the one a
+// cold start would find.
 //
 // Known differences from a cold start, none of which a snippet normally sees: the process's
 // command line (/proc/self/cmdline, python's sys.orig_argv) is the bootstrap's; bash's
-// PIPESTATUS is (0) and `_` is not exported before the code's first command; bash reports
+// PIPESTATUS is (0) and `_` is not exported before the code's first command; `declare -p`
+// shows SECONDS with a value (it is set to 0 when the run begins, so that it counts from there
+// rather than from the interpreter's start); bash reports
 // syntax errors as "bash: eval: line N: ..." rather than "bash: -c: line N: ..." (same exit
 // code 2); bash does not exec the code's last command in place of itself; python's top frame
 // has the bootstrap's frame as f_back (tracebacks do not show it). A snippet can reach an idle
@@ -389,14 +392,15 @@ func coldVar(k string) bool {
 // bashBoot is the program of a warm bash, given the value $_ has when bash starts. It exports
 // each variable and reads the code into BASH_EXECUTION_STRING, which `bash -c CODE` sets to the
 // code (so the bootstrap leaves no variable of its own; the code is read in one go under the C
-// locale, where -N counts bytes), closes fd 3, sets $_ back and evals the code. It is one line,
+// locale, where -N counts bytes), closes fd 3, sets $SECONDS (the time since the run began, not
+// since the interpreter did) and $_ back and evals the code. It is one line,
 // so that the code's line numbers ($LINENO, error messages) are those of `bash -c CODE`; eval
 // returns 2 on a syntax error as `bash -c` exits 2, and `exit`, `set -e`, traps and functions
 // behave the same at the top level of either.
 func bashBoot(underscore string) string {
 	return `while IFS= read -r -d '' BASH_EXECUTION_STRING <&3 && [[ $BASH_EXECUTION_STRING ]]; do export "$BASH_EXECUTION_STRING"; done; ` +
 		`IFS= read -r -d '' BASH_EXECUTION_STRING <&3; IFS= LC_ALL=C read -r -N "$BASH_EXECUTION_STRING" BASH_EXECUTION_STRING <&3; ` +
-		`exec 3<&-; : ` + shellQuote(underscore) + `; eval "$BASH_EXECUTION_STRING"`
+		`exec 3<&-; SECONDS=0; : ` + shellQuote(underscore) + `; eval "$BASH_EXECUTION_STRING"`
 }
 
 // startUnderscore is the value of $_ when bash starts with environ and argv0: the environment's

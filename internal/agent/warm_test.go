@@ -107,7 +107,8 @@ func TestWarmMatchesCold(t *testing.T) {
 		{name: "return at top level", lang: "bash", code: "return 3; echo after"},
 		{name: "per-run env", lang: "bash", code: `printf '[%s]' "$V" "$EMPTY" "$CF_BASE" "$UNI"; bash -c 'printf "<%s>" "$V" "$CF_BASE"'; env | grep -c '^CF_BASE='`},
 		{name: "execution string", lang: "bash", code: `printf '%s' "$BASH_EXECUTION_STRING"`},
-		{name: "no variable of the bootstrap", lang: "bash", code: `declare -p | grep -v -e '^declare -ir PPID=' -e '^declare -a PIPESTATUS=' -e '^declare -. _='`},
+		// SECONDS is set (to the time since the run began), so declare -p shows its value.
+		{name: "no variable of the bootstrap", lang: "bash", code: `declare -p | grep -v -e '^declare -ir PPID=' -e '^declare -a PIPESTATUS=' -e '^declare -. _=' -e '^declare -- SECONDS'`},
 		{name: "stdin is empty", lang: "bash", code: `cat; echo "rc=$?"`},
 		{name: "open fds", lang: "bash", code: `cd /proc/$$/fd && echo *`},
 		{name: "killed by a signal", lang: "bash", code: "echo x; kill -9 $$"},
@@ -312,6 +313,17 @@ func TestLastingBash(t *testing.T) {
 				t.Fatalf("the second run went to bash %s, started before the first run ended", r2.Output)
 			}
 		})
+	}
+}
+
+// TestWarmSeconds: $SECONDS counts from the run's start, as in a cold bash, not from when the
+// interpreter started waiting.
+func TestWarmSeconds(t *testing.T) {
+	s := startAgent(t)
+	pid := waitWarm(t, s.a, "bash")
+	time.Sleep(1100 * time.Millisecond) // the interpreter waits a second and more
+	if r := s.call(Request{Op: OpRun, ID: "s", Language: "bash", Code: "echo $$ $SECONDS"}); r.Output != strconv.Itoa(pid)+" 0\n" {
+		t.Fatalf("got %q, want the warm bash %d and 0 seconds", r.Output, pid)
 	}
 }
 

@@ -302,11 +302,15 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
 	created, err := e.cli.ContainerCreate(actx, cfg, host, nil, nil, name)
-	if err != nil && sockDir != "" && unseenMount(err) {
-		e.socketsOff("the Docker daemon does not see the socket directory (give the worker and the daemon the same directory at the same path to use it)", err)
+	if err != nil && sockDir != "" {
+		// The daemon may refuse the mount (it does not see the directory: a remote daemon, a
+		// worker in a container without it). Without it, the container may do.
 		e.removeSocketDir(sockDir)
 		sockDir, host.Mounts = "", nil
-		created, err = e.cli.ContainerCreate(actx, cfg, host, nil, nil, name)
+		mountErr := err
+		if created, err = e.cli.ContainerCreate(actx, cfg, host, nil, nil, name); err == nil {
+			e.socketsOff("the Docker daemon refused the socket directory's mount (give the worker and the daemon the same directory at the same path to use it)", mountErr)
+		}
 	}
 	if err != nil {
 		e.removeSocketDir(sockDir)
@@ -361,6 +365,9 @@ func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
 		return nil, err
 	}
 	if c.State == nil || !c.State.Running {
+		// The daemon does not make a missing bind source on start: the socket directory is in
+		// /run, which a reboot empties.
+		e.remakeSocketDir(c)
 		if err := e.cli.ContainerStart(actx, c.ID, container.StartOptions{}); err != nil {
 			sb.Close()
 			return nil, e.classify("start container", err)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	dockerclient "github.com/docker/docker/client"
 	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/internal/testutil"
@@ -113,10 +115,15 @@ func TestHostileSnippets(t *testing.T) {
 	}
 	// Nothing of the bomb is left: the agent and this bash are all that run, besides the idle
 	// warm interpreters, which hold their fd 3 waiting for a run (the agent's fds cannot be
-	// read; this bash has no fd 3: a cold one never had it, a warm one closed it).
-	if got := runOK(t, sb, "bash", "n=0; for p in /proc/[0-9]*; do [ -e $p/fd/3 ] || n=$((n+1)); done; echo $n"); got.Output != "2\n" {
-		t.Fatalf("processes left after the fork bomb: %q", got.Output)
-	}
+	// read; this bash has no fd 3: a cold one never had it, a warm one closed it). An
+	// interpreter the agent is starting (forked, not yet exec'd: the agent's fds) may show up
+	// for a moment after a run, so a count of 2 is waited for.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if got := runOK(t, sb, "bash", "n=0; for p in /proc/[0-9]*; do [ -e $p/fd/3 ] || n=$((n+1)); done; echo $n"); got.Output != "2\n" {
+			return fmt.Errorf("processes left after the fork bomb: %q", got.Output)
+		}
+		return nil
+	})
 }
 
 // TestWarmInterpreters: inside a container (the agent as PID 1), runs go to the pre-started
@@ -223,6 +230,12 @@ func TestSocketTransport(t *testing.T) {
 	if _, err := sb.Run(ctx, envs.Exec{Language: "bash", Code: "touch started; sleep 60"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("abandoned run: %v", err)
 	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if res := runOK(t, sb, "bash", "ls started; cat /proc/[0-9]*/comm | grep -c '^sleep$'"); res.Output != "started\n0\n" {
+			return fmt.Errorf("after the abandoned run: %q, want its file and no sleep left", res.Output)
+		}
+		return nil
+	})
 
 	// Re-attach (a restarted worker): the socket again, with the files.
 	id := sb.Info().ID
@@ -235,8 +248,8 @@ func TestSocketTransport(t *testing.T) {
 	if got := docker.Transport(again); got != "socket" {
 		t.Fatalf("transport after re-attaching = %s, want socket", got)
 	}
-	if res := runOK(t, again, "bash", "ls started; cat /proc/[0-9]*/comm | grep -c '^sleep$'"); res.Output != "started\n0\n" {
-		t.Fatalf("after re-attaching: %q, want the file and no sleep left", res.Output)
+	if res := runOK(t, again, "bash", "cat started && echo files kept"); res.Output != "files kept\n" {
+		t.Fatalf("after re-attaching: %q", res.Output)
 	}
 	if err := env.Destroy(context.Background(), id); err != nil {
 		t.Fatal(err)
@@ -267,5 +280,36 @@ func TestSocketUnseenByDaemon(t *testing.T) {
 	}
 	if dirs, _ := filepath.Glob(filepath.Join(sockets, "*")); len(dirs) != 0 {
 		t.Fatalf("socket directories left: %v", dirs)
+	}
+}
+
+// TestSocketDirGoneWhileStopped: a stopped sandbox whose socket directory is gone (it lives in
+// /run, which a reboot empties) starts again on re-attach, with its files and the socket.
+func TestSocketDirGoneWhileStopped(t *testing.T) {
+	sockets := t.TempDir()
+	env := newEnv(t, func(c *docker.Config) { c.SocketDir = sockets })
+	sb := create(t, env, envs.Spec{})
+	runOK(t, sb, "bash", "echo kept > f")
+	id := sb.Info().ID
+	sb.Close()
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if err := cli.ContainerStop(context.Background(), id, container.StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(sockets, "*"))
+	for _, d := range dirs {
+		os.RemoveAll(d)
+	}
+	again, err := env.Open(context.Background(), id)
+	if err != nil {
+		t.Fatalf("re-attach to the stopped sandbox: %v", err)
+	}
+	defer again.Close()
+	if res := runOK(t, again, "bash", "cat f"); res.Output != "kept\n" || docker.Transport(again) != "socket" {
+		t.Fatalf("after the restart: %q over %s, want the file over the socket", res.Output, docker.Transport(again))
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,8 +37,8 @@ type sandbox struct {
 	log  zerolog.Logger
 
 	conn   types.HijackedResponse
-	wmu    sync.Mutex // serializes frames written to the agent, and guards sock
-	sock   net.Conn   // the socket session, once upgraded (socket.go); frames go there then
+	wmu    sync.Mutex                // serializes frames written to the agent
+	sock   atomic.Pointer[agentConn] // the socket session, once upgraded (socket.go); frames go there then
 	nextID atomic.Uint64
 
 	mu      sync.Mutex
@@ -83,9 +82,7 @@ func (s *sandbox) readLoop() {
 // from it beside the attached stream (which keeps carrying the agent's stderr). Either one
 // ending fails the sandbox.
 func (s *sandbox) useSocket(c *agentConn) {
-	s.wmu.Lock()
-	s.sock = c
-	s.wmu.Unlock()
+	s.sock.Store(c)
 	go func() {
 		err := s.readFrames(c.r)
 		c.Close()
@@ -95,9 +92,7 @@ func (s *sandbox) useSocket(c *agentConn) {
 
 // transport says which channel the sandbox's frames take: "socket" or "attach".
 func (s *sandbox) transport() string {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.sock != nil {
+	if s.sock.Load() != nil {
 		return "socket"
 	}
 	return "attach"
@@ -224,8 +219,8 @@ func (s *sandbox) write(req agent.Request) error {
 	}
 	b = append(b, '\n')
 	s.wmu.Lock()
-	if s.sock != nil {
-		_, err = s.sock.Write(b)
+	if c := s.sock.Load(); c != nil {
+		_, err = c.Write(b)
 	} else {
 		_, err = s.conn.Conn.Write(b)
 	}
@@ -315,12 +310,10 @@ func (s *sandbox) Close() error {
 	default:
 		close(s.closed)
 	}
-	s.conn.Close()
-	s.wmu.Lock()
-	if s.sock != nil {
-		s.sock.Close() // the agent kills the runs of this session
+	s.conn.Close() // also ends a write blocked on it (wmu is not taken here)
+	if c := s.sock.Load(); c != nil {
+		c.Close() // the agent kills the runs of this session
 	}
-	s.wmu.Unlock()
 	return nil
 }
 

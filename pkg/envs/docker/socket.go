@@ -3,7 +3,7 @@ package docker
 // The socket transport.
 //
 // A frame over the container's attached stream goes through the Docker daemon and the
-// container's shim, which costs 1.3-1.7 ms per run. When the worker and the daemon share a
+// container's shim, which costs 0.5-1.5 ms per run. When the worker and the daemon share a
 // filesystem (the worker on the Docker host, or beside a DinD sidecar with a shared volume), each
 // container gets a directory of its own under Config.SocketDir, bind-mounted read-only at
 // agent.SocketDir. After the hello on the attached stream, the worker listens on a unix socket
@@ -12,9 +12,10 @@ package docker
 // attached stream stays open beside it: it carries the agent's stderr and tells when the
 // container is gone.
 //
-// Anything that stops the upgrade leaves the sandbox on the attached stream: a daemon that does
-// not see the worker's directory (checked once, by the first creation), a directory the worker
-// cannot create, an agent that cannot connect or an old one that does not know the request.
+// Anything that stops the upgrade leaves the sandbox on the attached stream: a daemon that
+// refuses the mount (it does not see the worker's directory: the creation is tried again without
+// it, and once that works no other sandbox gets a directory), a directory the worker cannot
+// create, an agent that cannot connect or an old one that does not know the request.
 
 import (
 	"bufio"
@@ -30,11 +31,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/codefleet/codefleet/internal/agent"
 )
@@ -82,16 +83,21 @@ func (e *Env) socketMount() []mount.Mount {
 	// 0755: the sandbox user reaches the socket (0666) but cannot add or remove files; the
 	// mount is read-only besides.
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		e.socketsOff("cannot make the socket directory", err)
+		e.log.Warn().Err(err).Msg("sandbox uses the attached stream (slower): cannot make its socket directory")
 		return nil
 	}
 	return []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: agent.SocketDir, ReadOnly: true}}
 }
 
-// unseenMount reports whether err is the daemon refusing a bind mount whose source it does not
-// have: the worker and the daemon do not share a filesystem.
-func unseenMount(err error) bool {
-	return errdefs.IsInvalidParameter(err) && strings.Contains(err.Error(), "bind source path does not exist")
+// remakeSocketDir makes the socket directory of a stopped container again if it is gone.
+func (e *Env) remakeSocketDir(c container.InspectResponse) {
+	for _, m := range c.Mounts {
+		if m.Destination == agent.SocketDir && m.Type == mount.TypeBind {
+			if err := os.MkdirAll(m.Source, 0o755); err != nil {
+				e.log.Debug().Err(err).Str("dir", m.Source).Msg("cannot make a stopped sandbox's socket directory again")
+			}
+		}
+	}
 }
 
 // socketDirOf returns the socket directory of an inspected container ("" if it has none, or
@@ -176,22 +182,45 @@ type agentConn struct {
 	r *bufio.Reader
 }
 
+// maxGreets bounds the connections whose first frame is awaited at once.
+const maxGreets = 8
+
 // acceptAgent accepts connections on ln until one opens with the agent's hello for id carrying
 // token, and sends that one on accepted; others are closed. It stops at deadline or when ln is
-// closed, and then sends nil if it found none.
+// closed, and then sends nil if it found none. Connections are greeted side by side, so that one
+// that says nothing does not hold up the agent's.
 func acceptAgent(ln *net.UnixListener, id, token string, deadline time.Time, accepted chan<- *agentConn) {
 	ln.SetDeadline(deadline)
+	var once sync.Once
+	deliver := func(c *agentConn) (done bool) {
+		once.Do(func() { accepted <- c; done = true })
+		return done
+	}
+	greets := make(chan struct{}, maxGreets)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			accepted <- nil
+			deliver(nil)
 			return
 		}
-		if ac, err := greet(c, id, token, deadline); err == nil {
-			accepted <- ac
-			return
+		select {
+		case greets <- struct{}{}:
+		default:
+			c.Close()
+			continue
 		}
-		c.Close()
+		go func() {
+			defer func() { <-greets }()
+			ac, err := greet(c, id, token, deadline)
+			switch {
+			case err != nil:
+				c.Close()
+			case deliver(ac):
+				ln.Close() // nothing else is taken
+			default:
+				ac.Close() // too late
+			}
+		}()
 	}
 }
 
