@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/fake"
 )
 
 // LabelTestRun marks every container a test process creates, so its TestMain can check that
@@ -127,6 +128,7 @@ func MainWithLeftoverCheck(m *testing.M) {
 	if agentPath != "" && os.Getenv("CODEFLEET_AGENT") == "" {
 		os.RemoveAll(filepath.Dir(agentPath)) // the agent built for this process
 	}
+	fake.RemoveRoot()
 	if err := CheckLeftovers(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		if code == 0 {

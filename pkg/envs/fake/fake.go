@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,13 @@ var _ envs.Env = (*Env)(nil)
 
 // New returns an empty fake backend.
 func New() *Env { return &Env{} }
+
+// Root holds the directories of this process's fake sandboxes; RemoveRoot removes it (tests do
+// at exit: sandboxes of a worker that a test killed are never destroyed).
+var Root = filepath.Join(os.TempDir(), "codefleet-fake-"+strconv.Itoa(os.Getpid()))
+
+// RemoveRoot removes the directories of every fake sandbox of this process.
+func RemoveRoot() error { return os.RemoveAll(Root) }
 
 // Name returns the backend's name.
 func (e *Env) Name() string {
@@ -79,7 +87,10 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 	}
 	sb := &sandbox{env: e, info: envs.Info{ID: id, Backend: e.Name(), Tenant: spec.Tenant, Conversation: spec.Conversation, Image: spec.Image, Labels: labels, Created: time.Now()}}
 	if e.RunFunc == nil {
-		dir, err := os.MkdirTemp("", "codefleet-fake-")
+		if err := os.MkdirAll(Root, 0o700); err != nil {
+			return nil, fmt.Errorf("%w: fake: %v", envs.ErrSandboxFailed, err)
+		}
+		dir, err := os.MkdirTemp(Root, "sandbox-")
 		if err != nil {
 			return nil, fmt.Errorf("%w: fake: %v", envs.ErrSandboxFailed, err)
 		}
