@@ -301,6 +301,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = w.Shutdown(sctx)
+		if ctx.Err() != nil {
+			// A signal while starting (Start gave up on it): a stop like any other.
+			log.Info().Err(err).Msg("signal received while starting: stopped")
+			return nil
+		}
 		return err
 	}
 	log.Info().Str("version", version).Str("backend", env.Name()).Str("image", o.worker.Image).

@@ -21,7 +21,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/pkg/envs"
-	"github.com/codefleet/codefleet/pkg/envs/fake"
 )
 
 // LabelTestRun marks every container a test process creates, so its TestMain can check that
@@ -128,7 +127,9 @@ func MainWithLeftoverCheck(m *testing.M) {
 	if agentPath != "" && os.Getenv("CODEFLEET_AGENT") == "" {
 		os.RemoveAll(filepath.Dir(agentPath)) // the agent built for this process
 	}
-	fake.RemoveRoot()
+	// fake.Root, the fake backend's sandboxes (fake cannot be imported here: it imports the
+	// agent, whose tests use this package).
+	os.RemoveAll(filepath.Join(os.TempDir(), "codefleet-fake-"+strconv.Itoa(os.Getpid())))
 	if err := CheckLeftovers(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		if code == 0 {

@@ -91,6 +91,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.openRegistry(ctx); err != nil {
 		return err
 	}
+	if err := w.claimID(ctx); err != nil {
+		return err
+	}
 
 	w.m.ownerOf = w.ownerOf
 	n, err := w.m.adopt(ctx)
@@ -196,6 +199,69 @@ func (w *Worker) Info() protocol.WorkerInfo {
 		ID: w.cfg.ID, Backends: []string{w.env.Name()}, Languages: w.m.languageList(),
 		Capacity: w.cfg.Capacity, Load: sessions, Running: running, Draining: w.draining.Load(),
 		Version: w.cfg.Version, Started: w.started, Updated: time.Now(),
+	}
+}
+
+// ErrIDInUse is returned by Start when a live worker already has the id.
+var ErrIDInUse = errors.New("worker id in use")
+
+// claimID makes sure no live worker has this id: two would re-adopt, and fight over, the same
+// sandboxes. A registration under the id that is still being refreshed belongs to a live one;
+// one left by a process that died is not refreshed, and is waited out for two heartbeat
+// intervals (a restart after a crash is not held up for the whole TTL). A worker that is
+// draining (a graceful stop still finishing its runs) is waited for until it is gone, up to
+// DrainTimeout and a TTL.
+func (w *Worker) claimID(ctx context.Context) error {
+	entry, err := w.kv.Get(ctx, w.cfg.ID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("worker: registry: %w", err)
+	}
+	watcher, err := w.kv.Watch(ctx, w.cfg.ID, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("worker: registry: %w", err)
+	}
+	defer watcher.Stop()
+	quiet := 2 * w.cfg.HeartbeatInterval
+	timer := time.NewTimer(quiet)
+	defer timer.Stop()
+	giveUp := time.After(w.cfg.DrainTimeout + w.cfg.HeartbeatTTL)
+	last := entry
+	for {
+		select {
+		case e, ok := <-watcher.Updates():
+			if !ok {
+				return fmt.Errorf("worker: registry: watch of %s ended", w.cfg.ID)
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return nil // deregistered or expired: the other one is gone
+			}
+			var info protocol.WorkerInfo
+			if json.Unmarshal(e.Value(), &info) == nil && info.Draining {
+				if last == entry {
+					w.log.Info().Msg("a worker with this id is draining; waiting for it to finish")
+				}
+				last = e
+				timer.Reset(quiet)
+				continue
+			}
+			return fmt.Errorf("%w: a live worker with id %s refreshed its registration (started %s); give each worker its own --id",
+				ErrIDInUse, w.cfg.ID, info.Started.Format(time.RFC3339))
+		case <-timer.C:
+			if last == entry {
+				w.log.Info().Msg("taking over the registration of a previous worker with this id that stopped refreshing it")
+			}
+			return nil
+		case <-giveUp:
+			return fmt.Errorf("%w: the worker with id %s is still draining", ErrIDInUse, w.cfg.ID)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

@@ -3,7 +3,9 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -569,5 +571,91 @@ func TestRegistrationAndGracefulShutdown(t *testing.T) {
 	list, _ := env.List(context.Background(), map[string]string{envs.LabelWorker: "w-graceful"})
 	if len(list) != 0 {
 		t.Fatalf("%d sandboxes left after shutdown with destroy", len(list))
+	}
+}
+
+// TestDuplicateIDRefused: a second worker started with the id of a live one refuses to start
+// (it would re-adopt and fight over the first one's sandboxes), and the first keeps serving; a
+// worker whose predecessor died (its registration no longer refreshed) starts without waiting
+// out the whole TTL.
+func TestDuplicateIDRefused(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	cfg := worker.Config{ID: "w-dup", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second}
+	env := fake.New()
+	first := startWorker(t, ns, env, cfg)
+	c := newClient(t, ns, first)
+	c.ok("conv", "bash", "echo one > f")
+
+	second, err := worker.New(cfg, testutil.Connect(t, ns), env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Start(context.Background()); !errors.Is(err, worker.ErrIDInUse) || !strings.Contains(err.Error(), "own --id") {
+		t.Fatalf("second worker with the same id: %v, want ErrIDInUse", err)
+	}
+	if res := c.ok("conv", "bash", "cat f"); res.Output != "one\n" {
+		t.Fatalf("the first worker after the refused second: %+v", res)
+	}
+
+	// A worker that died: its connection is gone, its registration stays until the TTL (10 s).
+	doomedNC := testutil.Connect(t, ns)
+	doomed, err := worker.New(worker.Config{ID: "w-dead", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second}, doomedNC, fake.New(), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doomed.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		doomed.Shutdown(ctx) // its connection is closed: this only stops its loops
+	})
+	doomedNC.Close()
+	start := time.Now()
+	successor := startWorker(t, ns, fake.New(), worker.Config{ID: "w-dead", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second})
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the successor of a dead worker took %s to start, want it well within the 10 s TTL", took)
+	}
+	newClient(t, ns, successor).ok("conv", "bash", "true")
+}
+
+// TestDuplicateIDWaitsForDraining: a worker started while one with its id drains (a graceful
+// stop finishing its runs) waits for it to be gone, then starts.
+func TestDuplicateIDWaitsForDraining(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	cfg := worker.Config{ID: "w-drain", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second, DestroyOnShutdown: true}
+	old, err := worker.New(cfg, testutil.Connect(t, ns), fake.New(), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, ns, old)
+	ran := make(chan *protocol.RunResult, 1)
+	go func() { ran <- c.run("conv", protocol.RunRequest{Language: "bash", Code: "sleep 1; date +%s%N"}) }()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if old.Info().Running == 0 {
+			return errors.New("the run has not started")
+		}
+		return nil
+	})
+	go old.Shutdown(context.Background())
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !old.Info().Draining {
+			return errors.New("not draining yet")
+		}
+		return nil
+	})
+	startWorker(t, ns, fake.New(), cfg)
+	started := time.Now()
+	res := <-ran
+	end, err := strconv.ParseInt(strings.TrimSpace(res.Output), 10, 64)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("the draining worker's run: %+v", res)
+	}
+	if ended := time.Unix(0, end); started.Before(ended) {
+		t.Fatalf("the new worker started %s before the draining one's run ended", ended.Sub(started))
 	}
 }

@@ -1,7 +1,11 @@
 package daytona
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -119,5 +123,41 @@ func TestSupervisorsParse(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("python supervisor does not compile: %v\n%s\n%s", err, out, src)
 		}
+	}
+}
+
+// TestKillBeforeStart: a kill that reaches the sandbox before the run's supervisor (the cancel
+// raced the run's own request) keeps the run from starting, with either supervisor, and leaves
+// no run directory. (Before, the kill found no pid and the run went on for nobody.)
+func TestKillBeforeStart(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Fatal("python3 is needed (the python supervisor)")
+	}
+	for _, lang := range []string{"bash", "python"} {
+		t.Run(lang, func(t *testing.T) {
+			p := runPlan{nonce: fmt.Sprintf("cfkill%d%s", os.Getpid(), lang), language: lang, code: "import time; time.sleep(60)", max: 1000}
+			if lang == "bash" {
+				p.code = "sleep 60"
+			}
+			t.Cleanup(func() { os.RemoveAll(runDir(p.nonce)) })
+			if out, err := exec.Command("sh", "-c", killScript(p.nonce)).CombinedOutput(); err != nil {
+				t.Fatalf("kill: %v\n%s", err, out)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "sh", "-c", shellSupervisor(p))
+			if lang == "python" {
+				cmd = exec.CommandContext(ctx, "python3", "-u", "-")
+				cmd.Stdin = strings.NewReader(pythonSupervisor(p))
+			}
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 125 || ctx.Err() != nil {
+				t.Fatalf("supervisor after the kill: %v (want exit 125, the run not started)\n%s", err, out)
+			}
+			if _, err := os.Stat(runDir(p.nonce)); !os.IsNotExist(err) {
+				t.Fatalf("run directory left: %v", err)
+			}
+		})
 	}
 }

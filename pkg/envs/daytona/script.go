@@ -101,7 +101,8 @@ func shellSupervisor(p runPlan) string {
 	head := p.max / 2
 	var b strings.Builder
 	fmt.Fprintf(&b, "n=%s; d=%s; f=\"$d/main%s\"\n", p.nonce, runDir(p.nonce), r.ext)
-	b.WriteString(`mkdir -m 700 "$d" || exit 125` + "\n")
+	// The run's directory made already: a kill came first (killScript); nothing is started.
+	b.WriteString(`mkdir -m 700 "$d" || { [ -e "$d/cancel" ] && rm -rf "$d"; exit 125; }` + "\n")
 	fmt.Fprintf(&b, "printf '%%s' %s | base64 -d > \"$f\" || exit 125\n", quote(base64.StdEncoding.EncodeToString([]byte(p.code))))
 	b.WriteString(exportLines(p.exports))
 	if p.workdir != "" {
@@ -112,6 +113,8 @@ func shellSupervisor(p runPlan) string {
 	// the group id).
 	fmt.Fprintf(&b, "setsid %s </dev/null >\"$d/out\" 2>&1 &\n", r.run)
 	b.WriteString("p=$!\necho \"$p\" > \"$d/pid\"\n")
+	// A kill that came before the pid was written marked the run instead.
+	b.WriteString("[ -e \"$d/cancel\" ] && kill -9 -\"$p\" 2>/dev/null\n")
 	if p.timeout > 0 {
 		// The watchdog has a group of its own too, so that killing it takes its sleep along.
 		fmt.Fprintf(&b, "setsid sh -c 'sleep \"$1\"; : > \"$2/timeout\"; kill -9 -\"$3\"' sh %s \"$d\" \"$p\" </dev/null >/dev/null 2>&1 &\n", seconds(p.timeout))
@@ -180,7 +183,10 @@ const pythonTemplate = `import base64, os, select, shutil, signal, subprocess, s
 N, CODE, T, M, W, D = %s, %s, %s, %d, %s, %s
 %s
 def main():
-    os.mkdir(D, 0o700)
+    try:
+        os.mkdir(D, 0o700)
+    except FileExistsError:
+        sys.exit(125)  # a kill came first (it makes the run's directory): nothing is started
     f = os.path.join(D, "main.py")
     with open(f, "wb") as fh:
         fh.write(base64.b64decode(CODE))
@@ -199,6 +205,8 @@ def main():
             os.killpg(p.pid, signal.SIGKILL)
         except OSError:
             pass
+    if os.path.exists(os.path.join(D, "cancel")):
+        killpg()  # a kill came before the pid was written
     rc, timed_out, eof, dur, drain_until = None, False, False, 0.0, None
     while True:
         if rc is None:
@@ -253,9 +261,12 @@ func legacyPythonCommand(p runPlan) string {
 	return "printf '%s' " + quote(base64.StdEncoding.EncodeToString([]byte(pythonSupervisor(p)))) + " | base64 -d | python3 -u -"
 }
 
-// killScript kills the process group of the run with this nonce, if it is still there.
+// killScript kills the process group of the run with this nonce, if it is still there. It
+// marks the run's directory first (making it if need be), so that a supervisor that has not
+// started the run yet, or not yet written its pid, kills it itself or never starts it: whichever
+// of the two writes last sees the other's file.
 func killScript(nonce string) string {
-	return fmt.Sprintf("p=$(cat %s/pid 2>/dev/null) && kill -9 -\"$p\" 2>/dev/null; true\n", runDir(nonce))
+	return fmt.Sprintf(`d=%s; mkdir -m 700 "$d" 2>/dev/null; : > "$d/cancel"; p=$(cat "$d/pid" 2>/dev/null) && kill -9 -"$p" 2>/dev/null; true`+"\n", runDir(nonce))
 }
 
 // probeCommand lists which of the programs the runs need the sandbox has.
