@@ -7,10 +7,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codefleet/codefleet/internal/testutil"
 )
 
 func TestRetryAfterHeader(t *testing.T) {
@@ -127,11 +130,20 @@ func TestSupervisorsParse(t *testing.T) {
 }
 
 // TestKillBeforeStart: a kill that reaches the sandbox before the run's supervisor (the cancel
-// raced the run's own request) keeps the run from starting, with either supervisor, and leaves
-// no run directory. (Before, the kill found no pid and the run went on for nobody.)
+// overtook the run's own request) keeps the run from starting, with either supervisor; a kill
+// after the run ended leaves nothing behind. (Before, such a kill found no pid and the run went
+// on for nobody.)
 func TestKillBeforeStart(t *testing.T) {
 	if _, err := exec.LookPath("python3"); err != nil {
 		t.Fatal("python3 is needed (the python supervisor)")
+	}
+	supervisor := func(ctx context.Context, p runPlan) *exec.Cmd {
+		if p.language == "python" {
+			cmd := exec.CommandContext(ctx, "python3", "-u", "-")
+			cmd.Stdin = strings.NewReader(pythonSupervisor(p))
+			return cmd
+		}
+		return exec.CommandContext(ctx, "sh", "-c", shellSupervisor(p))
 	}
 	for _, lang := range []string{"bash", "python"} {
 		t.Run(lang, func(t *testing.T) {
@@ -139,25 +151,59 @@ func TestKillBeforeStart(t *testing.T) {
 			if lang == "bash" {
 				p.code = "sleep 60"
 			}
-			t.Cleanup(func() { os.RemoveAll(runDir(p.nonce)) })
-			if out, err := exec.Command("sh", "-c", killScript(p.nonce)).CombinedOutput(); err != nil {
-				t.Fatalf("kill: %v\n%s", err, out)
+			d := runDir(p.nonce)
+			t.Cleanup(func() { os.RemoveAll(d) })
+			kill := exec.Command("sh", "-c", killScript(p.nonce))
+			if err := kill.Start(); err != nil {
+				t.Fatal(err)
 			}
+			testutil.Eventually(t, 10*time.Second, func() error {
+				_, err := os.Stat(filepath.Join(d, "cancel"))
+				return err
+			})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, "sh", "-c", shellSupervisor(p))
-			if lang == "python" {
-				cmd = exec.CommandContext(ctx, "python3", "-u", "-")
-				cmd.Stdin = strings.NewReader(pythonSupervisor(p))
-			}
-			out, err := cmd.CombinedOutput()
+			out, err := supervisor(ctx, p).CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 125 || ctx.Err() != nil {
 				t.Fatalf("supervisor after the kill: %v (want exit 125, the run not started)\n%s", err, out)
 			}
-			if _, err := os.Stat(runDir(p.nonce)); !os.IsNotExist(err) {
-				t.Fatalf("run directory left: %v", err)
+			if err := kill.Wait(); err != nil {
+				t.Fatalf("kill: %v", err)
+			}
+			if _, err := os.Stat(d); !os.IsNotExist(err) {
+				t.Fatalf("run directory left after a kill that came first: %v", err)
+			}
+
+			// A kill after the run ended: nothing to kill, nothing left.
+			p.code = "pass"
+			if lang == "bash" {
+				p.code = "true"
+			}
+			if out, err := supervisor(ctx, p).CombinedOutput(); err != nil {
+				t.Fatalf("run: %v\n%s", err, out)
+			}
+			if out, err := exec.Command("sh", "-c", killScript(p.nonce)).CombinedOutput(); err != nil {
+				t.Fatalf("kill: %v\n%s", err, out)
+			}
+			if _, err := os.Stat(d); !os.IsNotExist(err) {
+				t.Fatalf("run directory left after a late kill: %v", err)
 			}
 		})
 	}
+}
+
+// TestMain removes, at exit, the marks of kills whose grace the fake service cut short: a kill
+// still waiting out killGrace when its sandbox is deleted at the end of a test is killed with
+// it. (A real sandbox goes with its /tmp.) A directory holding only the mark is a kill's; runs'
+// directories are left alone.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	dirs, _ := filepath.Glob(runDir("*"))
+	for _, d := range dirs {
+		if entries, err := os.ReadDir(d); err == nil && len(entries) == 1 && entries[0].Name() == "cancel" {
+			os.RemoveAll(d)
+		}
+	}
+	os.Exit(code)
 }

@@ -261,13 +261,20 @@ func legacyPythonCommand(p runPlan) string {
 	return "printf '%s' " + quote(base64.StdEncoding.EncodeToString([]byte(pythonSupervisor(p)))) + " | base64 -d | python3 -u -"
 }
 
-// killScript kills the process group of the run with this nonce, if it is still there. It
-// marks the run's directory first (making it if need be), so that a supervisor that has not
-// started the run yet, or not yet written its pid, kills it itself or never starts it: whichever
-// of the two writes last sees the other's file.
+// killScript kills the process group of the run with this nonce, if it is still there. It marks
+// the run's directory first, so that a supervisor that has not yet written its pid kills the
+// run itself: whichever of the two writes last sees the other's file. When the directory is not
+// there, the run has ended or not begun (its request overtaken by the kill): the script makes
+// it, marked, for killGrace, so that a supervisor arriving meanwhile does not start the run,
+// and then removes it (a run that ended leaves nothing behind).
 func killScript(nonce string) string {
-	return fmt.Sprintf(`d=%s; mkdir -m 700 "$d" 2>/dev/null; : > "$d/cancel"; p=$(cat "$d/pid" 2>/dev/null) && kill -9 -"$p" 2>/dev/null; true`+"\n", runDir(nonce))
+	return fmt.Sprintf(`d=%s; if mkdir -m 700 "$d" 2>/dev/null; then : > "$d/cancel"; sleep %d; rm -rf "$d"; else : > "$d/cancel"; p=$(cat "$d/pid" 2>/dev/null) && kill -9 -"$p" 2>/dev/null; fi; true`+"\n",
+		runDir(nonce), int(killGrace/time.Second))
 }
+
+// killGrace is how long a kill that found no run keeps a supervisor arriving after it from
+// starting the run.
+const killGrace = 2 * time.Second
 
 // probeCommand lists which of the programs the runs need the sandbox has.
 const probeCommand = `for b in python3 bash node ts-node tsc setsid base64; do command -v "$b" >/dev/null 2>&1 && echo "$b"; done; true`
