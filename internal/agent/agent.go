@@ -290,13 +290,23 @@ func (a *Agent) resolve(lang *language) ([]string, bool) {
 	return bins, true
 }
 
+// getenv returns the value of key in environ (KEY=VALUE list; the last one wins, as for a
+// process started with it).
+func getenv(environ []string, key string) (string, bool) {
+	v, found := "", false
+	for _, kv := range environ {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v, found = val, true
+		}
+	}
+	return v, found
+}
+
 // lookPath is exec.LookPath over the PATH of environ.
 func lookPath(name string, environ []string) (string, error) {
-	path := "/usr/local/bin:/usr/bin:/bin"
-	for _, kv := range environ {
-		if strings.HasPrefix(kv, "PATH=") {
-			path = kv[len("PATH="):]
-		}
+	path, ok := getenv(environ, "PATH")
+	if !ok {
+		path = "/usr/local/bin:/usr/bin:/bin"
 	}
 	for _, dir := range filepath.SplitList(path) {
 		p := filepath.Join(dir, name)

@@ -97,12 +97,9 @@ func newPool(a *Agent) *pool {
 
 // setsAny reports whether environ sets any of names.
 func setsAny(environ, names []string) bool {
-	for _, kv := range environ {
-		k, _, _ := strings.Cut(kv, "=")
-		for _, n := range names {
-			if k == n {
-				return true
-			}
+	for _, n := range names {
+		if _, ok := getenv(environ, n); ok {
+			return true
 		}
 	}
 	return false
@@ -406,13 +403,10 @@ func bashBoot(underscore string) string {
 // startUnderscore is the value of $_ when bash starts with environ and argv0: the environment's
 // `_`, else argv0.
 func startUnderscore(environ []string, argv0 string) string {
-	v := argv0
-	for _, kv := range environ {
-		if strings.HasPrefix(kv, "_=") {
-			v = kv[2:]
-		}
+	if v, ok := getenv(environ, "_"); ok {
+		return v
 	}
-	return v
+	return argv0
 }
 
 func shellQuote(s string) string {

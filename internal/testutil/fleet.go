@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs"
@@ -38,6 +39,33 @@ func StartWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.En
 	}
 	t.Cleanup(func() { w.Shutdown(context.Background()) })
 	return w
+}
+
+// StartDoomedWorker starts a worker of env on a connection of its own that the test closes to
+// make the worker vanish as a killed process does (no shutdown, its registration left to
+// expire). Its loops are stopped when the test ends. cfg's zero fields are as in StartWorker.
+func StartDoomedWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.Env) (*worker.Worker, *nats.Conn) {
+	t.Helper()
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 200 * time.Millisecond
+	}
+	if cfg.HeartbeatTTL == 0 {
+		cfg.HeartbeatTTL = FleetTTL
+	}
+	nc := Connect(t, ns)
+	w, err := worker.New(cfg, nc, env, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		w.Shutdown(ctx) // its connection is closed by now: this only stops its loops
+	})
+	return w, nc
 }
 
 // StartDispatcher starts a dispatcher on its own connection to ns, stopped when the test ends.

@@ -518,14 +518,7 @@ func TestPlace(t *testing.T) {
 
 	t.Run("registration computed before the placements arrived keeps them pending", func(t *testing.T) {
 		r, kv := setup(t)
-		seen(t, r,
-			register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),
-			register(t, kv, protocol.WorkerInfo{ID: "b", Capacity: 100}))
-		for range 10 {
-			if _, err := r.Place("docker"); err != nil {
-				t.Fatal(err)
-			}
-		}
+		placeOnTwo(t, r, kv, 10)
 		// a's heartbeat of a moment ago cannot count the 5 runs just sent to it: they stay
 		// pending, and a does not look empty.
 		seen(t, r, register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100, Updated: time.Now()}))
@@ -546,14 +539,7 @@ func TestPlace(t *testing.T) {
 		js := newJS(t, testutil.StartNATS(t))
 		r := openRegistry(t, js, affinity.RegistryConfig{TTL: time.Minute, PendingWindow: time.Nanosecond})
 		kv := workersKV(t, js)
-		seen(t, r,
-			register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),
-			register(t, kv, protocol.WorkerInfo{ID: "b", Capacity: 100}))
-		for range 10 {
-			if _, err := r.Place("docker"); err != nil {
-				t.Fatal(err)
-			}
-		}
+		placeOnTwo(t, r, kv, 10)
 		// a reports its load again, after the placements had time to reach it (the window is a
 		// nanosecond here), still 0: they went elsewhere; b has 5 pending.
 		seen(t, r, register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}))
@@ -587,5 +573,18 @@ func TestRegistrySilentBucketIsNoNews(t *testing.T) {
 	}
 	if _, ok := r.Get("w1"); !ok {
 		t.Fatal("w1 is not live")
+	}
+}
+
+// placeOnTwo registers workers a and b (capacity 100 each, empty) and places n conversations.
+func placeOnTwo(t *testing.T, r *affinity.Registry, kv jetstream.KeyValue, n int) {
+	t.Helper()
+	seen(t, r,
+		register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),
+		register(t, kv, protocol.WorkerInfo{ID: "b", Capacity: 100}))
+	for range n {
+		if _, err := r.Place("docker"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -94,14 +94,7 @@ func TestRoutesConversationsToTheirWorker(t *testing.T) {
 func TestWorkerLostMidRun(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	// The doomed worker's connection is closed without a shutdown: it just vanishes.
-	doomedNC := testutil.Connect(t, ns)
-	doomed, err := worker.New(worker.Config{ID: "doomed", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl}, doomedNC, fake.New(), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := doomed.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	doomed, doomedNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "doomed", HeartbeatTTL: ttl}, fake.New())
 	d := startDispatcher(t, ns)
 	testutil.Eventually(t, 5*time.Second, func() error {
 		if len(d.Workers()) != 1 {
@@ -203,19 +196,7 @@ func TestOwnerReconnecting(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	env := fake.New()
 	cfg := worker.Config{ID: "blinking", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: 3 * time.Second}
-	firstNC := testutil.Connect(t, ns)
-	first, err := worker.New(cfg, firstNC, env, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		first.Shutdown(ctx) // its connection is gone: this only stops its goroutines
-	})
+	_, firstNC := testutil.StartDoomedWorker(t, ns, cfg, env)
 	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: cfg.HeartbeatTTL}, testutil.Connect(t, ns), testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -313,19 +294,7 @@ func TestStaleSandboxesRemoved(t *testing.T) {
 // responders are sent to the new owner in the order they arrived.
 func TestResentRunsKeepTheirOrder(t *testing.T) {
 	ns := testutil.StartNATS(t)
-	goneNC := testutil.Connect(t, ns)
-	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl}, goneNC, fake.New(), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gone.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		gone.Shutdown(ctx)
-	})
+	_, goneNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "gone", HeartbeatTTL: ttl}, fake.New())
 	d := startDispatcher(t, ns)
 	waitWorkers(t, 1, d)
 	c := newClient(t, ns)

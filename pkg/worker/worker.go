@@ -212,7 +212,7 @@ var ErrIDInUse = errors.New("worker id in use")
 // draining (a graceful stop still finishing its runs) is waited for until it is gone, up to
 // DrainTimeout and a TTL.
 func (w *Worker) claimID(ctx context.Context) error {
-	entry, err := w.kv.Get(ctx, w.cfg.ID)
+	_, err := w.kv.Get(ctx, w.cfg.ID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}
@@ -228,7 +228,7 @@ func (w *Worker) claimID(ctx context.Context) error {
 	timer := time.NewTimer(quiet)
 	defer timer.Stop()
 	giveUp := time.After(w.cfg.DrainTimeout + w.cfg.HeartbeatTTL)
-	last := entry
+	draining := false // the holder said it drains: it is waited for
 	for {
 		select {
 		case e, ok := <-watcher.Updates():
@@ -243,19 +243,17 @@ func (w *Worker) claimID(ctx context.Context) error {
 			}
 			var info protocol.WorkerInfo
 			if json.Unmarshal(e.Value(), &info) == nil && info.Draining {
-				if last == entry {
+				if !draining {
 					w.log.Info().Msg("a worker with this id is draining; waiting for it to finish")
+					draining = true
 				}
-				last = e
 				timer.Reset(quiet)
 				continue
 			}
 			return fmt.Errorf("%w: a live worker with id %s refreshed its registration (started %s); give each worker its own --id",
 				ErrIDInUse, w.cfg.ID, info.Started.Format(time.RFC3339))
 		case <-timer.C:
-			if last == entry {
-				w.log.Info().Msg("taking over the registration of a previous worker with this id that stopped refreshing it")
-			}
+			w.log.Info().Bool("was_draining", draining).Msg("taking over the registration of a previous worker with this id that stopped refreshing it")
 			return nil
 		case <-giveUp:
 			return fmt.Errorf("%w: the worker with id %s is still draining", ErrIDInUse, w.cfg.ID)

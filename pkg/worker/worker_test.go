@@ -598,19 +598,7 @@ func TestDuplicateIDRefused(t *testing.T) {
 	}
 
 	// A worker that died: its connection is gone, its registration stays until the TTL (10 s).
-	doomedNC := testutil.Connect(t, ns)
-	doomed, err := worker.New(worker.Config{ID: "w-dead", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second}, doomedNC, fake.New(), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := doomed.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		doomed.Shutdown(ctx) // its connection is closed: this only stops its loops
-	})
+	_, doomedNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "w-dead", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second}, fake.New())
 	doomedNC.Close()
 	start := time.Now()
 	successor := startWorker(t, ns, fake.New(), worker.Config{ID: "w-dead", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTTL: 10 * time.Second})

@@ -410,8 +410,10 @@ func (e *Env) Destroy(ctx context.Context, id string) error {
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
 	sockDir := ""
-	if c, err := e.cli.ContainerInspect(actx, id); err == nil {
-		sockDir = e.socketDirOf(c)
+	if e.cfg.SocketDir != NoSocketDir { // find the container's socket directory, to remove it too
+		if c, err := e.cli.ContainerInspect(actx, id); err == nil {
+			sockDir = e.socketDirOf(c)
+		}
 	}
 	err := e.cli.ContainerRemove(actx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress") {

@@ -91,25 +91,29 @@ func (e *Env) socketMount() []mount.Mount {
 
 // remakeSocketDir makes the socket directory of a stopped container again if it is gone.
 func (e *Env) remakeSocketDir(c container.InspectResponse) {
-	for _, m := range c.Mounts {
-		if m.Destination == agent.SocketDir && m.Type == mount.TypeBind {
-			if err := os.MkdirAll(m.Source, 0o755); err != nil {
-				e.log.Debug().Err(err).Str("dir", m.Source).Msg("cannot make a stopped sandbox's socket directory again")
-			}
+	if src := socketMountOf(c); src != "" {
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			e.log.Debug().Err(err).Str("dir", src).Msg("cannot make a stopped sandbox's socket directory again")
 		}
 	}
+}
+
+// socketMountOf returns the source of an inspected container's socket mount ("" if none).
+func socketMountOf(c container.InspectResponse) string {
+	for _, m := range c.Mounts {
+		if m.Destination == agent.SocketDir && m.Type == mount.TypeBind {
+			return m.Source
+		}
+	}
+	return ""
 }
 
 // socketDirOf returns the socket directory of an inspected container ("" if it has none, or
 // it is not under SocketDir: the directory is only ever removed from there).
 func (e *Env) socketDirOf(c container.InspectResponse) string {
-	for _, m := range c.Mounts {
-		if m.Destination != agent.SocketDir || m.Type != mount.TypeBind {
-			continue
-		}
-		if rel, err := filepath.Rel(e.cfg.SocketDir, m.Source); err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !strings.Contains(rel, "/") {
-			return m.Source
-		}
+	src := socketMountOf(c)
+	if rel, err := filepath.Rel(e.cfg.SocketDir, src); src != "" && err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !strings.Contains(rel, "/") {
+		return src
 	}
 	return ""
 }
