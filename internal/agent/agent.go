@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/codefleet/codefleet/internal/output"
 )
 
 // drainGrace bounds how long output is still read after a run's process has exited (or was
@@ -433,7 +435,7 @@ func (a *Agent) spawn(argv, env []string, extra *os.File) (*process, error) {
 // the run's result.
 func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int) *Response {
 	defer p.out.Close()
-	buf := newCapBuffer(maxOutput)
+	buf := output.NewBuffer(maxOutput)
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)

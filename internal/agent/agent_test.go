@@ -162,27 +162,6 @@ func TestAgentOutputCap(t *testing.T) {
 	}
 }
 
-func TestCapBuffer(t *testing.T) {
-	for _, tc := range []struct {
-		max    int
-		writes []string
-		want   string
-	}{
-		{10, []string{"abc"}, "abc"},
-		{10, []string{"0123456789"}, "0123456789"},
-		{10, []string{"01234", "56789", "ab"}, "01234\n[... 2 bytes truncated ...]\n789ab"},
-		{4, []string{"a", "b", "c", "d", "e", "f"}, "ab\n[... 2 bytes truncated ...]\nef"},
-		{4, []string{"abcdefghij"}, "ab\n[... 6 bytes truncated ...]\nij"},
-	} {
-		b := newCapBuffer(tc.max)
-		for _, w := range tc.writes {
-			b.Write([]byte(w))
-		}
-		if got := b.String(); got != tc.want {
-			t.Errorf("max %d writes %q: got %q, want %q", tc.max, tc.writes, got, tc.want)
-		}
-	}
-}
 
 // TestDrainNowTakesWhatThePipeHolds: output a snippet wrote before it exited is in the pipe;
 // when the copier was stopped before reading it (a loaded machine), drainNow still gets it, and

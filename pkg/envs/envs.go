@@ -12,9 +12,7 @@ package envs
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
-	"unicode/utf8"
 )
 
 // Sentinel errors. Backends wrap them with %w; callers test with errors.Is.
@@ -140,30 +138,6 @@ type Reattacher interface {
 	// ErrNotFound when the conversation has no sandbox, ErrSandboxFailed when it has one that
 	// cannot run (which is then destroyed).
 	Reattach(ctx context.Context, spec Spec) (Sandbox, error)
-}
-
-// CapOutput caps a run's whole output at max bytes the way every backend does: when it is longer,
-// its first max/2 bytes and its last max-max/2 bytes are kept around a marker saying how many
-// bytes were cut; no UTF-8 character is split. It reports whether bytes were cut. max <= 0 means
-// no cap. (Backends that stream output, such as the sandbox agent, cap as they read, with the same
-// marker.)
-func CapOutput(s string, max int) (string, bool) {
-	if max <= 0 || len(s) <= max {
-		return s, false
-	}
-	head, tail := max/2, len(s)-(max-max/2)
-	for head > 0 && !utf8.RuneStart(s[head]) {
-		head--
-	}
-	for tail < len(s) && !utf8.RuneStart(s[tail]) {
-		tail++
-	}
-	return s[:head] + TruncationMarker(int64(tail-head)) + s[tail:], true
-}
-
-// TruncationMarker is the line put where n bytes of output were cut.
-func TruncationMarker(n int64) string {
-	return fmt.Sprintf("\n[... %d bytes truncated ...]\n", n)
 }
 
 // MergeEnv returns base overlaid by over, as a new map; nil when both are empty.

@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/codefleet/codefleet/internal/output"
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -434,7 +435,7 @@ func fitPayload(res *protocol.RunResult, limit int) []byte {
 	}
 	for keep := len(res.Output) / 2; keep > 0 && len(b) > limit-512; keep /= 2 {
 		trimmed := *res
-		trimmed.Output, _ = envs.CapOutput(res.Output, keep)
+		trimmed.Output, _ = output.Cap(res.Output, keep)
 		trimmed.Truncated = true
 		b, _ = json.Marshal(&trimmed)
 	}

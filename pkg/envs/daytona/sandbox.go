@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/codefleet/codefleet/internal/output"
 	"github.com/codefleet/codefleet/pkg/envs"
 )
 
@@ -153,7 +154,7 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		if exit == -1 {
 			return envs.Result{}, fmt.Errorf("%w: daytona: sandbox %s: the toolbox could not start a shell: %s", envs.ErrSandboxFailed, s.info.ID, strings.TrimSpace(raw))
 		}
-		capped, truncated := envs.CapOutput(raw, s.env.cfg.MaxOutput)
+		capped, truncated := output.Cap(raw, s.env.cfg.MaxOutput)
 		return envs.Result{Output: capped, ExitCode: exit, Truncated: truncated, Duration: elapsed}, nil
 	}
 	res := envs.Result{Output: out, ExitCode: tr.exit, TimedOut: tr.timedOut, Truncated: tr.truncated, Duration: tr.duration}

@@ -36,6 +36,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 
+	"github.com/codefleet/codefleet/internal/output"
 	"github.com/codefleet/codefleet/pkg/envs"
 )
 
@@ -51,7 +52,7 @@ const (
 	DefaultUser      = "1000:1000"
 	DefaultWorkdir   = "/workspace"
 	DefaultNetwork   = "none"
-	DefaultMaxOutput = 256 << 10
+	DefaultMaxOutput = output.DefaultMax
 	// DefaultAPITimeout bounds each short Docker API call (create, start, inspect, remove).
 	DefaultAPITimeout = 30 * time.Second
 	// DefaultPullTimeout bounds pulling a missing image.
