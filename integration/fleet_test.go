@@ -12,8 +12,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +42,7 @@ import (
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/registry"
 )
 
 // labelRun marks every container and network of this test process.
@@ -446,47 +444,39 @@ func (f *fleet) sandboxesOf(name string) []string {
 
 var imageRemoveOptions = image.RemoveOptions{Force: true, PruneChildren: true}
 
-// registry opens the workers' registry bucket.
-func registry(nc *nats.Conn) (jetstream.KeyValue, error) {
+// workers reads the registrations of the fleet's workers (default prefix).
+func workers(nc *nats.Conn) ([]protocol.WorkerInfo, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return js.KeyValue(ctx, protocol.WorkersBucket)
+	return registry.List(ctx, js, protocol.Subjects{})
 }
 
-// liveWorkers lists the ids registered in codefleet-workers, sorted.
+// liveWorkers lists the ids of the registered workers, sorted.
 func liveWorkers(nc *nats.Conn) ([]string, error) {
-	kv, err := registry(nc)
-	if err != nil {
-		return nil, err
+	infos, err := workers(nc)
+	var ids []string
+	for _, info := range infos {
+		ids = append(ids, info.ID)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	keys, err := kv.Keys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	slices.Sort(keys)
-	return keys, err
+	return ids, err
 }
 
 // workerInfo reads a worker's registration.
 func workerInfo(nc *nats.Conn, id string) (protocol.WorkerInfo, error) {
-	var info protocol.WorkerInfo
-	kv, err := registry(nc)
+	infos, err := workers(nc)
 	if err != nil {
-		return info, err
+		return protocol.WorkerInfo{}, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	e, err := kv.Get(ctx, id)
-	if err != nil {
-		return info, fmt.Errorf("registration of %s: %w", id, err)
+	for _, info := range infos {
+		if info.ID == id {
+			return info, nil
+		}
 	}
-	return info, json.Unmarshal(e.Value(), &info)
+	return protocol.WorkerInfo{}, fmt.Errorf("worker %s is not registered", id)
 }
 
 // logsOf returns a container's logs so far.

@@ -1,13 +1,14 @@
-// Package affinity holds codefleet's routing state in JetStream KV:
+// Package affinity holds which worker owns each conversation of a fleet, in JetStream KV
+// (bucket <prefix>-affinity, protocol.Subjects.AffinityBucket; key <tenant>.<conversation>):
 //
-//   - Store: which worker owns each conversation (bucket codefleet-affinity, key
-//     <tenant>.<conversation>), claimed with compare-and-set so racing dispatchers agree;
-//   - Registry: the live workers (bucket codefleet-workers), and Place, which picks a worker
-//     for a new conversation.
+//   - Store, the dispatchers' view: a local cache kept fresh by a KV watch, so lookups on the
+//     hot path cost no round trip; ownership is claimed and moved with compare-and-set, so
+//     racing dispatchers agree;
+//   - Owners, the workers' view: a plain read of one conversation's owner, now and then, to
+//     find the sandboxes of conversations moved elsewhere.
 //
-// Both keep a local cache fresh with a KV watch, so lookups on the hot path cost no round trip.
-// The package does not log: failures are returned, worker losses are reported through
-// RegistryConfig.OnLost.
+// The live workers themselves are pkg/registry's. The package does not log: failures are
+// returned.
 package affinity
 
 import (
@@ -21,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/codefleet/codefleet/internal/kvwatch"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
@@ -37,7 +39,7 @@ var (
 // flipping between existing and deleted under them.
 const maxAttempts = 16
 
-// Owner is the value stored under <tenant>.<conversation> in codefleet-affinity.
+// Owner is the value stored under <tenant>.<conversation> in the affinity bucket.
 type Owner struct {
 	Worker   string    `json:"worker"`
 	Backend  string    `json:"backend"`
@@ -46,21 +48,23 @@ type Owner struct {
 	Revision uint64    `json:"-"` // KV revision of this value; 0 for an Owner not stored yet
 }
 
-// Config configures a Store. The zero value is valid.
+// Config configures a Store. The zero value is valid: the default fleet.
 type Config struct {
+	// Fleet names the affinity bucket (Fleet.AffinityBucket).
+	Fleet protocol.Subjects
 	// Replicas is the replica count of the affinity bucket (default 1).
 	Replicas int
 }
 
-// AffinityBucketConfig is the configuration OpenStore creates (or updates) the affinity bucket
-// with.
-func AffinityBucketConfig(replicas int) jetstream.KeyValueConfig {
+// BucketConfig is the configuration OpenStore creates (or updates) a fleet's affinity bucket
+// with: file storage, so ownership survives a NATS restart, history 1.
+func BucketConfig(fleet protocol.Subjects, replicas int) jetstream.KeyValueConfig {
 	if replicas <= 0 {
 		replicas = 1
 	}
 	return jetstream.KeyValueConfig{
-		Bucket:      protocol.AffinityBucket,
-		Description: "codefleet affinity: <tenant>.<conversation> -> the worker that holds its sandbox",
+		Bucket:      fleet.AffinityBucket(),
+		Description: "codefleet affinity of prefix " + fleet.Prefix + ": <tenant>.<conversation> -> the worker that holds its sandbox",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
@@ -97,63 +101,17 @@ type Store struct {
 // all its keys and returns once the existing values are loaded. ctx bounds the opening only;
 // the watch runs until Stop (or until the connection closes: see Done).
 func OpenStore(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, AffinityBucketConfig(cfg.Replicas))
+	kv, err := js.CreateOrUpdateKeyValue(ctx, BucketConfig(cfg.Fleet, cfg.Replicas))
 	if err != nil {
-		return nil, fmt.Errorf("affinity: bucket %s: %w", protocol.AffinityBucket, err)
+		return nil, fmt.Errorf("affinity: bucket %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
 	s := &Store{kv: kv, done: make(chan struct{}), cache: make(map[string]slot)}
-	w, cancel, err := startWatch(ctx, kv, s.done, s.apply)
+	w, cancel, err := kvwatch.Start(ctx, kv, s.done, s.apply)
 	if err != nil {
-		return nil, fmt.Errorf("affinity: watch %s: %w", protocol.AffinityBucket, err)
+		return nil, fmt.Errorf("affinity: watch %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
 	s.w, s.cancel = w, cancel
 	return s, nil
-}
-
-// startWatch watches every key of kv and feeds the entries to apply from one goroutine, which
-// closes done when the watch ends. It returns once the initial values are applied. The watch
-// lives on a context of its own (a watch's context ending stops it), cancelled by the returned
-// func; ctx only bounds the start.
-func startWatch(ctx context.Context, kv jetstream.KeyValue, done chan struct{}, apply func(jetstream.KeyValueEntry)) (jetstream.KeyWatcher, context.CancelFunc, error) {
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	unhook := context.AfterFunc(ctx, cancel)
-	w, err := kv.WatchAll(wctx)
-	if err != nil {
-		unhook()
-		cancel()
-		return nil, nil, err
-	}
-	ready := make(chan struct{})
-	go func() {
-		defer close(done)
-		initial := true
-		for e := range w.Updates() {
-			if e == nil {
-				if initial {
-					initial = false
-					close(ready)
-				}
-				continue
-			}
-			apply(e)
-		}
-	}()
-	select {
-	case <-ready:
-		if unhook() {
-			return w, cancel, nil
-		}
-		// ctx ended just now and cancelled the watch.
-	case <-done:
-	case <-ctx.Done():
-	}
-	cancel()
-	_ = w.Stop()
-	<-done
-	if err := ctx.Err(); err != nil {
-		return nil, nil, fmt.Errorf("initial values: %w", err)
-	}
-	return nil, nil, errors.New("the watch ended before the initial values were loaded")
 }
 
 // Stop stops the watch. The Store must not be used afterwards.
@@ -295,17 +253,15 @@ func (s *Store) stopped() bool {
 // fetch reads key from the KV and caches what it finds.
 func (s *Store) fetch(ctx context.Context, k string) (Owner, bool, error) {
 	tenant, conv, _ := strings.Cut(k, ".")
-	o, ok, err := Lookup(ctx, s.kv, tenant, conv)
+	o, ok, err := lookup(ctx, s.kv, tenant, conv)
 	if ok {
 		s.learn(k, o)
 	}
 	return o, ok, err
 }
 
-// Lookup reads the owner of a conversation straight from an affinity bucket, without a Store
-// and its watch: what a worker needs to check, now and then, that its conversations are still
-// its own.
-func Lookup(ctx context.Context, kv jetstream.KeyValue, tenant, conv string) (Owner, bool, error) {
+// lookup reads the owner of a conversation straight from the bucket.
+func lookup(ctx context.Context, kv jetstream.KeyValue, tenant, conv string) (Owner, bool, error) {
 	k, err := key(tenant, conv)
 	if err != nil {
 		return Owner{}, false, err

@@ -8,32 +8,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/affinity"
 )
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// newJS opens a new connection to s and its JetStream context.
-func newJS(t testing.TB, s *server.Server) jetstream.JetStream {
-	t.Helper()
-	js, err := jetstream.New(testutil.Connect(t, s))
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return js
-}
-
 func openStore(t testing.TB, js jetstream.JetStream) *affinity.Store {
 	t.Helper()
-	st, err := affinity.OpenStore(ctxT(t), js, affinity.Config{})
+	st, err := affinity.OpenStore(testutil.Context(t), js, affinity.Config{})
 	if err != nil {
 		t.Fatalf("OpenStore: %v", err)
 	}
@@ -48,7 +31,7 @@ func sameOwner(a, b affinity.Owner) bool {
 
 func mustGet(t testing.TB, st *affinity.Store, tenant, conv string) (affinity.Owner, bool) {
 	t.Helper()
-	o, ok, err := st.Get(ctxT(t), tenant, conv)
+	o, ok, err := st.Get(testutil.Context(t), tenant, conv)
 	if err != nil {
 		t.Fatalf("Get %s.%s: %v", tenant, conv, err)
 	}
@@ -56,9 +39,9 @@ func mustGet(t testing.TB, st *affinity.Store, tenant, conv string) (affinity.Ow
 }
 
 func TestStoreBasics(t *testing.T) {
-	js := newJS(t, testutil.StartNATS(t))
+	js := testutil.JetStream(t, testutil.StartNATS(t))
 	st := openStore(t, js)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 
 	if _, ok := mustGet(t, st, "default", "c1"); ok {
 		t.Fatal("Get of a new conversation found an owner")
@@ -171,9 +154,9 @@ func TestStoreBasics(t *testing.T) {
 // TestStoreReadsOwnWrites cycles claims and releases faster than the watch follows: the store
 // must never show a released owner or miss its own claim.
 func TestStoreReadsOwnWrites(t *testing.T) {
-	js := newJS(t, testutil.StartNATS(t))
+	js := testutil.JetStream(t, testutil.StartNATS(t))
 	st := openStore(t, js)
-	ctx := ctxT(t)
+	ctx := testutil.Context(t)
 	for i := range 100 {
 		w := fmt.Sprintf("w%d", i)
 		got, won, err := st.Claim(ctx, "t", "c", affinity.Owner{Worker: w, Backend: "docker"})
@@ -207,7 +190,7 @@ func TestStoreClaimRace(t *testing.T) {
 	const conns, goroutines = 5, 50
 	stores := make([]*affinity.Store, conns)
 	for i := range stores {
-		stores[i] = openStore(t, newJS(t, s))
+		stores[i] = openStore(t, testutil.JetStream(t, s))
 	}
 	for round := range 3 {
 		conv := fmt.Sprintf("race-%d", round)
@@ -267,9 +250,9 @@ func TestStoreClaimRace(t *testing.T) {
 
 func TestStoreCacheFreshness(t *testing.T) {
 	s := testutil.StartNATS(t)
-	a := openStore(t, newJS(t, s))
-	b := openStore(t, newJS(t, s))
-	ctx := ctxT(t)
+	a := openStore(t, testutil.JetStream(t, s))
+	b := openStore(t, testutil.JetStream(t, s))
+	ctx := testutil.Context(t)
 
 	const n = 20
 	for i := range n {
@@ -292,7 +275,7 @@ func TestStoreCacheFreshness(t *testing.T) {
 	})
 
 	// A store opened now loads the existing keys before OpenStore returns.
-	c := openStore(t, newJS(t, s))
+	c := openStore(t, testutil.JetStream(t, s))
 	if c.Len() != n {
 		t.Fatalf("a new store has Len %d, want %d", c.Len(), n)
 	}
@@ -329,12 +312,12 @@ func TestStoreCacheFreshness(t *testing.T) {
 
 func TestStoreStop(t *testing.T) {
 	s := testutil.StartNATS(t)
-	js := newJS(t, s)
-	st, err := affinity.OpenStore(ctxT(t), js, affinity.Config{})
+	js := testutil.JetStream(t, s)
+	st, err := affinity.OpenStore(testutil.Context(t), js, affinity.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.Claim(ctxT(t), "t", "c", affinity.Owner{Worker: "w1"}); err != nil {
+	if _, _, err := st.Claim(testutil.Context(t), "t", "c", affinity.Owner{Worker: "w1"}); err != nil {
 		t.Fatal(err)
 	}
 	st.Stop()

@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
 // Sentinel errors. Backends wrap them with %w; callers test with errors.Is.
@@ -35,9 +37,26 @@ const (
 	LabelWorker       = "io.codefleet.worker"
 	LabelTenant       = "io.codefleet.tenant"
 	LabelConversation = "io.codefleet.conversation"
+	// LabelFleet holds the prefix of the fleet whose worker made the sandbox, so two fleets on
+	// one Docker host or Daytona account never take each other's sandboxes (see InFleet).
+	LabelFleet = "io.codefleet.fleet"
 	// ManagedByValue is the value of LabelManagedBy.
 	ManagedByValue = "codefleet"
 )
+
+// InFleet reports whether a sandbox's labels put it in the fleet of prefix. A sandbox without
+// LabelFleet was made before sandboxes named their fleet, by a fleet of the default prefix, the
+// only one there could be then: it belongs to that fleet, so a fleet upgrades in place. An
+// empty prefix is the default one.
+func InFleet(labels map[string]string, prefix string) bool {
+	if prefix == "" {
+		prefix = protocol.DefaultPrefix
+	}
+	if f, ok := labels[LabelFleet]; ok {
+		return f == prefix
+	}
+	return prefix == protocol.DefaultPrefix
+}
 
 // Spec describes the sandbox to create for one conversation.
 type Spec struct {

@@ -2,16 +2,7 @@ package protocol
 
 import "time"
 
-// KV buckets of the fleet (internal: clients never read them).
-const (
-	// WorkersBucket holds one WorkerInfo per live worker, refreshed every second; an entry
-	// that stops being refreshed expires after the bucket's TTL.
-	WorkersBucket = "codefleet-workers"
-	// AffinityBucket maps <tenant>.<conversation> to the worker that holds its sandbox.
-	AffinityBucket = "codefleet-affinity"
-)
-
-// WorkerInfo is a worker's registration in WorkersBucket (internal, additive like the rest).
+// WorkerInfo is a worker's registration in its fleet's registry bucket (Subjects.WorkersBucket) (internal, additive like the rest).
 type WorkerInfo struct {
 	ID string `json:"id"`
 	// Backends the worker can create sandboxes on ("docker", "daytona").

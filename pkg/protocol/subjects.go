@@ -11,17 +11,40 @@ const DefaultPrefix = "codefleet"
 // DispatcherQueue is the queue group dispatchers share.
 const DispatcherQueue = "codefleet-dispatchers"
 
-// Headers the dispatcher sets on the internal worker requests (clients never send these).
+// Headers of the internal worker subjects (clients never send or see these): the dispatcher
+// sets the first three on its requests, the worker the last on its replies.
 const (
 	HeaderTenant       = "Codefleet-Tenant"
 	HeaderConversation = "Codefleet-Conversation"
 	// HeaderRecreated marks the first run of a conversation whose earlier sandbox was lost.
 	HeaderRecreated = "Codefleet-Recreated"
+	// HeaderSandboxCreated, on a run's reply, holds the id of the sandbox the run created, for
+	// the dispatcher to record in the conversation's ownership without decoding the reply.
+	HeaderSandboxCreated = "Codefleet-Sandbox-Created"
 )
 
-// Subjects builds and parses the subjects of one prefix. The zero value uses DefaultPrefix.
+// MaxPrefixLen bounds a prefix.
+const MaxPrefixLen = 64
+
+// Subjects builds and parses the subjects, and names the KV buckets, of one fleet: every name
+// starts with the fleet's prefix, so fleets with different prefixes share a NATS account
+// without seeing each other. The zero value uses DefaultPrefix.
 type Subjects struct {
+	// Prefix is one NATS token, [A-Za-z0-9_-]{1,64} (ValidPrefix): it is also the first part
+	// of the fleet's KV bucket names, which cannot hold dots.
 	Prefix string
+}
+
+// ValidPrefix reports whether p can be a fleet's prefix: one token of [A-Za-z0-9_-], at most
+// MaxPrefixLen long.
+func ValidPrefix(p string) bool { return len(p) <= MaxPrefixLen && isToken(p) }
+
+// CheckPrefix returns an error naming the prefix when it is not valid.
+func CheckPrefix(p string) error {
+	if !ValidPrefix(p) {
+		return fmt.Errorf("prefix %q must be one token of [A-Za-z0-9_-], 1 to %d characters (it names the fleet's subjects and KV buckets)", trimForMessage(p), MaxPrefixLen)
+	}
+	return nil
 }
 
 func (s Subjects) prefix() string {
@@ -74,6 +97,14 @@ func (s Subjects) ParseConversation(subject string) (verb, tenant, conversation 
 	}
 	return parts[0], parts[1], parts[2], nil
 }
+
+// WorkersBucket returns the name of the fleet's worker registry bucket: <prefix>-workers
+// ("codefleet-workers" with the default prefix, as before prefixes named buckets).
+func (s Subjects) WorkersBucket() string { return s.prefix() + "-workers" }
+
+// AffinityBucket returns the name of the fleet's affinity bucket, which maps
+// <tenant>.<conversation> to the worker that holds its sandbox: <prefix>-affinity.
+func (s Subjects) AffinityBucket() string { return s.prefix() + "-affinity" }
 
 // Key returns the affinity key of a conversation: <tenant>.<conversation>.
 func Key(tenant, conversation string) string { return tenant + "." + conversation }

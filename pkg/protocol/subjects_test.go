@@ -10,7 +10,7 @@ import (
 
 func TestSubjectBuilders(t *testing.T) {
 	var def protocol.Subjects
-	custom := protocol.Subjects{Prefix: "acme.cf"}
+	custom := protocol.Subjects{Prefix: "acme-cf"}
 	tests := []struct {
 		got, want string
 	}{
@@ -20,9 +20,15 @@ func TestSubjectBuilders(t *testing.T) {
 		{def.CloseAll(), "codefleet.close.*.*"},
 		{def.Worker("w-1", "run"), "codefleet.worker.w-1.run"},
 		{def.WorkerGroup("w-1"), "codefleet.worker.w-1"},
-		{custom.Run("t", "c"), "acme.cf.run.t.c"},
-		{custom.Close("t", "c"), "acme.cf.close.t.c"},
-		{custom.Worker("w", "close"), "acme.cf.worker.w.close"},
+		{custom.Run("t", "c"), "acme-cf.run.t.c"},
+		{custom.Close("t", "c"), "acme-cf.close.t.c"},
+		{custom.Worker("w", "close"), "acme-cf.worker.w.close"},
+		// The default prefix keeps the bucket names of the releases before buckets followed
+		// the prefix, so a running fleet upgrades in place.
+		{def.WorkersBucket(), "codefleet-workers"},
+		{def.AffinityBucket(), "codefleet-affinity"},
+		{custom.WorkersBucket(), "acme-cf-workers"},
+		{custom.AffinityBucket(), "acme-cf-affinity"},
 		{protocol.Key("t", "c"), "t.c"},
 		{def.String(), "subjects(codefleet)"},
 	}
@@ -42,7 +48,7 @@ func TestParseConversation(t *testing.T) {
 		{protocol.Subjects{}, "codefleet.run.default.c1", "run", "default", "c1"},
 		{protocol.Subjects{}, "codefleet.close.acme_1.conv-2", "close", "acme_1", "conv-2"},
 		{protocol.Subjects{}, "codefleet.run.t." + long, "run", "t", long},
-		{protocol.Subjects{Prefix: "acme.cf"}, "acme.cf.run.t.c", "run", "t", "c"},
+		{protocol.Subjects{Prefix: "acme-cf"}, "acme-cf.run.t.c", "run", "t", "c"},
 	}
 	for _, tt := range good {
 		verb, tenant, conv, err := tt.s.ParseConversation(tt.subject)
@@ -103,6 +109,23 @@ func TestValidID(t *testing.T) {
 	for _, id := range []string{"", "a.b", "a b", "é", "*", ">", strings.Repeat("x", protocol.MaxIDLen+1)} {
 		if protocol.ValidID(id) {
 			t.Errorf("ValidID(%q): got true, want false", id)
+		}
+	}
+}
+
+func TestValidPrefix(t *testing.T) {
+	for _, p := range []string{"codefleet", "staging", "acme_prod-2", strings.Repeat("p", protocol.MaxPrefixLen)} {
+		if !protocol.ValidPrefix(p) || protocol.CheckPrefix(p) != nil {
+			t.Errorf("prefix %q refused", p)
+		}
+	}
+	// A dot would make the prefix two subject tokens and cannot be in a bucket name.
+	for _, p := range []string{"", "acme.cf", "a b", "*", ">", "é", strings.Repeat("p", protocol.MaxPrefixLen+1)} {
+		if protocol.ValidPrefix(p) {
+			t.Errorf("prefix %q accepted", p)
+		}
+		if err := protocol.CheckPrefix(p); err == nil || !strings.Contains(err.Error(), "prefix") {
+			t.Errorf("prefix %q: error %v does not name the prefix", p, err)
 		}
 	}
 }

@@ -7,15 +7,15 @@
 // their order while conversations run in parallel. Request ids are remembered per conversation:
 // a retry gets the first run's result and never runs the code twice.
 //
-// The worker registers itself in the KV bucket codefleet-workers and refreshes the entry every
-// second; dispatchers read it to place conversations. On shutdown it drains: it marks itself
+// The worker registers itself in its fleet's registry (pkg/registry: the KV bucket
+// <prefix>-workers) and refreshes the entry every second; dispatchers read it to place
+// conversations. On shutdown it drains: it marks itself
 // draining, stops taking requests, lets in-flight runs finish, and keeps its sandboxes for the
 // next process with the same id (which re-adopts them), or destroys them.
 package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -25,13 +25,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
-	"github.com/codefleet/codefleet/internal/output"
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/registry"
 )
 
 // ServiceName is the worker's name in NATS service discovery (`nats micro ls`).
@@ -50,12 +49,8 @@ type Worker struct {
 	draining atomic.Bool
 
 	svc micro.Service
-	js  jetstream.JetStream
-	kv  jetstream.KeyValue
-	// hbMu serializes heartbeats, which may replace kv.
-	hbMu sync.Mutex
-	// affinity is the dispatchers' affinity bucket, opened when first found.
-	affinity jetstream.KeyValue
+	// member is the worker's registration, set by Start.
+	member *registry.Member
 
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
@@ -88,15 +83,19 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker: jetstream: %w", err)
 	}
-	w.js = js
-	if err := w.openRegistry(ctx); err != nil {
-		return err
+	w.member, err = registry.Join(ctx, js, registry.MemberConfig{
+		Fleet: w.subjects, ID: w.cfg.ID, Interval: w.cfg.HeartbeatInterval, TTL: w.cfg.HeartbeatTTL,
+		Replicas: w.cfg.KVReplicas, DrainTimeout: w.cfg.DrainTimeout,
+		Note: func(msg string) { w.log.Info().Msg(msg) },
+	})
+	if errors.Is(err, registry.ErrIDInUse) {
+		return fmt.Errorf("worker: %w; give each worker its own --id", err)
 	}
-	if err := w.claimID(ctx); err != nil {
-		return err
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
 
-	w.m.ownerOf = w.ownerOf
+	w.m.ownerOf = affinity.NewOwners(js, w.subjects).Owner
 	n, err := w.m.adopt(ctx)
 	if err != nil {
 		// The backend may be down for now; sandboxes left behind are found by the reconciler.
@@ -176,23 +175,6 @@ func (w *Worker) every(ctx context.Context, d time.Duration, f func(context.Cont
 	}
 }
 
-// ownerOf reads a conversation's owner from the dispatchers' affinity bucket. Without the
-// bucket (no dispatcher ever ran) every conversation is the worker's own.
-func (w *Worker) ownerOf(ctx context.Context, tenant, conv string) (string, bool, error) {
-	if w.affinity == nil {
-		kv, err := w.js.KeyValue(ctx, protocol.AffinityBucket)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return "", false, nil
-		}
-		if err != nil {
-			return "", false, err
-		}
-		w.affinity = kv
-	}
-	owner, ok, err := affinity.Lookup(ctx, w.affinity, tenant, conv)
-	return owner.Worker, ok, err
-}
-
 // Info returns the worker's registration as it stands.
 func (w *Worker) Info() protocol.WorkerInfo {
 	sessions, running := w.m.load()
@@ -204,99 +186,14 @@ func (w *Worker) Info() protocol.WorkerInfo {
 }
 
 // ErrIDInUse is returned by Start when a live worker already has the id.
-var ErrIDInUse = errors.New("worker id in use")
+var ErrIDInUse = registry.ErrIDInUse
 
-// claimID makes sure no live worker has this id: two would re-adopt, and fight over, the same
-// sandboxes. A registration under the id that is still being refreshed belongs to a live one;
-// one left by a process that died is not refreshed, and is waited out for two heartbeat
-// intervals (a restart after a crash is not held up for the whole TTL). A worker that is
-// draining (a graceful stop still finishing its runs) is waited for until it is gone, up to
-// DrainTimeout and a TTL.
-func (w *Worker) claimID(ctx context.Context) error {
-	_, err := w.kv.Get(ctx, w.cfg.ID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("worker: registry: %w", err)
-	}
-	watcher, err := w.kv.Watch(ctx, w.cfg.ID, jetstream.UpdatesOnly())
-	if err != nil {
-		return fmt.Errorf("worker: registry: %w", err)
-	}
-	defer watcher.Stop()
-	quiet := 2 * w.cfg.HeartbeatInterval
-	timer := time.NewTimer(quiet)
-	defer timer.Stop()
-	giveUp := time.After(w.cfg.DrainTimeout + w.cfg.HeartbeatTTL)
-	draining := false // the holder said it drains: it is waited for
-	for {
-		select {
-		case e, ok := <-watcher.Updates():
-			if !ok {
-				return fmt.Errorf("worker: registry: watch of %s ended", w.cfg.ID)
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				return nil // deregistered or expired: the other one is gone
-			}
-			var info protocol.WorkerInfo
-			if json.Unmarshal(e.Value(), &info) == nil && info.Draining {
-				if !draining {
-					w.log.Info().Msg("a worker with this id is draining; waiting for it to finish")
-					draining = true
-				}
-				timer.Reset(quiet)
-				continue
-			}
-			return fmt.Errorf("%w: a live worker with id %s refreshed its registration (started %s); give each worker its own --id",
-				ErrIDInUse, w.cfg.ID, info.Started.Format(time.RFC3339))
-		case <-timer.C:
-			w.log.Info().Bool("was_draining", draining).Msg("taking over the registration of a previous worker with this id that stopped refreshing it")
-			return nil
-		case <-giveUp:
-			return fmt.Errorf("%w: the worker with id %s is still draining", ErrIDInUse, w.cfg.ID)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// openRegistry opens (creating it if need be) the registry bucket.
-func (w *Worker) openRegistry(ctx context.Context) error {
-	kv, err := w.js.CreateOrUpdateKeyValue(ctx, affinity.WorkersBucketConfig(w.cfg.HeartbeatTTL, w.cfg.KVReplicas))
-	if err != nil {
-		return fmt.Errorf("worker: registry bucket %s: %w", protocol.WorkersBucket, err)
-	}
-	w.kv = kv
-	return nil
-}
-
+// heartbeat refreshes the worker's registration.
 func (w *Worker) heartbeat(ctx context.Context) error {
-	// One heartbeat at a time: Shutdown's announcement runs beside the background loop, and a
-	// heartbeat may re-open the bucket (w.kv).
-	w.hbMu.Lock()
-	defer w.hbMu.Unlock()
-	if w.kv == nil {
+	if w.member == nil {
 		return nil // not started
 	}
-	// A put slower than the interval still counts if it lands within the TTL: give it half of
-	// it (ticks are skipped meanwhile), so a loaded server or machine does not lose the worker.
-	ctx, cancel := context.WithTimeout(ctx, max(w.cfg.HeartbeatInterval, w.cfg.HeartbeatTTL/2))
-	defer cancel()
-	info := w.Info()
-	_, err := w.kv.Put(ctx, w.cfg.ID, protocol.Encode(&info))
-	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-		// The bucket is gone (a NATS server that lost its state, an operator's delete): make
-		// it again, or dispatchers would never see this worker.
-		if rerr := w.openRegistry(ctx); rerr != nil {
-			return errors.Join(err, rerr)
-		}
-		_, err = w.kv.Put(ctx, w.cfg.ID, protocol.Encode(&info))
-	}
-	return err
+	return w.member.Heartbeat(ctx, w.Info())
 }
 
 // Shutdown drains the worker: it is marked draining, stops taking requests, waits for
@@ -331,113 +228,11 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		errs = append(errs, fmt.Errorf("flush replies: %w", err))
 	}
-	// No heartbeat runs any more: w.kv is read without hbMu.
-	if w.kv != nil {
-		if err := w.kv.Delete(ctx, w.cfg.ID); err != nil {
-			errs = append(errs, fmt.Errorf("deregister: %w", err))
+	if w.member != nil {
+		if err := w.member.Leave(ctx); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	w.log.Info().Bool("destroyed_sandboxes", w.cfg.DestroyOnShutdown).Msg("worker stopped")
 	return errors.Join(errs...)
-}
-
-// handleRun takes a run request. Validation and queueing happen here, in the subscription's
-// order, so runs of one conversation keep the order they were sent in; the session's goroutine
-// answers.
-func (w *Worker) handleRun(req micro.Request) {
-	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
-	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
-		w.reply(req, protocol.ErrorResult(nuid.Next(), protocol.Errorf(protocol.CodeBadRequest,
-			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)))
-		return
-	}
-	run, perr := protocol.DecodeRunRequest(req.Data())
-	if perr != nil {
-		w.reply(req, protocol.ErrorResult(nuid.Next(), perr))
-		return
-	}
-	dedupe := run.ID != ""
-	if !dedupe {
-		run.ID = nuid.Next()
-	}
-	if perr := w.checkSandboxOptions(run); perr != nil {
-		w.reply(req, protocol.ErrorResult(run.ID, perr))
-		return
-	}
-	recreated := req.Headers().Get(protocol.HeaderRecreated) == "true"
-	respond := func(res *protocol.RunResult) { w.reply(req, res) }
-	if perr := w.m.submit(tenant, conv, run, dedupe, recreated, respond); perr != nil {
-		w.reply(req, protocol.ErrorResult(run.ID, perr))
-	}
-}
-
-func (w *Worker) checkSandboxOptions(run *protocol.RunRequest) *protocol.Error {
-	o := run.Sandbox
-	if o == nil {
-		return nil
-	}
-	if o.Backend != "" && o.Backend != w.env.Name() {
-		return protocol.Errorf(protocol.CodeBadRequest, "worker %s runs %s sandboxes, not %s", w.cfg.ID, w.env.Name(), o.Backend)
-	}
-	if !w.cfg.imageAllowed(o.Image) {
-		return protocol.Errorf(protocol.CodeImageNotAllowed, "image %q is not allowed on worker %s", o.Image, w.cfg.ID)
-	}
-	return nil
-}
-
-func (w *Worker) handleClose(req micro.Request) {
-	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
-	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
-		w.replyJSON(req, &protocol.CloseResult{Error: protocol.Errorf(protocol.CodeBadRequest,
-			"headers %s and %s must name the conversation", protocol.HeaderTenant, protocol.HeaderConversation)})
-		return
-	}
-	go func() {
-		closed, info := w.m.close(tenant, conv)
-		w.log.Debug().Str("conversation_id", conv).Bool("closed", closed).Msg("close")
-		w.replyJSON(req, &protocol.CloseResult{Closed: closed, Sandbox: info})
-	}()
-}
-
-// reply sends a run result, cutting the output further if the message would not fit in the
-// connection's max payload. Errors also travel as micro error headers, for `nats micro stats`.
-func (w *Worker) reply(req micro.Request, res *protocol.RunResult) {
-	body := fitPayload(res, int(w.nc.MaxPayload()))
-	var err error
-	if res.Error != nil {
-		err = req.Error(string(res.Error.Code), res.Error.Message, body)
-	} else {
-		err = req.Respond(body)
-	}
-	if err != nil {
-		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
-	}
-}
-
-func (w *Worker) replyJSON(req micro.Request, v *protocol.CloseResult) {
-	var err error
-	if v.Error != nil {
-		err = req.Error(string(v.Error.Code), v.Error.Message, protocol.Encode(v))
-	} else {
-		err = req.Respond(protocol.Encode(v))
-	}
-	if err != nil {
-		w.log.Warn().Err(err).Msg("reply")
-	}
-}
-
-// fitPayload encodes res, trimming the middle of its output until it fits in limit bytes
-// (JSON escaping can make output grow up to six-fold).
-func fitPayload(res *protocol.RunResult, limit int) []byte {
-	b, _ := json.Marshal(res)
-	if limit <= 0 || len(b) <= limit-512 {
-		return b
-	}
-	for keep := len(res.Output) / 2; keep > 0 && len(b) > limit-512; keep /= 2 {
-		trimmed := *res
-		trimmed.Output, _ = output.Cap(res.Output, keep)
-		trimmed.Truncated = true
-		b, _ = json.Marshal(&trimmed)
-	}
-	return b
 }

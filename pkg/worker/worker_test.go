@@ -20,6 +20,7 @@ import (
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/registry"
 	"github.com/codefleet/codefleet/pkg/worker"
 )
 
@@ -509,17 +510,14 @@ func TestRegistrationAndGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(context.Background(), protocol.WorkersBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	readInfo := func() (protocol.WorkerInfo, error) {
-		var info protocol.WorkerInfo
-		e, err := kv.Get(context.Background(), "w-graceful")
-		if err != nil {
-			return info, err
+		workers, err := registry.List(context.Background(), js, protocol.Subjects{})
+		for _, info := range workers {
+			if info.ID == "w-graceful" {
+				return info, nil
+			}
 		}
-		return info, json.Unmarshal(e.Value(), &info)
+		return protocol.WorkerInfo{}, errors.Join(err, errors.New("w-graceful is not registered"))
 	}
 	c := &client{t: t, nc: testutil.Connect(t, ns), worker: "w-graceful"}
 	c.ok("g", "bash", "true")

@@ -437,9 +437,16 @@ func (e *Env) Reattach(ctx context.Context, spec envs.Spec) (envs.Sandbox, error
 	if err != nil {
 		return nil, err
 	}
-	found, err := e.list(ctx, acct, map[string]string{envs.LabelTenant: spec.Tenant, envs.LabelConversation: spec.Conversation})
+	all, err := e.list(ctx, acct, map[string]string{envs.LabelTenant: spec.Tenant, envs.LabelConversation: spec.Conversation})
 	if err != nil {
 		return nil, err
+	}
+	// Another fleet sharing the account may have a conversation of the same id.
+	var found []Sandbox
+	for _, sb := range all {
+		if envs.InFleet(sb.Labels, spec.Labels[envs.LabelFleet]) {
+			found = append(found, sb)
+		}
 	}
 	if len(found) == 0 {
 		return nil, fmt.Errorf("%w: daytona: conversation %s/%s has no sandbox", envs.ErrNotFound, spec.Tenant, spec.Conversation)

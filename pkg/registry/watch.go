@@ -1,58 +1,21 @@
-package affinity
+package registry
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/codefleet/codefleet/internal/kvwatch"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
-// DefaultWorkerTTL is how long a worker's registration stays valid without a refresh.
-const DefaultWorkerTTL = 3 * time.Second
-
-// ErrNoWorker is returned (wrapped, with the reason) by Place when no worker can take a new
-// conversation.
-var ErrNoWorker = errors.New("no worker available")
-
-// p2cThreshold is the candidate count above which Place uses the power of two choices.
-const p2cThreshold = 8
-
-// minMarkerTTL is the shortest delete-marker TTL JetStream accepts.
-const minMarkerTTL = time.Second
-
-// WorkersBucketConfig is the configuration of the codefleet-workers bucket. Workers and
-// dispatchers must create it with this same function so that neither rewrites the other's
-// configuration: entries expire ttl after their last refresh, and an expired entry leaves a
-// delete marker (LimitMarkerTTL) so that watchers learn of a dead worker at once. JetStream
-// keeps markers at least a second, so LimitMarkerTTL is max(ttl, 1s).
-func WorkersBucketConfig(ttl time.Duration, replicas int) jetstream.KeyValueConfig {
-	if ttl <= 0 {
-		ttl = DefaultWorkerTTL
-	}
-	if replicas <= 0 {
-		replicas = 1
-	}
-	return jetstream.KeyValueConfig{
-		Bucket:         protocol.WorkersBucket,
-		Description:    "codefleet workers: one entry per live worker, refreshed every heartbeat",
-		TTL:            ttl,
-		History:        1,
-		Storage:        jetstream.MemoryStorage,
-		Replicas:       replicas,
-		LimitMarkerTTL: max(ttl, minMarkerTTL),
-	}
-}
-
-// RegistryConfig configures a Registry. The zero value is valid.
-type RegistryConfig struct {
+// Config configures a Registry. The zero value is valid: the default fleet, DefaultTTL.
+type Config struct {
+	// Fleet names the registry bucket (Fleet.WorkersBucket).
+	Fleet protocol.Subjects
 	// TTL: a worker whose entry is older than this, both by WorkerInfo.Updated and by the time
 	// the watch last saw it, is dead (default 3s). It is also the bucket's TTL when the
 	// Registry creates the bucket.
@@ -77,10 +40,10 @@ type workerState struct {
 	lost chan struct{} // closed when the worker is lost
 }
 
-// Registry is the set of live workers, read from codefleet-workers and kept fresh by a KV
-// watch. Its methods are safe for concurrent use.
+// Registry is the set of live workers of one fleet, read from its registry bucket and kept
+// fresh by a KV watch (a dispatcher's view). Its methods are safe for concurrent use.
 type Registry struct {
-	cfg    RegistryConfig
+	cfg    Config
 	kv     jetstream.KeyValue
 	w      jetstream.KeyWatcher
 	cancel context.CancelFunc
@@ -100,12 +63,12 @@ type Registry struct {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// OpenRegistry opens the workers bucket (creating it with WorkersBucketConfig(cfg.TTL,
+// Open opens the fleet's registry bucket (creating it with BucketConfig(cfg.Fleet, cfg.TTL,
 // cfg.Replicas) if it does not exist, never changing an existing one), starts a watch of all
 // its keys and returns once the registered workers are loaded. ctx bounds the opening only.
-func OpenRegistry(ctx context.Context, js jetstream.JetStream, cfg RegistryConfig) (*Registry, error) {
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Registry, error) {
 	if cfg.TTL <= 0 {
-		cfg.TTL = DefaultWorkerTTL
+		cfg.TTL = DefaultTTL
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
@@ -113,39 +76,24 @@ func OpenRegistry(ctx context.Context, js jetstream.JetStream, cfg RegistryConfi
 	if cfg.PendingWindow <= 0 {
 		cfg.PendingWindow = DefaultPendingWindow
 	}
-	kv, err := openWorkersBucket(ctx, js, cfg)
+	kv, err := openBucket(ctx, js, cfg.Fleet, cfg.TTL, cfg.Replicas)
 	if err != nil {
-		return nil, fmt.Errorf("affinity: bucket %s: %w", protocol.WorkersBucket, err)
+		return nil, err
 	}
 	r := &Registry{
 		cfg: cfg, kv: kv, done: make(chan struct{}), quit: make(chan struct{}),
 		workers: make(map[string]*workerState), pending: make(map[string][]time.Time),
 		notify: make(chan struct{}, 1),
 	}
-	w, cancel, err := startWatch(ctx, kv, r.done, r.apply)
+	w, cancel, err := kvwatch.Start(ctx, kv, r.done, r.apply)
 	if err != nil {
-		return nil, fmt.Errorf("affinity: watch %s: %w", protocol.WorkersBucket, err)
+		return nil, fmt.Errorf("registry: watch %s: %w", cfg.Fleet.WorkersBucket(), err)
 	}
 	r.w, r.cancel = w, cancel
 	r.bg.Add(2)
 	go r.expireLoop()
 	go r.callbackLoop()
 	return r, nil
-}
-
-// openWorkersBucket opens the bucket, or creates it when missing. A worker creating it at the
-// same moment with another configuration makes the create fail with ErrBucketExists: then
-// the worker's bucket is used.
-func openWorkersBucket(ctx context.Context, js jetstream.JetStream, cfg RegistryConfig) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
-	if err == nil || !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return kv, err
-	}
-	kv, err = js.CreateKeyValue(ctx, WorkersBucketConfig(cfg.TTL, cfg.Replicas))
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		return js.KeyValue(ctx, protocol.WorkersBucket)
-	}
-	return kv, err
 }
 
 // Stop stops the watch and the expiry checks; queued OnLost calls are dropped and a running one
@@ -175,11 +123,10 @@ func (r *Registry) apply(e jetstream.KeyValueEntry) {
 		r.mu.Unlock()
 		return
 	}
-	var info protocol.WorkerInfo
-	if err := json.Unmarshal(e.Value(), &info); err != nil {
+	info, err := decode(id, e.Value())
+	if err != nil {
 		return // not a registration: ignored
 	}
-	info.ID = id
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -309,12 +256,6 @@ func (r *Registry) callbackLoop() {
 	}
 }
 
-func cloneInfo(info protocol.WorkerInfo) protocol.WorkerInfo {
-	info.Backends = slices.Clone(info.Backends)
-	info.Languages = slices.Clone(info.Languages)
-	return info
-}
-
 // Live returns the live workers (draining ones included), sorted by id.
 func (r *Registry) Live() []protocol.WorkerInfo {
 	r.mu.Lock()
@@ -323,15 +264,7 @@ func (r *Registry) Live() []protocol.WorkerInfo {
 		out = append(out, cloneInfo(ws.info))
 	}
 	r.mu.Unlock()
-	slices.SortFunc(out, func(a, b protocol.WorkerInfo) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	sortByID(out)
 	return out
 }
 
@@ -355,88 +288,4 @@ func (r *Registry) Lost(id string) <-chan struct{} {
 		return ws.lost
 	}
 	return closedChan
-}
-
-type candidate struct {
-	ws   *workerState
-	load int // registered load + placements made here since
-}
-
-// less reports whether a is less loaded than b (by load/capacity).
-func (a candidate) less(b candidate) bool {
-	return a.load*b.ws.info.Capacity < b.load*a.ws.info.Capacity
-}
-
-func (a candidate) same(b candidate) bool {
-	return a.load*b.ws.info.Capacity == b.load*a.ws.info.Capacity
-}
-
-// Place picks a worker for a new conversation: among the live, non-draining workers that list
-// backend (backend "" = any) and have Load < Capacity, the least loaded by Load/Capacity (ties
-// broken at random); with more than 8 candidates, the less loaded of two picked at random (power
-// of two choices). Load counts the placements this Registry made that the worker's registration
-// may not count yet (PendingWindow), so a burst of new conversations spreads. When no worker fits it returns
-// an error wrapping ErrNoWorker that says why.
-func (r *Registry) Place(backend string) (protocol.WorkerInfo, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.workers) == 0 {
-		return protocol.WorkerInfo{}, fmt.Errorf("%w: no live workers", ErrNoWorker)
-	}
-	with := ""
-	if backend != "" {
-		with = fmt.Sprintf(" with backend %q", backend)
-	}
-	var withBackend, active int
-	cands := make([]candidate, 0, len(r.workers))
-	for id, ws := range r.workers {
-		if backend != "" && !slices.Contains(ws.info.Backends, backend) {
-			continue
-		}
-		withBackend++
-		if ws.info.Draining {
-			continue
-		}
-		active++
-		load := ws.info.Load + len(r.pending[id])
-		if ws.info.Capacity <= 0 || load >= ws.info.Capacity {
-			continue
-		}
-		cands = append(cands, candidate{ws: ws, load: load})
-	}
-	switch {
-	case withBackend == 0:
-		return protocol.WorkerInfo{}, fmt.Errorf("%w: none of the %d live workers has backend %q", ErrNoWorker, len(r.workers), backend)
-	case active == 0:
-		return protocol.WorkerInfo{}, fmt.Errorf("%w: all %d live workers%s are draining", ErrNoWorker, withBackend, with)
-	case len(cands) == 0:
-		return protocol.WorkerInfo{}, fmt.Errorf("%w: all %d non-draining workers%s are full", ErrNoWorker, active, with)
-	}
-	var best candidate
-	if len(cands) > p2cThreshold {
-		i := rand.IntN(len(cands))
-		j := rand.IntN(len(cands) - 1)
-		if j >= i {
-			j++
-		}
-		best = cands[i]
-		if cands[j].less(best) || (cands[j].same(best) && rand.IntN(2) == 0) {
-			best = cands[j]
-		}
-	} else {
-		ties := 0
-		for _, c := range cands {
-			switch {
-			case ties == 0 || c.less(best):
-				best, ties = c, 1
-			case c.same(best):
-				ties++
-				if rand.IntN(ties) == 0 {
-					best = c
-				}
-			}
-		}
-	}
-	r.pending[best.ws.info.ID] = append(r.pending[best.ws.info.ID], time.Now())
-	return cloneInfo(best.ws.info), nil
 }

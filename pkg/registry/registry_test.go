@@ -1,4 +1,4 @@
-package affinity_test
+package registry_test
 
 import (
 	"errors"
@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
-	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/registry"
 )
 
 // lostLog records OnLost calls and checks that they never overlap.
@@ -58,11 +58,11 @@ func (l *lostLog) when(id string) time.Time {
 	return l.at[id]
 }
 
-func openRegistry(t testing.TB, js jetstream.JetStream, cfg affinity.RegistryConfig) *affinity.Registry {
+func openRegistry(t testing.TB, js jetstream.JetStream, cfg registry.Config) *registry.Registry {
 	t.Helper()
-	r, err := affinity.OpenRegistry(ctxT(t), js, cfg)
+	r, err := registry.Open(testutil.Context(t), js, cfg)
 	if err != nil {
-		t.Fatalf("OpenRegistry: %v", err)
+		t.Fatalf("registry.Open: %v", err)
 	}
 	t.Cleanup(r.Stop)
 	return r
@@ -70,7 +70,7 @@ func openRegistry(t testing.TB, js jetstream.JetStream, cfg affinity.RegistryCon
 
 func workersKV(t testing.TB, js jetstream.JetStream) jetstream.KeyValue {
 	t.Helper()
-	kv, err := js.KeyValue(ctxT(t), protocol.WorkersBucket)
+	kv, err := js.KeyValue(testutil.Context(t), protocol.Subjects{}.WorkersBucket())
 	if err != nil {
 		t.Fatalf("workers bucket: %v", err)
 	}
@@ -89,14 +89,14 @@ func register(t testing.TB, kv jetstream.KeyValue, info protocol.WorkerInfo) pro
 	if info.Updated.IsZero() {
 		info.Updated = time.Now()
 	}
-	if _, err := kv.Put(ctxT(t), info.ID, protocol.Encode(&info)); err != nil {
+	if _, err := kv.Put(testutil.Context(t), info.ID, protocol.Encode(&info)); err != nil {
 		t.Fatalf("put %s: %v", info.ID, err)
 	}
 	return info
 }
 
 // seen waits until r has the registration info (by its Updated time).
-func seen(t testing.TB, r *affinity.Registry, infos ...protocol.WorkerInfo) {
+func seen(t testing.TB, r *registry.Registry, infos ...protocol.WorkerInfo) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, func() error {
 		for _, info := range infos {
@@ -126,12 +126,12 @@ func ids(infos []protocol.WorkerInfo) []string {
 	return out
 }
 
-func TestWorkersBucketConfig(t *testing.T) {
-	js := newJS(t, testutil.StartNATS(t))
-	ctx := ctxT(t)
+func TestBucketConfig(t *testing.T) {
+	js := testutil.JetStream(t, testutil.StartNATS(t))
+	ctx := testutil.Context(t)
 
 	// The Registry creates the bucket when it is missing, with WorkersBucketConfig.
-	openRegistry(t, js, affinity.RegistryConfig{TTL: 2 * time.Second})
+	openRegistry(t, js, registry.Config{TTL: 2 * time.Second})
 	st, err := workersKV(t, js).Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -140,22 +140,22 @@ func TestWorkersBucketConfig(t *testing.T) {
 		t.Fatalf("bucket TTL %s history %d marker TTL %s", st.TTL(), st.History(), st.LimitMarkerTTL())
 	}
 	// A worker calling CreateOrUpdateKeyValue with the same function changes nothing.
-	if _, err := js.CreateOrUpdateKeyValue(ctx, affinity.WorkersBucketConfig(2*time.Second, 1)); err != nil {
+	if _, err := js.CreateOrUpdateKeyValue(ctx, registry.BucketConfig(protocol.Subjects{}, 2*time.Second, 1)); err != nil {
 		t.Fatalf("worker's CreateOrUpdate: %v", err)
 	}
 
 	// A short TTL keeps the marker TTL at JetStream's minimum of a second.
-	if c := affinity.WorkersBucketConfig(500*time.Millisecond, 0); c.TTL != 500*time.Millisecond || c.LimitMarkerTTL != time.Second ||
-		c.Storage != jetstream.MemoryStorage || c.Replicas != 1 || c.Bucket != protocol.WorkersBucket {
-		t.Fatalf("WorkersBucketConfig(500ms) = %+v", c)
+	if c := registry.BucketConfig(protocol.Subjects{}, 500*time.Millisecond, 0); c.TTL != 500*time.Millisecond || c.LimitMarkerTTL != time.Second ||
+		c.Storage != jetstream.MemoryStorage || c.Replicas != 1 || c.Bucket != "codefleet-workers" {
+		t.Fatalf("BucketConfig(500ms) = %+v", c)
 	}
 
 	// An existing bucket (here created by a worker with another TTL) is opened, not changed.
-	js2 := newJS(t, testutil.StartNATS(t))
-	if _, err := js2.CreateKeyValue(ctx, affinity.WorkersBucketConfig(10*time.Second, 1)); err != nil {
+	js2 := testutil.JetStream(t, testutil.StartNATS(t))
+	if _, err := js2.CreateKeyValue(ctx, registry.BucketConfig(protocol.Subjects{}, 10*time.Second, 1)); err != nil {
 		t.Fatal(err)
 	}
-	openRegistry(t, js2, affinity.RegistryConfig{TTL: time.Second})
+	openRegistry(t, js2, registry.Config{TTL: time.Second})
 	st, err = workersKV(t, js2).Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -167,9 +167,9 @@ func TestWorkersBucketConfig(t *testing.T) {
 
 func TestRegistryLiveAndDelete(t *testing.T) {
 	s := testutil.StartNATS(t)
-	js := newJS(t, s)
+	js := testutil.JetStream(t, s)
 	var lost lostLog
-	r := openRegistry(t, js, affinity.RegistryConfig{TTL: 30 * time.Second, OnLost: lost.onLost})
+	r := openRegistry(t, js, registry.Config{TTL: 30 * time.Second, OnLost: lost.onLost})
 	kv := workersKV(t, js)
 
 	if got := r.Live(); len(got) != 0 {
@@ -196,7 +196,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	}
 
 	// Graceful shutdown: the worker deletes its key.
-	if err := kv.Delete(ctxT(t), "w1"); err != nil {
+	if err := kv.Delete(testutil.Context(t), "w1"); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -216,7 +216,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	}
 
 	// Purge loses a worker too.
-	if err := kv.Purge(ctxT(t), "w2"); err != nil {
+	if err := kv.Purge(testutil.Context(t), "w2"); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -233,7 +233,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	if closed(lost1b) {
 		t.Fatal("Lost(w1) closed after re-registration")
 	}
-	if err := kv.Delete(ctxT(t), "w1"); err != nil {
+	if err := kv.Delete(testutil.Context(t), "w1"); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -253,7 +253,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	}
 
 	// A registry opened now loads the registered workers before it returns.
-	r2 := openRegistry(t, newJS(t, s), affinity.RegistryConfig{TTL: 30 * time.Second})
+	r2 := openRegistry(t, testutil.JetStream(t, s), registry.Config{TTL: 30 * time.Second})
 	if got := ids(r2.Live()); !slices.Equal(got, []string{"w3"}) {
 		t.Fatalf("new registry Live = %v", got)
 	}
@@ -264,13 +264,13 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 func TestRegistryExpiry(t *testing.T) {
 	const ttl = 500 * time.Millisecond
 	s := testutil.StartNATS(t)
-	js := newJS(t, s)
+	js := testutil.JetStream(t, s)
 	var lost lostLog
-	r := openRegistry(t, js, affinity.RegistryConfig{TTL: ttl, OnLost: lost.onLost})
+	r := openRegistry(t, js, registry.Config{TTL: ttl, OnLost: lost.onLost})
 	kv := workersKV(t, js)
 
 	// Watch the bucket as a dispatcher would, to see how an expired entry shows up.
-	w, err := kv.WatchAll(ctxT(t), jetstream.UpdatesOnly())
+	w, err := kv.WatchAll(testutil.Context(t), jetstream.UpdatesOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +300,7 @@ func TestRegistryExpiry(t *testing.T) {
 			if e.Operation() != jetstream.KeyValuePurge {
 				t.Fatalf("expiry marker operation %s, want KeyValuePurge", e.Operation())
 			}
-			if _, err := kv.Get(ctxT(t), "w1"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			if _, err := kv.Get(testutil.Context(t), "w1"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 				t.Fatalf("Get of an expired key: %v", err)
 			}
 			return
@@ -315,12 +315,12 @@ func TestRegistryExpiry(t *testing.T) {
 // check within TTL + TTL/4.
 func TestRegistryStaleWithoutExpiry(t *testing.T) {
 	const ttl = time.Second
-	js := newJS(t, testutil.StartNATS(t))
-	if _, err := js.CreateKeyValue(ctxT(t), affinity.WorkersBucketConfig(time.Minute, 1)); err != nil {
+	js := testutil.JetStream(t, testutil.StartNATS(t))
+	if _, err := js.CreateKeyValue(testutil.Context(t), registry.BucketConfig(protocol.Subjects{}, time.Minute, 1)); err != nil {
 		t.Fatal(err)
 	}
 	var lost lostLog
-	r := openRegistry(t, js, affinity.RegistryConfig{TTL: ttl, OnLost: lost.onLost})
+	r := openRegistry(t, js, registry.Config{TTL: ttl, OnLost: lost.onLost})
 	kv := workersKV(t, js)
 
 	// Refreshed every TTL/5 for a while: stays live.
@@ -352,7 +352,7 @@ func TestRegistryStaleWithoutExpiry(t *testing.T) {
 	if after < ttl {
 		t.Fatalf("lost after %s, before its TTL", after)
 	}
-	if _, err := kv.Get(ctxT(t), "w1"); err != nil {
+	if _, err := kv.Get(testutil.Context(t), "w1"); err != nil {
 		t.Fatalf("the key should still be in the bucket: %v", err)
 	}
 	if got := r.Live(); len(got) != 0 {
@@ -368,9 +368,9 @@ func TestRegistryStaleWithoutExpiry(t *testing.T) {
 }
 
 func TestPlace(t *testing.T) {
-	setup := func(t *testing.T) (*affinity.Registry, jetstream.KeyValue) {
-		js := newJS(t, testutil.StartNATS(t))
-		r := openRegistry(t, js, affinity.RegistryConfig{TTL: time.Minute})
+	setup := func(t *testing.T) (*registry.Registry, jetstream.KeyValue) {
+		js := testutil.JetStream(t, testutil.StartNATS(t))
+		r := openRegistry(t, js, registry.Config{TTL: time.Minute})
 		return r, workersKV(t, js)
 	}
 
@@ -410,7 +410,7 @@ func TestPlace(t *testing.T) {
 			}
 		}
 		// busy is full now (9 + 1 pending); the next docker placement has nowhere to go.
-		if w, err := r.Place("docker"); !errors.Is(err, affinity.ErrNoWorker) || !strings.Contains(err.Error(), "full") {
+		if w, err := r.Place("docker"); !errors.Is(err, registry.ErrNoWorker) || !strings.Contains(err.Error(), "full") {
 			t.Fatalf("Place(docker) with all full = %s, %v", w.ID, err)
 		}
 		// "" takes any backend.
@@ -424,7 +424,7 @@ func TestPlace(t *testing.T) {
 		check := func(backend, want string) {
 			t.Helper()
 			_, err := r.Place(backend)
-			if !errors.Is(err, affinity.ErrNoWorker) || !strings.Contains(err.Error(), want) {
+			if !errors.Is(err, registry.ErrNoWorker) || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Place(%q) error %v, want ErrNoWorker saying %q", backend, err, want)
 			}
 			t.Logf("Place(%q): %v", backend, err)
@@ -536,8 +536,8 @@ func TestPlace(t *testing.T) {
 	})
 
 	t.Run("fresh registration resets pending", func(t *testing.T) {
-		js := newJS(t, testutil.StartNATS(t))
-		r := openRegistry(t, js, affinity.RegistryConfig{TTL: time.Minute, PendingWindow: time.Nanosecond})
+		js := testutil.JetStream(t, testutil.StartNATS(t))
+		r := openRegistry(t, js, registry.Config{TTL: time.Minute, PendingWindow: time.Nanosecond})
 		kv := workersKV(t, js)
 		placeOnTwo(t, r, kv, 10)
 		// a reports its load again, after the placements had time to reach it (the window is a
@@ -557,11 +557,11 @@ func TestPlace(t *testing.T) {
 func TestRegistrySilentBucketIsNoNews(t *testing.T) {
 	const ttl = time.Second
 	ns := testutil.StartNATS(t)
-	js := newJS(t, ns)
-	if _, err := js.CreateKeyValue(ctxT(t), affinity.WorkersBucketConfig(time.Minute, 1)); err != nil {
+	js := testutil.JetStream(t, ns)
+	if _, err := js.CreateKeyValue(testutil.Context(t), registry.BucketConfig(protocol.Subjects{}, time.Minute, 1)); err != nil {
 		t.Fatal(err)
 	}
-	r := openRegistry(t, js, affinity.RegistryConfig{TTL: ttl})
+	r := openRegistry(t, js, registry.Config{TTL: ttl})
 	seen(t, r, register(t, workersKV(t, js), protocol.WorkerInfo{ID: "w1", Capacity: 4}))
 	lost := r.Lost("w1")
 	ns.Shutdown()
@@ -577,7 +577,7 @@ func TestRegistrySilentBucketIsNoNews(t *testing.T) {
 }
 
 // placeOnTwo registers workers a and b (capacity 100 each, empty) and places n conversations.
-func placeOnTwo(t *testing.T, r *affinity.Registry, kv jetstream.KeyValue, n int) {
+func placeOnTwo(t *testing.T, r *registry.Registry, kv jetstream.KeyValue, n int) {
 	t.Helper()
 	seen(t, r,
 		register(t, kv, protocol.WorkerInfo{ID: "a", Capacity: 100}),

@@ -1,0 +1,84 @@
+package dispatcher
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// ErrInvalidConfig wraps every configuration error.
+var ErrInvalidConfig = errors.New("invalid dispatcher config")
+
+// Defaults of Config.
+const (
+	DefaultHeartbeatTTL = 3 * time.Second
+	// DefaultRelayOverhead is added to a run's timeout to bound the wait for its worker's
+	// answer: room for creating a sandbox (an image pull aside).
+	DefaultRelayOverhead = 2 * time.Minute
+	DefaultMaxTimeout    = 10 * time.Minute
+	DefaultCloseTimeout  = time.Minute
+)
+
+// Config configures a Dispatcher. The zero value of each field means its default.
+type Config struct {
+	// Name identifies this dispatcher in logs and discovery; default a random id.
+	Name string
+	// Prefix is the subject prefix; default "codefleet".
+	Prefix string
+	// HeartbeatTTL is the workers' registration TTL: a worker silent this long is dead.
+	HeartbeatTTL time.Duration
+	// KVReplicas is the replica count of the KV buckets, should the dispatcher create them.
+	KVReplicas int
+	// MaxTimeout caps the run timeout the dispatcher waits for (workers cap it too).
+	MaxTimeout time.Duration
+	// RelayOverhead is added to a run's timeout to bound the wait for the worker's answer.
+	RelayOverhead time.Duration
+	// CloseTimeout bounds a close relayed to a worker.
+	CloseTimeout time.Duration
+	// Version is reported by `nats micro info`.
+	Version string
+}
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		c.Name = nuid.Next()
+	}
+	if c.Prefix == "" {
+		c.Prefix = protocol.DefaultPrefix
+	}
+	if c.HeartbeatTTL == 0 {
+		c.HeartbeatTTL = DefaultHeartbeatTTL
+	}
+	if c.KVReplicas == 0 {
+		c.KVReplicas = 1
+	}
+	if c.MaxTimeout == 0 {
+		c.MaxTimeout = DefaultMaxTimeout
+	}
+	if c.RelayOverhead == 0 {
+		c.RelayOverhead = DefaultRelayOverhead
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if c.Version == "" {
+		c.Version = "0.1.0"
+	}
+}
+
+// Validate checks the configuration (after defaults).
+func (c *Config) Validate() error {
+	switch {
+	case c.Prefix != "" && !protocol.ValidPrefix(c.Prefix):
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, protocol.CheckPrefix(c.Prefix))
+	case c.HeartbeatTTL < 0, c.MaxTimeout < 0, c.RelayOverhead < 0, c.CloseTimeout < 0:
+		return fmt.Errorf("%w: heartbeat TTL, max timeout, relay overhead and close timeout must not be negative", ErrInvalidConfig)
+	case c.KVReplicas < 0 || c.KVReplicas > 5:
+		return fmt.Errorf("%w: KV replicas %d: want 1 to 5", ErrInvalidConfig, c.KVReplicas)
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// ErrIDInUse is returned by Join when a live worker already has the id.
+var ErrIDInUse = errors.New("worker id in use")
+
+// MemberConfig configures a worker's membership of its fleet's registry.
+type MemberConfig struct {
+	// Fleet names the registry bucket (Fleet.WorkersBucket).
+	Fleet protocol.Subjects
+	// ID is the worker's id: the key of its entry. Required.
+	ID string
+	// Interval is how often the worker refreshes its entry, TTL how long the entry lives
+	// without a refresh (the bucket's TTL when Join creates it). Defaults 1s and DefaultTTL.
+	Interval, TTL time.Duration
+	// Replicas of the bucket when Join creates it (default 1).
+	Replicas int
+	// DrainTimeout bounds, with a TTL on top, the wait for a draining worker that holds the id
+	// (a graceful stop still finishing its runs). Default 30s.
+	DrainTimeout time.Duration
+	// Note, if set, is told in a sentence what Join waits for or takes over, for the log.
+	Note func(msg string)
+}
+
+func (c *MemberConfig) setDefaults() {
+	if c.Interval <= 0 {
+		c.Interval = time.Second
+	}
+	if c.TTL <= 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+}
+
+// Member is a worker's entry in its fleet's registry. Its methods are safe for concurrent use;
+// heartbeats are serialized.
+type Member struct {
+	cfg MemberConfig
+	js  jetstream.JetStream
+
+	// mu serializes heartbeats and Leave, and guards kv, which a heartbeat replaces when the
+	// bucket was gone.
+	mu sync.Mutex
+	kv jetstream.KeyValue
+}
+
+// Join opens (or creates) the fleet's registry bucket and claims cfg.ID, without registering
+// yet: the first Heartbeat does. No two live workers may share an id: both would re-adopt, and
+// fight over, the same sandboxes. A registration under the id that is still being refreshed
+// belongs to a live worker, and Join returns an error wrapping ErrIDInUse; one left by a
+// process that died is not refreshed, and is waited out for two heartbeat intervals (a restart
+// after a crash is not held up for the whole TTL); a holder that is draining is waited for
+// until it is gone, up to DrainTimeout and a TTL.
+func Join(ctx context.Context, js jetstream.JetStream, cfg MemberConfig) (*Member, error) {
+	cfg.setDefaults()
+	if !protocol.ValidID(cfg.ID) {
+		return nil, fmt.Errorf("registry: worker id %q must match [A-Za-z0-9_-]{1,%d}", cfg.ID, protocol.MaxIDLen)
+	}
+	if err := protocol.CheckPrefix(cfg.Fleet.Prefix); cfg.Fleet.Prefix != "" && err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	m := &Member{cfg: cfg, js: js}
+	kv, err := m.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.kv = kv
+	if err := m.claim(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// open creates or updates the bucket. A worker's configuration wins over an existing one, so
+// the bucket follows a fleet's new heartbeat TTL.
+func (m *Member) open(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := m.js.CreateOrUpdateKeyValue(ctx, BucketConfig(m.cfg.Fleet, m.cfg.TTL, m.cfg.Replicas))
+	return kv, wrapBucket(m.cfg.Fleet.WorkersBucket(), err)
+}
+
+func (m *Member) claim(ctx context.Context) error {
+	id := m.cfg.ID
+	_, err := m.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return wrapBucket(m.cfg.Fleet.WorkersBucket(), err)
+	}
+	watcher, err := m.kv.Watch(ctx, id, jetstream.UpdatesOnly())
+	if err != nil {
+		return wrapBucket(m.cfg.Fleet.WorkersBucket(), err)
+	}
+	defer watcher.Stop()
+	quiet := 2 * m.cfg.Interval
+	timer := time.NewTimer(quiet)
+	defer timer.Stop()
+	giveUp := time.NewTimer(m.cfg.DrainTimeout + m.cfg.TTL)
+	defer giveUp.Stop()
+	draining := false // the holder said it drains: it is waited for
+	for {
+		select {
+		case e, ok := <-watcher.Updates():
+			if !ok {
+				return fmt.Errorf("registry: the watch of %s ended", id)
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return nil // deregistered or expired: the other one is gone
+			}
+			info, err := decode(id, e.Value())
+			if err == nil && info.Draining {
+				if !draining {
+					m.note("a worker with this id is draining; waiting for it to finish")
+				}
+				draining = true
+				timer.Reset(quiet)
+				continue
+			}
+			return fmt.Errorf("%w: a live worker with id %s refreshed its registration (started %s)",
+				ErrIDInUse, id, info.Started.Format(time.RFC3339))
+		case <-timer.C:
+			// Not refreshed for two intervals: its holder is gone.
+			m.note("taking over the registration of a previous worker with this id that stopped refreshing it")
+			return nil
+		case <-giveUp.C:
+			return fmt.Errorf("%w: the worker with id %s is still draining", ErrIDInUse, id)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (m *Member) note(msg string) {
+	if m.cfg.Note != nil {
+		m.cfg.Note(msg)
+	}
+}
+
+// Heartbeat writes info (its ID set to the member's) as the worker's registration. A put slower
+// than the interval still counts if it lands within the TTL, so it is given half of the TTL: a
+// loaded server or machine does not lose the worker. When the bucket is gone (a NATS server
+// that lost its state, an operator's delete) it is made again, or dispatchers would never see
+// this worker.
+func (m *Member) Heartbeat(ctx context.Context, info protocol.WorkerInfo) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kv == nil {
+		return errors.New("registry: the member has left")
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(m.cfg.Interval, m.cfg.TTL/2))
+	defer cancel()
+	info.ID = m.cfg.ID
+	data := protocol.Encode(&info)
+	_, err := m.kv.Put(ctx, m.cfg.ID, data)
+	if bucketGone(err) {
+		kv, rerr := m.open(ctx)
+		if rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		m.kv = kv
+		_, err = m.kv.Put(ctx, m.cfg.ID, data)
+	}
+	if err != nil {
+		return fmt.Errorf("registry: heartbeat of %s: %w", m.cfg.ID, err)
+	}
+	return nil
+}
+
+// Leave removes the worker's registration: dispatchers lose it at once. Later heartbeats fail.
+func (m *Member) Leave(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kv == nil {
+		return nil
+	}
+	err := m.kv.Delete(ctx, m.cfg.ID)
+	m.kv = nil
+	if err != nil {
+		return fmt.Errorf("registry: deregister %s: %w", m.cfg.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sort"
+
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// adopt re-attaches the sandboxes a previous process with this worker id left, so their
+// conversations go on with their files. Sandboxes that cannot be re-attached are destroyed.
+func (m *manager) adopt(ctx context.Context) (int, error) {
+	list, err := m.sandboxes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	// Newest first: if a conversation somehow has two sandboxes, the newest wins.
+	sort.Slice(list, func(i, j int) bool { return list[i].Created.After(list[j].Created) })
+	adopted := 0
+	for _, info := range list {
+		key := protocol.Key(info.Tenant, info.Conversation)
+		m.mu.Lock()
+		_, dup := m.sessions[key]
+		m.mu.Unlock()
+		if dup || !protocol.ValidID(info.Tenant) || !protocol.ValidID(info.Conversation) {
+			m.destroyQuietly(info.ID)
+			continue
+		}
+		sb, err := m.env.Open(ctx, info.ID)
+		if err != nil {
+			if errors.Is(err, envs.ErrSandboxFailed) {
+				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; destroying it")
+				m.destroyQuietly(info.ID)
+			} else {
+				// Passing (the backend unreachable): left alone; the reconciler sees it later.
+				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; keeping it for later")
+			}
+			continue
+		}
+		s := m.newSession(info.Tenant, info.Conversation)
+		s.sb, s.created = sb, info.Created
+		m.noteLanguages(sb.Languages())
+		m.mu.Lock()
+		m.sessions[key] = s
+		m.mu.Unlock()
+		go m.loop(s)
+		adopted++
+		s.log.Info().Str("sandbox_id", info.ID).Msg("sandbox re-adopted")
+	}
+	return adopted, nil
+}
+
+// sandboxes lists the sandboxes this worker made: labelled with its id, in its fleet. Another
+// fleet on the same backend may have a worker of the same id (the default id is the host
+// name); its sandboxes are left alone.
+func (m *manager) sandboxes(ctx context.Context) ([]envs.Info, error) {
+	list, err := m.env.List(ctx, map[string]string{envs.LabelWorker: m.worker})
+	if err != nil {
+		return nil, err
+	}
+	ours := list[:0]
+	for _, info := range list {
+		if envs.InFleet(info.Labels, m.cfg.Prefix) {
+			ours = append(ours, info)
+		}
+	}
+	return ours, nil
+}

@@ -1,0 +1,116 @@
+package worker
+
+import (
+	"encoding/json"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+
+	"github.com/codefleet/codefleet/internal/output"
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// handleRun takes a run request. Validation and queueing happen here, in the subscription's
+// order, so runs of one conversation keep the order they were sent in; the session's goroutine
+// answers.
+func (w *Worker) handleRun(req micro.Request) {
+	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
+	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
+		w.reply(req, protocol.ErrorResult(nuid.Next(), protocol.Errorf(protocol.CodeBadRequest,
+			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)))
+		return
+	}
+	run, perr := protocol.DecodeRunRequest(req.Data())
+	if perr != nil {
+		w.reply(req, protocol.ErrorResult(nuid.Next(), perr))
+		return
+	}
+	dedupe := run.ID != ""
+	if !dedupe {
+		run.ID = nuid.Next()
+	}
+	if perr := w.checkSandboxOptions(run); perr != nil {
+		w.reply(req, protocol.ErrorResult(run.ID, perr))
+		return
+	}
+	recreated := req.Headers().Get(protocol.HeaderRecreated) == "true"
+	respond := func(res *protocol.RunResult) { w.reply(req, res) }
+	if perr := w.m.submit(tenant, conv, run, dedupe, recreated, respond); perr != nil {
+		w.reply(req, protocol.ErrorResult(run.ID, perr))
+	}
+}
+
+func (w *Worker) checkSandboxOptions(run *protocol.RunRequest) *protocol.Error {
+	o := run.Sandbox
+	if o == nil {
+		return nil
+	}
+	if o.Backend != "" && o.Backend != w.env.Name() {
+		return protocol.Errorf(protocol.CodeBadRequest, "worker %s runs %s sandboxes, not %s", w.cfg.ID, w.env.Name(), o.Backend)
+	}
+	if !w.cfg.imageAllowed(o.Image) {
+		return protocol.Errorf(protocol.CodeImageNotAllowed, "image %q is not allowed on worker %s", o.Image, w.cfg.ID)
+	}
+	return nil
+}
+
+func (w *Worker) handleClose(req micro.Request) {
+	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
+	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
+		w.replyJSON(req, &protocol.CloseResult{Error: protocol.Errorf(protocol.CodeBadRequest,
+			"headers %s and %s must name the conversation", protocol.HeaderTenant, protocol.HeaderConversation)})
+		return
+	}
+	go func() {
+		closed, info := w.m.close(tenant, conv)
+		w.log.Debug().Str("conversation_id", conv).Bool("closed", closed).Msg("close")
+		w.replyJSON(req, &protocol.CloseResult{Closed: closed, Sandbox: info})
+	}()
+}
+
+// reply sends a run result, cutting the output further if the message would not fit in the
+// connection's max payload. Errors also travel as micro error headers, for `nats micro stats`.
+func (w *Worker) reply(req micro.Request, res *protocol.RunResult) {
+	body := fitPayload(res, int(w.nc.MaxPayload()))
+	var opts []micro.RespondOpt
+	if sb := res.Sandbox; sb != nil && sb.Created {
+		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
+	}
+	var err error
+	if res.Error != nil {
+		err = req.Error(string(res.Error.Code), res.Error.Message, body, opts...)
+	} else {
+		err = req.Respond(body, opts...)
+	}
+	if err != nil {
+		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
+	}
+}
+
+func (w *Worker) replyJSON(req micro.Request, v *protocol.CloseResult) {
+	var err error
+	if v.Error != nil {
+		err = req.Error(string(v.Error.Code), v.Error.Message, protocol.Encode(v))
+	} else {
+		err = req.Respond(protocol.Encode(v))
+	}
+	if err != nil {
+		w.log.Warn().Err(err).Msg("reply")
+	}
+}
+
+// fitPayload encodes res, trimming the middle of its output until it fits in limit bytes
+// (JSON escaping can make output grow up to six-fold).
+func fitPayload(res *protocol.RunResult, limit int) []byte {
+	b, _ := json.Marshal(res)
+	if limit <= 0 || len(b) <= limit-512 {
+		return b
+	}
+	for keep := len(res.Output) / 2; keep > 0 && len(b) > limit-512; keep /= 2 {
+		trimmed := *res
+		trimmed.Output, _ = output.Cap(res.Output, keep)
+		trimmed.Truncated = true
+		b, _ = json.Marshal(&trimmed)
+	}
+	return b
+}

@@ -1,0 +1,301 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/rs/zerolog"
+)
+
+// session is one conversation on this worker.
+type session struct {
+	key, tenant, conv string
+	log               zerolog.Logger
+
+	queue chan *job
+	// ctx is cancelled to stop the session: its current run is killed and its loop ends.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// sb is set and replaced by the session's goroutine only; others read it under mu.
+	sb envs.Sandbox
+	// destroy says what the loop does with the sandbox when it ends: destroy or detach.
+	destroy   bool
+	lost      bool // an earlier sandbox died: the next one is "recreated"
+	active    int  // runs queued or executing
+	created   time.Time
+	lastUsed  time.Time
+	dedupe    map[string]*dedupeEntry
+	dedupeIDs []string // insertion order, for eviction
+}
+
+// job is one accepted run.
+type job struct {
+	req       *protocol.RunRequest
+	recreated bool // the dispatcher says an earlier sandbox of the conversation was lost
+	respond   func(*protocol.RunResult)
+	entry     *dedupeEntry // nil when the client gave no id
+}
+
+// dedupeEntry remembers a request id's result so a retry gets it instead of a second run.
+type dedupeEntry struct {
+	done chan struct{}
+	res  *protocol.RunResult
+}
+
+func (m *manager) newSession(tenant, conv string) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	key := protocol.Key(tenant, conv)
+	return &session{
+		key: key, tenant: tenant, conv: conv,
+		log:   m.log.With().Str("tenant", tenant).Str("conversation_id", conv).Logger(),
+		queue: make(chan *job, m.cfg.QueueDepth),
+		ctx:   ctx, cancel: cancel, done: make(chan struct{}),
+		lastUsed: time.Now(),
+		dedupe:   map[string]*dedupeEntry{},
+	}
+}
+
+// remember records a request id, evicting the oldest answered ones past size.
+func (s *session) remember(id string, e *dedupeEntry, size int) {
+	s.dedupe[id] = e
+	s.dedupeIDs = append(s.dedupeIDs, id)
+	for len(s.dedupeIDs) > size {
+		old := s.dedupeIDs[0]
+		if oe := s.dedupe[old]; oe != nil {
+			select {
+			case <-oe.done:
+			default:
+				return // oldest still running: keep it (the queue bounds how many can be)
+			}
+		}
+		delete(s.dedupe, old)
+		s.dedupeIDs = s.dedupeIDs[1:]
+	}
+}
+
+func (s *session) forget(id string) {
+	delete(s.dedupe, id)
+	for i, v := range s.dedupeIDs {
+		if v == id {
+			s.dedupeIDs = append(s.dedupeIDs[:i], s.dedupeIDs[i+1:]...)
+			break
+		}
+	}
+}
+
+// finish answers a job. cache keeps the result for retries with the same id; a result is not
+// cached when the code never started, so that a retry may run it.
+func (m *manager) finish(s *session, j *job, res *protocol.RunResult, cache bool) {
+	if j.entry != nil {
+		if cache {
+			j.entry.res = res
+		} else {
+			s.mu.Lock()
+			s.forget(j.req.ID)
+			s.mu.Unlock()
+			j.entry.res = res
+		}
+		close(j.entry.done)
+	}
+	j.respond(res)
+	s.mu.Lock()
+	s.active--
+	s.lastUsed = time.Now()
+	s.mu.Unlock()
+	m.inflight.Done()
+}
+
+// loop works through a session's queue until the session is stopped.
+func (m *manager) loop(s *session) {
+	defer close(s.done)
+	defer s.cancel()
+	for {
+		select {
+		case j := <-s.queue:
+			if !m.execute(s, j) {
+				// No sandbox: end the session rather than hold a capacity slot, unless more
+				// runs came in meanwhile (submit enqueues under m.mu, so this check is exact).
+				m.mu.Lock()
+				if len(s.queue) == 0 && m.sessions[s.key] == s {
+					delete(m.sessions, s.key)
+					m.mu.Unlock()
+					return
+				}
+				m.mu.Unlock()
+			}
+		case <-s.ctx.Done():
+			m.end(s, "stopped")
+			return
+		}
+	}
+}
+
+// end answers what is still queued and destroys or detaches the sandbox.
+func (m *manager) end(s *session, why string) {
+	m.mu.Lock()
+	if m.sessions[s.key] == s {
+		delete(m.sessions, s.key)
+	}
+	m.mu.Unlock()
+	for {
+		select {
+		case j := <-s.queue:
+			m.finish(s, j, protocol.ErrorResult(j.req.ID, protocol.Errorf(protocol.CodeSandboxFailed,
+				"conversation %s was closed before this run started", s.conv)), false)
+			continue
+		default:
+		}
+		break
+	}
+	s.mu.Lock()
+	sb, destroy := s.sb, s.destroy
+	s.sb = nil
+	s.mu.Unlock()
+	if sb == nil {
+		return
+	}
+	sb.Close()
+	if destroy {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.CreateTimeout)
+		defer cancel()
+		if err := m.env.Destroy(ctx, sb.Info().ID); err != nil {
+			s.log.Warn().Err(err).Str("sandbox_id", sb.Info().ID).Msg("destroy sandbox")
+		}
+	}
+	s.log.Debug().Str("sandbox_id", sb.Info().ID).Bool("destroyed", destroy).Str("why", why).Msg("session ended")
+}
+
+// execute runs one job. It returns false when the session has no sandbox and could not get one.
+func (m *manager) execute(s *session, j *job) bool {
+	req := j.req
+	log := s.log.With().Str("request_id", req.ID).Logger()
+	created := false
+	if s.sb == nil {
+		sb, reattached, err := m.create(s, req)
+		if err != nil {
+			log.Warn().Err(err).Msg("create sandbox")
+			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
+			return false
+		}
+		s.mu.Lock()
+		s.sb, s.created = sb, time.Now()
+		s.mu.Unlock()
+		created = !reattached // a re-attached sandbox kept its files: neither created nor recreated
+		m.noteLanguages(sb.Languages())
+	}
+	sb := s.sb
+	info := &protocol.SandboxInfo{ID: sb.Info().ID, Backend: m.env.Name(), Worker: m.worker, Created: created}
+	if created {
+		s.mu.Lock()
+		info.Recreated = s.lost || j.recreated
+		s.lost = false
+		s.mu.Unlock()
+	}
+	if !contains(sb.Languages(), req.Language) {
+		res := protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeUnsupportedLanguage,
+			"%s is not available in this sandbox's image %s (it has %v)", req.Language, sb.Info().Image, sb.Languages()))
+		res.Sandbox = info
+		m.finish(s, j, res, false)
+		return true
+	}
+
+	select {
+	case m.runSem <- struct{}{}:
+	case <-s.ctx.Done():
+		m.finish(s, j, protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeSandboxFailed, "conversation %s was closed before this run started", s.conv)), false)
+		return true
+	}
+	m.running.Add(1)
+	out, err := sb.Run(s.ctx, envs.Exec{Code: req.Code, Language: req.Language, Env: req.Env, Timeout: m.timeout(req)})
+	m.running.Add(-1)
+	<-m.runSem
+
+	if err != nil {
+		var res *protocol.RunResult
+		switch {
+		case errors.Is(err, envs.ErrUnsupportedLanguage):
+			res = protocol.ErrorResult(req.ID, errorOf(err))
+			res.Sandbox = info
+			m.finish(s, j, res, false)
+			return true
+		case s.ctx.Err() != nil:
+			res = protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeSandboxFailed, "conversation %s was closed while this run was executing", s.conv))
+		case errors.Is(err, envs.ErrBackendUnavailable):
+			// The backend could not be reached (a Daytona proxy's bare 502, say): the sandbox
+			// may well be fine, so it is kept. (Docker's sandboxes never fail this way.)
+			res = protocol.ErrorResult(req.ID, errorOf(err))
+		default:
+			// The sandbox is gone or broken: drop it; the next run gets a new one, marked recreated.
+			log.Warn().Err(err).Str("sandbox_id", sb.Info().ID).Msg("sandbox lost")
+			s.mu.Lock()
+			s.sb, s.lost = nil, true
+			s.mu.Unlock()
+			sb.Close()
+			go m.destroyQuietly(sb.Info().ID)
+			res = protocol.ErrorResult(req.ID, errorOf(err))
+		}
+		res.Sandbox = info
+		m.finish(s, j, res, true) // the code may have run: a retry must not run it again
+		return true
+	}
+	log.Debug().Int("exit_code", out.ExitCode).Dur("duration", out.Duration).Msg("run")
+	m.finish(s, j, &protocol.RunResult{
+		ID: req.ID, Output: out.Output, ExitCode: out.ExitCode, TimedOut: out.TimedOut,
+		Truncated: out.Truncated, DurationMS: out.Duration.Milliseconds(), Sandbox: info,
+	}, true)
+	return true
+}
+
+func (m *manager) timeout(req *protocol.RunRequest) time.Duration {
+	return min(req.Timeout(), m.cfg.MaxTimeout)
+}
+
+// create gets the session a sandbox. With a backend whose sandboxes outlive their worker
+// (envs.Reattacher), it first looks for the conversation's existing sandbox, left by the worker
+// that held the conversation before, and re-attaches to it (reattached true); else it creates one.
+func (m *manager) create(s *session, req *protocol.RunRequest) (sb envs.Sandbox, reattached bool, err error) {
+	spec := envs.Spec{
+		Tenant: s.tenant, Conversation: s.conv, Image: m.cfg.Image,
+		Labels: map[string]string{envs.LabelWorker: m.worker, envs.LabelFleet: m.cfg.Prefix},
+	}
+	if o := req.Sandbox; o != nil {
+		if o.Image != "" {
+			spec.Image = o.Image
+		}
+		spec.Env = o.Env
+		spec.Variables = o.Variables
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, m.cfg.CreateTimeout)
+	defer cancel()
+	select {
+	case m.createSem <- struct{}{}:
+		defer func() { <-m.createSem }()
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("%w: no turn to create a sandbox within %s (%d creations at a time)", envs.ErrBackendUnavailable, m.cfg.CreateTimeout, cap(m.createSem))
+	}
+	s.mu.Lock()
+	lost := s.lost // this worker just dropped the conversation's sandbox: do not pick it up again
+	s.mu.Unlock()
+	if r, ok := m.env.(envs.Reattacher); ok && !lost {
+		sb, err := r.Reattach(ctx, spec)
+		switch {
+		case err == nil:
+			s.log.Info().Str("sandbox_id", sb.Info().ID).Msg("re-attached to the conversation's sandbox")
+			return sb, true, nil
+		case errors.Is(err, envs.ErrSandboxFailed):
+			s.log.Warn().Err(err).Msg("the conversation's sandbox cannot be re-attached; creating one")
+		case !errors.Is(err, envs.ErrNotFound):
+			return nil, false, err
+		}
+	}
+	sb, err = m.env.Create(ctx, spec)
+	return sb, false, err
+}
