@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/internal/output"
 )
 
@@ -26,15 +27,16 @@ const drainGrace = 100 * time.Millisecond
 // maxFrame bounds one request line.
 const maxFrame = 16 << 20
 
-// Agent serves the framed protocol and runs snippets. It speaks with the worker over the
-// container's attached stdin/stdout (Serve), and, when the worker asks for it (OpConnect), over
-// a unix socket the worker listens on (see socket.go).
+// Agent serves the worker's protocol (package wire) and runs snippets. It speaks with the worker
+// over the container's attached stdin/stdout (Serve), and, when the worker asks for it
+// (wire.OpConnect), over a unix socket the worker listens on (see socket.go).
 type Agent struct {
 	// Dir is the working directory of every run.
 	Dir string
 	// Environ is the base environment of every run (the container's).
 	Environ []string
-	// SocketPath is where the worker's socket is when it sends OpConnect; SocketPath by default.
+	// SocketPath is where the worker's socket is when it sends wire.OpConnect; wire.SocketPath
+	// by default.
 	SocketPath string
 	// WorkerOutside, when set, refuses a socket made inside the agent's pid namespace: the
 	// worker is outside the sandbox, and a snippet that managed to put its own socket at
@@ -57,7 +59,7 @@ type Agent struct {
 
 // New returns an Agent that starts processes through reaper.
 func New(dir string, environ []string, reaper *Reaper) *Agent {
-	return &Agent{Dir: dir, Environ: environ, SocketPath: SocketPath, reaper: reaper}
+	return &Agent{Dir: dir, Environ: environ, SocketPath: wire.SocketPath, reaper: reaper}
 }
 
 // Serve reads requests from in and writes responses to out until in ends or ctx is done.
@@ -112,22 +114,22 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 		if len(strings.TrimSpace(string(line))) == 0 {
 			continue
 		}
-		var req Request
+		var req wire.Request
 		if err := json.Unmarshal(line, &req); err != nil {
-			s.send(&Response{Op: OpError, Code: ErrCodeBadFrame, Error: "bad frame: " + err.Error()})
+			s.send(&wire.Response{Op: wire.OpError, Code: wire.ErrCodeBadFrame, Error: "bad frame: " + err.Error()})
 			continue
 		}
 		switch req.Op {
-		case OpHello:
+		case wire.OpHello:
 			s.send(a.hello(req.ID, ""))
-		case OpConnect:
+		case wire.OpConnect:
 			if socks == nil {
-				s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeBadFrame, Error: "connect is only taken on the attached stream"})
+				s.send(&wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeBadFrame, Error: "connect is only taken on the attached stream"})
 				continue
 			}
 			conn, err := a.connect(req.ID, req.Token)
 			if err != nil {
-				s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeConnectFailed, Error: err.Error()})
+				s.send(&wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeConnectFailed, Error: err.Error()})
 				continue
 			}
 			socks.Add(1)
@@ -135,14 +137,14 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 				defer socks.Done()
 				a.serveSocket(ctx, conn)
 			}()
-			s.send(&Response{Op: OpConnect, ID: req.ID})
-		case OpCancel:
+			s.send(&wire.Response{Op: wire.OpConnect, ID: req.ID})
+		case wire.OpCancel:
 			s.mu.Lock()
 			if stop := s.runs[req.ID]; stop != nil {
 				stop()
 			}
 			s.mu.Unlock()
-		case OpRun:
+		case wire.OpRun:
 			rctx, rcancel := context.WithCancel(ctx)
 			s.mu.Lock()
 			s.runs[req.ID] = rcancel
@@ -158,13 +160,13 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 				s.send(resp)
 			}()
 		default:
-			s.send(&Response{Op: OpError, ID: req.ID, Code: ErrCodeBadFrame, Error: fmt.Sprintf("unknown op %q", req.Op)})
+			s.send(&wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeBadFrame, Error: fmt.Sprintf("unknown op %q", req.Op)})
 		}
 	}
 }
 
-func (a *Agent) hello(id, token string) *Response {
-	return &Response{Op: OpHello, ID: id, Version: ProtocolVersion, Languages: a.Languages(), Token: token}
+func (a *Agent) hello(id, token string) *wire.Response {
+	return &wire.Response{Op: wire.OpHello, ID: id, Version: wire.ProtocolVersion, Languages: a.Languages(), Token: token}
 }
 
 // readLine reads one line of at most maxFrame bytes; a longer line is discarded whole and
@@ -191,10 +193,10 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 	}
 }
 
-func (s *session) send(resp *Response) {
+func (s *session) send(resp *wire.Response) {
 	b, err := json.Marshal(resp)
 	if err != nil {
-		b, _ = json.Marshal(&Response{Op: OpError, ID: resp.ID, Code: ErrCodeStartFailed, Error: "encode response: " + err.Error()})
+		b, _ = json.Marshal(&wire.Response{Op: wire.OpError, ID: resp.ID, Code: wire.ErrCodeStartFailed, Error: "encode response: " + err.Error()})
 	}
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
@@ -331,7 +333,7 @@ func (a *Agent) Languages() []string {
 }
 
 // Run runs one snippet and returns its result frame (or an error frame).
-func (a *Agent) Run(ctx context.Context, req *Request) *Response {
+func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 	var lang *language
 	for i := range languages {
 		if languages[i].name == req.Language {
@@ -339,7 +341,7 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 		}
 	}
 	if lang == nil {
-		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("unknown language %q", req.Language)}
+		return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("unknown language %q", req.Language)}
 	}
 	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
 	if timeout <= 0 {
@@ -363,7 +365,7 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 
 	bins, ok := a.resolve(lang)
 	if !ok {
-		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("%s is not available in this sandbox (no %s in PATH)", lang.name, strings.Join(lang.bins[0], " or "))}
+		return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("%s is not available in this sandbox (no %s in PATH)", lang.name, strings.Join(lang.bins[0], " or "))}
 	}
 	file := ""
 	if !inline {
@@ -375,7 +377,7 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 		}
 		file = filepath.Join(dir, ".codefleet-"+safeName(req.ID)+ext)
 		if err := os.WriteFile(file, []byte(req.Code), 0o600); err != nil {
-			return &Response{Op: OpError, ID: req.ID, Code: ErrCodeStartFailed, Error: "write code file: " + err.Error()}
+			return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeStartFailed, Error: "write code file: " + err.Error()}
 		}
 		defer os.Remove(file)
 		if lang.ext == ".ts" {
@@ -384,7 +386,7 @@ func (a *Agent) Run(ctx context.Context, req *Request) *Response {
 	}
 	proc, err := a.spawn(lang.argv(bins, req.Code, file), mergeEnviron(a.Environ, req.Env), nil)
 	if err != nil {
-		return &Response{Op: OpError, ID: req.ID, Code: ErrCodeStartFailed, Error: err.Error()}
+		return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeStartFailed, Error: err.Error()}
 	}
 	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput)
 }
@@ -433,7 +435,7 @@ func (a *Agent) spawn(argv, env []string, extra *os.File) (*process, error) {
 
 // wait collects p's output until it exits, enforcing the timeout and cancellation, and returns
 // the run's result.
-func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int) *Response {
+func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int) *wire.Response {
 	defer p.out.Close()
 	buf := output.NewBuffer(maxOutput)
 	copied := make(chan struct{})
@@ -476,7 +478,7 @@ func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Du
 		<-p.input // the reader is gone, so the write has ended
 	}
 
-	resp := &Response{Op: OpResult, ID: id, Output: buf.String(), Truncated: buf.Truncated(), DurationUS: duration.Microseconds()}
+	resp := &wire.Response{Op: wire.OpResult, ID: id, Output: buf.String(), Truncated: buf.Truncated(), DurationUS: duration.Microseconds()}
 	switch {
 	case timedOut:
 		resp.ExitCode, resp.TimedOut = 124, true

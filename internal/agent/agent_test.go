@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/codefleet/codefleet/internal/agent/wire"
 )
 
 // testSession runs an Agent on pipes and returns a function that sends one frame and reads
@@ -64,21 +66,21 @@ func (s *testSession) send(raw string) {
 	}
 }
 
-func (s *testSession) call(req Request) Response {
+func (s *testSession) call(req wire.Request) wire.Response {
 	s.t.Helper()
 	b, _ := json.Marshal(req)
 	s.send(string(b))
 	return s.wait(req.ID)
 }
 
-func (s *testSession) wait(id string) Response {
+func (s *testSession) wait(id string) wire.Response {
 	s.t.Helper()
 	for {
 		line, err := s.out.ReadBytes('\n')
 		if err != nil {
 			s.t.Fatalf("read response: %v", err)
 		}
-		var r Response
+		var r wire.Response
 		if err := json.Unmarshal(line, &r); err != nil {
 			s.t.Fatalf("bad response %q: %v", line, err)
 		}
@@ -90,8 +92,8 @@ func (s *testSession) wait(id string) Response {
 
 func TestAgentRuns(t *testing.T) {
 	s := startAgent(t)
-	hello := s.call(Request{Op: OpHello, ID: "h"})
-	if hello.Version != ProtocolVersion || !strings.Contains(strings.Join(hello.Languages, ","), "bash") {
+	hello := s.call(wire.Request{Op: wire.OpHello, ID: "h"})
+	if hello.Version != wire.ProtocolVersion || !strings.Contains(strings.Join(hello.Languages, ","), "bash") {
 		t.Fatalf("hello = %+v", hello)
 	}
 	tests := []struct {
@@ -111,12 +113,12 @@ func TestAgentRuns(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req := Request{Op: OpRun, ID: "r" + string(rune('a'+i)), Language: "bash", Code: tc.code, Env: map[string]string{"FOO": "bar"}}
+			req := wire.Request{Op: wire.OpRun, ID: "r" + string(rune('a'+i)), Language: "bash", Code: tc.code, Env: map[string]string{"FOO": "bar"}}
 			if tc.timeout > 0 {
 				req.TimeoutMS = tc.timeout.Milliseconds()
 			}
 			r := s.call(req)
-			if r.Op != OpResult || r.Output != tc.wantOutput || r.ExitCode != tc.wantExit || r.TimedOut != tc.wantTimedOut {
+			if r.Op != wire.OpResult || r.Output != tc.wantOutput || r.ExitCode != tc.wantExit || r.TimedOut != tc.wantTimedOut {
 				t.Fatalf("got %+v, want output %q exit %d timed_out %v", r, tc.wantOutput, tc.wantExit, tc.wantTimedOut)
 			}
 		})
@@ -126,25 +128,25 @@ func TestAgentRuns(t *testing.T) {
 func TestAgentErrors(t *testing.T) {
 	s := startAgent(t)
 	s.send("{not json")
-	if r := s.wait(""); r.Op != OpError || r.Code != ErrCodeBadFrame {
+	if r := s.wait(""); r.Op != wire.OpError || r.Code != wire.ErrCodeBadFrame {
 		t.Fatalf("bad frame: got %+v", r)
 	}
-	if r := s.call(Request{Op: OpRun, ID: "x", Language: "cobol", Code: "x"}); r.Code != ErrCodeUnsupportedLanguage {
+	if r := s.call(wire.Request{Op: wire.OpRun, ID: "x", Language: "cobol", Code: "x"}); r.Code != wire.ErrCodeUnsupportedLanguage {
 		t.Fatalf("cobol: got %+v", r)
 	}
 	// A partial line followed by a newline, then a hello: the agent is still in sync.
 	s.send(`{"op":"run","id":"cut`)
-	if r := s.wait(""); r.Code != ErrCodeBadFrame {
+	if r := s.wait(""); r.Code != wire.ErrCodeBadFrame {
 		t.Fatalf("partial frame: got %+v", r)
 	}
-	if r := s.call(Request{Op: OpHello, ID: "h2"}); r.Op != OpHello {
+	if r := s.call(wire.Request{Op: wire.OpHello, ID: "h2"}); r.Op != wire.OpHello {
 		t.Fatalf("hello after partial frame: got %+v", r)
 	}
 }
 
 func TestAgentCancel(t *testing.T) {
 	s := startAgent(t)
-	b, _ := json.Marshal(Request{Op: OpRun, ID: "long", Language: "bash", Code: "echo x; sleep 30"})
+	b, _ := json.Marshal(wire.Request{Op: wire.OpRun, ID: "long", Language: "bash", Code: "echo x; sleep 30"})
 	s.send(string(b))
 	s.send(`{"op":"cancel","id":"long"}`)
 	if r := s.wait("long"); r.ExitCode != 137 {
@@ -154,14 +156,13 @@ func TestAgentCancel(t *testing.T) {
 
 func TestAgentOutputCap(t *testing.T) {
 	s := startAgent(t)
-	r := s.call(Request{Op: OpRun, ID: "big", Language: "bash", MaxOutput: 1000,
+	r := s.call(wire.Request{Op: wire.OpRun, ID: "big", Language: "bash", MaxOutput: 1000,
 		Code: "echo START; head -c 10000000 /dev/zero | tr '\\0' x; echo; echo END"})
 	if !r.Truncated || !strings.HasPrefix(r.Output, "START\n") || !strings.HasSuffix(r.Output, "\nEND\n") ||
 		!strings.Contains(r.Output, "bytes truncated") || len(r.Output) > 1100 {
 		t.Fatalf("got truncated=%v len=%d head=%q tail=%q", r.Truncated, len(r.Output), r.Output[:20], r.Output[len(r.Output)-20:])
 	}
 }
-
 
 // TestDrainNowTakesWhatThePipeHolds: output a snippet wrote before it exited is in the pipe;
 // when the copier was stopped before reading it (a loaded machine), drainNow still gets it, and
@@ -210,7 +211,7 @@ func TestDrainNowTakesWhatThePipeHolds(t *testing.T) {
 func TestServeEndKillsRuns(t *testing.T) {
 	a := New(t.TempDir(), os.Environ(), testReaper)
 	s := serve(t, a)
-	b, _ := json.Marshal(Request{Op: OpRun, ID: "long", Language: "bash", Code: "touch started; sleep 60", TimeoutMS: 120000})
+	b, _ := json.Marshal(wire.Request{Op: wire.OpRun, ID: "long", Language: "bash", Code: "touch started; sleep 60", TimeoutMS: 120000})
 	s.send(string(b))
 	marker := filepath.Join(a.Dir, "started")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/internal/testutil"
 )
 
@@ -35,7 +36,7 @@ func startWarmAgent(t *testing.T) (s *testSession, cold *Agent) {
 	env := testEnviron(dir)
 	s = serve(t, New(dir, env, testReaper))
 	for lang, code := range map[string]string{"python": "pass", "bash": "true"} {
-		if r := s.call(Request{Op: OpRun, ID: "use-" + lang, Language: lang, Code: code}); r.Op != OpResult || r.ExitCode != 0 {
+		if r := s.call(wire.Request{Op: wire.OpRun, ID: "use-" + lang, Language: lang, Code: code}); r.Op != wire.OpResult || r.ExitCode != 0 {
 			t.Fatalf("first %s run: %+v", lang, r)
 		}
 	}
@@ -69,7 +70,7 @@ func waitWarm(t *testing.T, a *Agent, lang string) int {
 
 // runWarm waits for an idle interpreter of req's language, runs req and checks that it went
 // to that interpreter.
-func runWarm(t *testing.T, s *testSession, req Request) Response {
+func runWarm(t *testing.T, s *testSession, req wire.Request) wire.Response {
 	t.Helper()
 	waitWarm(t, s.a, req.Language)
 	before := s.a.warmRuns.Load()
@@ -132,7 +133,7 @@ func TestWarmMatchesCold(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req := Request{Op: OpRun, ID: fmt.Sprintf("w%d", i), Language: tc.lang, Code: tc.code, Env: env, TimeoutMS: tc.timeout.Milliseconds()}
+			req := wire.Request{Op: wire.OpRun, ID: fmt.Sprintf("w%d", i), Language: tc.lang, Code: tc.code, Env: env, TimeoutMS: tc.timeout.Milliseconds()}
 			want := cold.Run(context.Background(), &req)
 			got := runWarm(t, s, req)
 			norm := tc.same
@@ -155,7 +156,7 @@ func TestWarmMatchesCold(t *testing.T) {
 		{"python", "import sys; print(sys.argv)", "['-c']\n"},
 		{"bash", `echo "$0"`, "/usr/bin/bash\n"},
 	} {
-		if r := runWarm(t, s, Request{Op: OpRun, ID: "check", Language: c.lang, Code: c.code}); r.Output != c.want && !(c.lang == "bash" && r.Output == "/bin/bash\n") {
+		if r := runWarm(t, s, wire.Request{Op: wire.OpRun, ID: "check", Language: c.lang, Code: c.code}); r.Output != c.want && !(c.lang == "bash" && r.Output == "/bin/bash\n") {
 			t.Errorf("%s %q printed %q, want %q", c.lang, c.code, r.Output, c.want)
 		}
 	}
@@ -167,7 +168,7 @@ func TestWarmSeesPreviousRuns(t *testing.T) {
 	s, _ := startWarmAgent(t)
 	call := func(lang, code string) string {
 		t.Helper()
-		r := runWarm(t, s, Request{Op: OpRun, ID: "r", Language: lang, Code: code})
+		r := runWarm(t, s, wire.Request{Op: wire.OpRun, ID: "r", Language: lang, Code: code})
 		if r.ExitCode != 0 {
 			t.Fatalf("%s %q: exit %d: %s", lang, code, r.ExitCode, r.Output)
 		}
@@ -195,7 +196,7 @@ func TestWarmSeesPreviousRuns(t *testing.T) {
 
 func TestWarmFallsBackToCold(t *testing.T) {
 	s, cold := startWarmAgent(t)
-	coldRun := func(req Request) Response {
+	coldRun := func(req wire.Request) wire.Response {
 		t.Helper()
 		waitWarm(t, s.a, req.Language)
 		before := s.a.warmRuns.Load()
@@ -214,7 +215,7 @@ func TestWarmFallsBackToCold(t *testing.T) {
 		{"NOT-A-NAME": "x"},
 		{"NUL": "a\x00b"},
 	} {
-		req := Request{Op: OpRun, ID: "env", Language: "bash", Code: `echo "$PATH"`, Env: env}
+		req := wire.Request{Op: wire.OpRun, ID: "env", Language: "bash", Code: `echo "$PATH"`, Env: env}
 		want := cold.Run(context.Background(), &req)
 		if got := coldRun(req); got.Output != want.Output || got.ExitCode != want.ExitCode || got.Code != want.Code {
 			t.Errorf("env %q: got %+v, want %+v", env, got, want)
@@ -231,14 +232,14 @@ func TestWarmFallsBackToCold(t *testing.T) {
 		return nil
 	})
 	before := s.a.warmRuns.Load()
-	if r := s.call(Request{Op: OpRun, ID: "killed", Language: "python", Code: "print('cold')"}); r.Output != "cold\n" || r.ExitCode != 0 {
+	if r := s.call(wire.Request{Op: wire.OpRun, ID: "killed", Language: "python", Code: "print('cold')"}); r.Output != "cold\n" || r.ExitCode != 0 {
 		t.Fatalf("after the warm interpreter was killed: got %+v", r)
 	}
 	if s.a.warmRuns.Load() != before {
 		t.Fatal("the dead interpreter was counted as a warm run")
 	}
 	// ... and the next one is warm again.
-	if r := runWarm(t, s, Request{Op: OpRun, ID: "again", Language: "python", Code: "print('warm')"}); r.Output != "warm\n" {
+	if r := runWarm(t, s, wire.Request{Op: wire.OpRun, ID: "again", Language: "python", Code: "print('warm')"}); r.Output != "warm\n" {
 		t.Fatalf("next run: got %+v", r)
 	}
 }
@@ -301,8 +302,8 @@ func TestLastingBash(t *testing.T) {
 				}
 				return nil
 			})
-			r1 := s.call(Request{Op: OpRun, ID: "first", Language: "bash", Code: "echo $$"})
-			r2 := s.call(Request{Op: OpRun, ID: "second", Language: "bash", Code: "echo $$"})
+			r1 := s.call(wire.Request{Op: wire.OpRun, ID: "first", Language: "bash", Code: "echo $$"})
+			r2 := s.call(wire.Request{Op: wire.OpRun, ID: "second", Language: "bash", Code: "echo $$"})
 			if r1.Output != strconv.Itoa(idle[0])+"\n" {
 				t.Fatalf("the first run printed %q, want the oldest idle bash %d", r1.Output, idle[0])
 			}
@@ -322,7 +323,7 @@ func TestWarmSeconds(t *testing.T) {
 	s := startAgent(t)
 	pid := waitWarm(t, s.a, "bash")
 	time.Sleep(1100 * time.Millisecond) // the interpreter waits a second and more
-	if r := s.call(Request{Op: OpRun, ID: "s", Language: "bash", Code: "echo $$ $SECONDS"}); r.Output != strconv.Itoa(pid)+" 0\n" {
+	if r := s.call(wire.Request{Op: wire.OpRun, ID: "s", Language: "bash", Code: "echo $$ $SECONDS"}); r.Output != strconv.Itoa(pid)+" 0\n" {
 		t.Fatalf("got %q, want the warm bash %d and 0 seconds", r.Output, pid)
 	}
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/rs/zerolog"
 
-	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/pkg/envs"
 )
 
@@ -42,7 +42,7 @@ type sandbox struct {
 	nextID atomic.Uint64
 
 	mu      sync.Mutex
-	pending map[string]chan agent.Response
+	pending map[string]chan wire.Response
 	dead    error // set once the stream is gone; every later Run fails with it
 
 	languages []string
@@ -57,7 +57,7 @@ func (e *Env) attach(ctx context.Context, id string, log zerolog.Logger) (*sandb
 	if err != nil {
 		return nil, e.classify("attach container", err)
 	}
-	sb := &sandbox{env: e, log: log, conn: conn, pending: map[string]chan agent.Response{}, closed: make(chan struct{})}
+	sb := &sandbox{env: e, log: log, conn: conn, pending: map[string]chan wire.Response{}, closed: make(chan struct{})}
 	sb.info.ID = id
 	go sb.readLoop()
 	return sb, nil
@@ -105,7 +105,7 @@ func (s *sandbox) readFrames(r *bufio.Reader) error {
 		if err != nil {
 			return err
 		}
-		var resp agent.Response
+		var resp wire.Response
 		if jerr := json.Unmarshal(line, &resp); jerr != nil {
 			s.log.Warn().Err(jerr).Msg("bad frame from sandbox agent")
 			continue
@@ -176,43 +176,43 @@ func readFrame(r *bufio.Reader) ([]byte, error) {
 }
 
 // call sends a request and waits for its response.
-func (s *sandbox) call(ctx context.Context, req agent.Request, deadline time.Duration) (agent.Response, error) {
-	ch := make(chan agent.Response, 1)
+func (s *sandbox) call(ctx context.Context, req wire.Request, deadline time.Duration) (wire.Response, error) {
+	ch := make(chan wire.Response, 1)
 	s.mu.Lock()
 	if s.dead != nil {
 		err := s.dead
 		s.mu.Unlock()
-		return agent.Response{}, err
+		return wire.Response{}, err
 	}
 	s.pending[req.ID] = ch
 	s.mu.Unlock()
 
 	if err := s.write(req); err != nil {
 		s.forget(req.ID)
-		return agent.Response{}, err
+		return wire.Response{}, err
 	}
 	timer := time.NewTimer(deadline)
 	defer timer.Stop()
 	select {
 	case resp, ok := <-ch:
 		if !ok {
-			return agent.Response{}, s.deadErr()
+			return wire.Response{}, s.deadErr()
 		}
 		return resp, nil
 	case <-ctx.Done():
 		// Kill the run; its result is not waited for.
 		s.forget(req.ID)
-		if req.Op == agent.OpRun {
-			s.write(agent.Request{Op: agent.OpCancel, ID: req.ID})
+		if req.Op == wire.OpRun {
+			s.write(wire.Request{Op: wire.OpCancel, ID: req.ID})
 		}
-		return agent.Response{}, ctx.Err()
+		return wire.Response{}, ctx.Err()
 	case <-timer.C:
 		s.forget(req.ID)
-		return agent.Response{}, fmt.Errorf("%w: docker: sandbox %s: the agent did not answer within %s", envs.ErrSandboxFailed, short(s.info.ID), deadline)
+		return wire.Response{}, fmt.Errorf("%w: docker: sandbox %s: the agent did not answer within %s", envs.ErrSandboxFailed, short(s.info.ID), deadline)
 	}
 }
 
-func (s *sandbox) write(req agent.Request) error {
+func (s *sandbox) write(req wire.Request) error {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("%w: docker: encode frame: %v", envs.ErrSandboxFailed, err)
@@ -256,12 +256,12 @@ func (s *sandbox) hello(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: docker: sandbox %s: write to agent: %v", envs.ErrSandboxFailed, short(s.info.ID), err)
 	}
-	resp, err := s.call(ctx, agent.Request{Op: agent.OpHello, ID: "hello-" + strconv.FormatUint(s.nextID.Add(1), 10)}, 30*time.Second)
+	resp, err := s.call(ctx, wire.Request{Op: wire.OpHello, ID: "hello-" + strconv.FormatUint(s.nextID.Add(1), 10)}, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	if resp.Version != agent.ProtocolVersion {
-		return fmt.Errorf("%w: docker: sandbox %s: agent protocol %d, want %d", envs.ErrSandboxFailed, short(s.info.ID), resp.Version, agent.ProtocolVersion)
+	if resp.Version != wire.ProtocolVersion {
+		return fmt.Errorf("%w: docker: sandbox %s: agent protocol %d, want %d", envs.ErrSandboxFailed, short(s.info.ID), resp.Version, wire.ProtocolVersion)
 	}
 	s.languages = resp.Languages
 	return nil
@@ -276,8 +276,8 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	req := agent.Request{
-		Op:        agent.OpRun,
+	req := wire.Request{
+		Op:        wire.OpRun,
 		ID:        "run-" + strconv.FormatUint(s.nextID.Add(1), 10),
 		Code:      ex.Code,
 		Language:  ex.Language,
@@ -290,10 +290,10 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		return envs.Result{}, err
 	}
 	switch resp.Op {
-	case agent.OpResult:
+	case wire.OpResult:
 		return envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}, nil
-	case agent.OpError:
-		if resp.Code == agent.ErrCodeUnsupportedLanguage {
+	case wire.OpError:
+		if resp.Code == wire.ErrCodeUnsupportedLanguage {
 			return envs.Result{}, fmt.Errorf("%w: %s", envs.ErrUnsupportedLanguage, resp.Error)
 		}
 		return envs.Result{}, fmt.Errorf("%w: docker: sandbox %s: %s", envs.ErrSandboxFailed, short(s.info.ID), resp.Error)

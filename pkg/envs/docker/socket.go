@@ -6,11 +6,11 @@ package docker
 // container's shim, which costs 0.5-1.5 ms per run. When the worker and the daemon share a
 // filesystem (the worker on the Docker host, or beside a DinD sidecar with a shared volume), each
 // container gets a directory of its own under Config.SocketDir, bind-mounted read-only at
-// agent.SocketDir. After the hello on the attached stream, the worker listens on a unix socket
-// there and sends the agent a fresh random token (internal/agent documents the exchange); the
-// connection that presents it becomes the sandbox's channel, and the listener is closed. The
-// attached stream stays open beside it: it carries the agent's stderr and tells when the
-// container is gone.
+// wire.SocketDir. After the hello on the attached stream, the worker listens on a unix socket
+// there and sends the agent a fresh random token (package wire, internal/agent/wire, documents
+// the exchange); the connection that presents it becomes the sandbox's channel, and the
+// listener is closed. The attached stream stays open beside it: it carries the agent's stderr
+// and tells when the container is gone.
 //
 // Anything that stops the upgrade leaves the sandbox on the attached stream: a daemon that
 // refuses the mount (it does not see the worker's directory: the creation is tried again without
@@ -37,7 +37,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 
-	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/internal/agent/wire"
 )
 
 const (
@@ -86,7 +86,7 @@ func (e *Env) socketMount() []mount.Mount {
 		e.log.Warn().Err(err).Msg("sandbox uses the attached stream (slower): cannot make its socket directory")
 		return nil
 	}
-	return []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: agent.SocketDir, ReadOnly: true}}
+	return []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: wire.SocketDir, ReadOnly: true}}
 }
 
 // remakeSocketDir makes the socket directory of a stopped container again if it is gone.
@@ -101,7 +101,7 @@ func (e *Env) remakeSocketDir(c container.InspectResponse) {
 // socketMountOf returns the source of an inspected container's socket mount ("" if none).
 func socketMountOf(c container.InspectResponse) string {
 	for _, m := range c.Mounts {
-		if m.Destination == agent.SocketDir && m.Type == mount.TypeBind {
+		if m.Destination == wire.SocketDir && m.Type == mount.TypeBind {
 			return m.Source
 		}
 	}
@@ -158,8 +158,8 @@ func (s *sandbox) upgrade(ctx context.Context, dir string) {
 	// Closing the listener removes the socket file, so nothing else can connect.
 	defer ln.Close()
 
-	resp, err := s.call(ctx, agent.Request{Op: agent.OpConnect, ID: id, Token: token}, upgradeTimeout)
-	if err == nil && resp.Op != agent.OpConnect {
+	resp, err := s.call(ctx, wire.Request{Op: wire.OpConnect, ID: id, Token: token}, upgradeTimeout)
+	if err == nil && resp.Op != wire.OpConnect {
 		err = fmt.Errorf("%s: %s", resp.Code, resp.Error) // an old agent says bad_frame
 	}
 	if err != nil {
@@ -236,11 +236,11 @@ func greet(c net.Conn, id, token string, deadline time.Time) (*agentConn, error)
 	if err != nil {
 		return nil, err
 	}
-	var hello agent.Response
+	var hello wire.Response
 	if err := json.Unmarshal(line, &hello); err != nil {
 		return nil, err
 	}
-	if hello.Op != agent.OpHello || hello.ID != id || subtle.ConstantTimeCompare([]byte(hello.Token), []byte(token)) != 1 {
+	if hello.Op != wire.OpHello || hello.ID != id || subtle.ConstantTimeCompare([]byte(hello.Token), []byte(token)) != 1 {
 		return nil, errors.New("not the agent's hello")
 	}
 	c.SetReadDeadline(time.Time{})

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/internal/agent/wire"
 )
 
 // TestAcceptAgent: only a connection that opens with the agent's hello for this connect and
@@ -36,7 +36,7 @@ func TestAcceptAgent(t *testing.T) {
 		return c
 	}
 	hello := func(id, token string) string {
-		b, _ := json.Marshal(agent.Response{Op: agent.OpHello, ID: id, Token: token, Version: agent.ProtocolVersion})
+		b, _ := json.Marshal(wire.Response{Op: wire.OpHello, ID: id, Token: token, Version: wire.ProtocolVersion})
 		return string(b)
 	}
 	closed := func(c net.Conn) bool {

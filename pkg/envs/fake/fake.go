@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/pkg/envs"
 )
 
@@ -177,12 +178,12 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if s.env.RunFunc != nil {
 		return s.env.RunFunc(ctx, s.info, ex)
 	}
-	resp := s.agent.Run(ctx, &agent.Request{
-		Op: agent.OpRun, ID: "run-" + strconv.FormatUint(s.seq.Add(1), 10), Code: ex.Code, Language: ex.Language,
+	resp := s.agent.Run(ctx, &wire.Request{
+		Op: wire.OpRun, ID: "run-" + strconv.FormatUint(s.seq.Add(1), 10), Code: ex.Code, Language: ex.Language,
 		Env: ex.Env, TimeoutMS: timeoutMS(ex.Timeout),
 	})
-	if resp.Op == agent.OpError {
-		if resp.Code == agent.ErrCodeUnsupportedLanguage {
+	if resp.Op == wire.OpError {
+		if resp.Code == wire.ErrCodeUnsupportedLanguage {
 			return envs.Result{}, fmt.Errorf("%w: %s", envs.ErrUnsupportedLanguage, resp.Error)
 		}
 		return envs.Result{}, fmt.Errorf("%w: fake: %s", envs.ErrSandboxFailed, resp.Error)

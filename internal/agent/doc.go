@@ -1,0 +1,17 @@
+// Package agent is the sandbox agent's runtime: the small program that runs as PID 1 inside
+// every Docker sandbox (cmd/sandbox-agent calls Main). It serves the worker's protocol, whose
+// frames and constants are in package wire (internal/agent/wire: framing, hello, runs, the
+// socket upgrade and its token), on the container's attached stdin and stdout, and on the unix
+// socket the worker asks it to dial (socket.go).
+//
+// Besides the protocol it does what PID 1 of a sandbox has to: it reaps every process (Reaper),
+// starts each snippet in a process group of its own with the run's environment, merges its
+// stdout and stderr into one capped buffer (internal/output), enforces the run's timeout,
+// kills what the snippet leaves behind (KillGroup), keeps python and bash interpreters started
+// ahead of the runs (warm.go), makes itself non-dumpable and creates its OS threads up front
+// (Main, ReserveThreads).
+//
+// It imports nothing of codefleet but wire and internal/output, and neither net nor os/user,
+// so cmd/sandbox-agent is a static binary even when built with cgo. The worker side
+// (pkg/envs/docker) imports wire only; pkg/envs/fake runs this runtime in-process.
+package agent

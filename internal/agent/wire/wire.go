@@ -1,0 +1,105 @@
+// Package wire is the protocol the worker (pkg/envs/docker) speaks with the sandbox agent
+// (internal/agent, PID 1 of every Docker sandbox): its frames and constants, and nothing else.
+// It imports only the standard library, so the worker links none of the agent's process
+// handling, and the agent none of the worker's code.
+//
+// Framing. The protocol is newline-delimited JSON over the container's attached stdin and
+// stdout: one Request per line from the worker, one Response per line from the agent. JSON
+// escapes newlines inside strings, so a line is always one whole frame, and a frame cut short
+// by a worker that died mid-write only spoils one line: the agent answers it with an OpError
+// frame (ErrCodeBadFrame) and reads on.
+//
+// Hello. A new attachment starts by writing a bare newline (which ends any partial line) and an
+// OpHello request; the agent answers with its ProtocolVersion and the languages whose
+// interpreters it found.
+//
+// Runs. Runs are independent: each OpRun has an id chosen by the worker, and the agent answers
+// each with exactly one OpResult or OpError frame of that id. Frames of different runs may
+// interleave. OpCancel kills the run of that id (which is then answered as killed). Ids are the
+// worker's, so they are only unique within one channel (the attached stream, or a socket
+// session).
+//
+// The socket upgrade. The attached stream goes through the Docker daemon and the container's
+// shim, which costs more than a millisecond per exchange. So a worker that shares a directory
+// with the container (bind mounted read-only at SocketDir) listens on a unix socket there
+// (SocketPath) and sends OpConnect with a fresh random token (at least 16 characters) over the
+// attached stream. The agent dials the socket and writes an OpHello response carrying the token
+// (and the connect request's id) as its first frame, then serves the same protocol on that
+// connection; on the attached stream it answers the connect with an OpConnect frame, or an
+// OpError frame with ErrCodeConnectFailed. The token proves to the worker that the connection
+// is the agent's (a snippet cannot learn it: the agent is not dumpable); the read-only mount
+// keeps a snippet from putting its own socket in the worker's place, and the agent in its
+// container also refuses a socket made by a process it can see (its peer's pid, SO_PEERCRED,
+// must be 0: outside its pid namespace). Only the attached stream takes OpConnect; a worker
+// that connects again replaces the earlier socket session, and the runs of a socket session
+// are killed when its connection ends.
+package wire
+
+import "time"
+
+// ProtocolVersion is bumped when frames change incompatibly.
+const ProtocolVersion = 1
+
+// Ops of requests and responses.
+const (
+	OpHello   = "hello"
+	OpRun     = "run"
+	OpCancel  = "cancel"
+	OpConnect = "connect"
+	OpResult  = "result"
+	OpError   = "error"
+)
+
+// SocketDir is where the worker's directory is mounted in the container, and SocketPath the
+// socket it listens on there.
+const (
+	SocketDir  = "/.codefleet/run"
+	SocketPath = SocketDir + "/worker.sock"
+)
+
+// Request is a frame from the worker to the agent.
+type Request struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	// Run fields.
+	Code      string            `json:"code,omitempty"`
+	Language  string            `json:"language,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+	// MaxOutput caps the output kept (head and tail); 0 means the default cap, output.DefaultMax
+	// (internal/output).
+	MaxOutput int `json:"max_output,omitempty"`
+	// Token is the connect field: the agent presents it on the socket.
+	Token string `json:"token,omitempty"`
+}
+
+// Response is a frame from the agent to the worker.
+type Response struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	// Hello fields.
+	Version   int      `json:"version,omitempty"`
+	Languages []string `json:"languages,omitempty"`
+	// Token is set in the hello that opens a socket session: the connect request's token.
+	Token string `json:"token,omitempty"`
+	// Result fields.
+	Output     string `json:"output,omitempty"`
+	ExitCode   int    `json:"exit_code"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+	Truncated  bool   `json:"truncated,omitempty"`
+	DurationUS int64  `json:"duration_us,omitempty"`
+	// Error fields: Code is one of the ErrCode constants.
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Error codes of OpError responses.
+const (
+	ErrCodeUnsupportedLanguage = "unsupported_language"
+	ErrCodeBadFrame            = "bad_frame"
+	ErrCodeStartFailed         = "start_failed"
+	ErrCodeConnectFailed       = "connect_failed"
+)
+
+// Duration returns the run's duration.
+func (r *Response) Duration() time.Duration { return time.Duration(r.DurationUS) * time.Microsecond }
