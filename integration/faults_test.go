@@ -183,13 +183,7 @@ func TestScaleOut(t *testing.T) {
 	nwg.Wait()
 	close(stop)
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if t.Failed() {
-		return
-	}
+	testutil.Check(t, errs)
 	if placed[workerID("w1")] != 0 || placed[workerID("w2")] == 0 || placed[workerID("w3")] == 0 {
 		t.Fatalf("new conversations placed %v: want them all on the new workers, on both", placed)
 	}

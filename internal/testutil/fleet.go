@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"testing"
@@ -23,20 +24,8 @@ const FleetTTL = time.Second
 // every 200 ms, FleetTTL.
 func StartWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.Env) *worker.Worker {
 	t.Helper()
-	if cfg.HeartbeatInterval == 0 {
-		cfg.HeartbeatInterval = 200 * time.Millisecond
-	}
-	if cfg.HeartbeatTTL == 0 {
-		cfg.HeartbeatTTL = FleetTTL
-	}
 	cfg.DestroyOnShutdown = true
-	w, err := worker.New(cfg, Connect(t, ns), env, Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorker(t, Connect(t, ns), cfg, env)
 	t.Cleanup(func() { w.Shutdown(context.Background()) })
 	return w
 }
@@ -46,20 +35,8 @@ func StartWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.En
 // expire). Its loops are stopped when the test ends. cfg's zero fields are as in StartWorker.
 func StartDoomedWorker(t testing.TB, ns *server.Server, cfg worker.Config, env envs.Env) (*worker.Worker, *nats.Conn) {
 	t.Helper()
-	if cfg.HeartbeatInterval == 0 {
-		cfg.HeartbeatInterval = 200 * time.Millisecond
-	}
-	if cfg.HeartbeatTTL == 0 {
-		cfg.HeartbeatTTL = FleetTTL
-	}
 	nc := Connect(t, ns)
-	w, err := worker.New(cfg, nc, env, Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorker(t, nc, cfg, env)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -68,13 +45,25 @@ func StartDoomedWorker(t testing.TB, ns *server.Server, cfg worker.Config, env e
 	return w, nc
 }
 
+func startWorker(t testing.TB, nc *nats.Conn, cfg worker.Config, env envs.Env) *worker.Worker {
+	t.Helper()
+	cfg.HeartbeatInterval = cmp.Or(cfg.HeartbeatInterval, 200*time.Millisecond)
+	cfg.HeartbeatTTL = cmp.Or(cfg.HeartbeatTTL, FleetTTL)
+	w, err := worker.New(cfg, nc, env, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // StartDispatcher starts a dispatcher on its own connection to ns, stopped when the test ends.
 // A zero HeartbeatTTL is FleetTTL.
 func StartDispatcher(t testing.TB, ns *server.Server, cfg dispatcher.Config) *dispatcher.Dispatcher {
 	t.Helper()
-	if cfg.HeartbeatTTL == 0 {
-		cfg.HeartbeatTTL = FleetTTL
-	}
+	cfg.HeartbeatTTL = cmp.Or(cfg.HeartbeatTTL, FleetTTL)
 	d, err := dispatcher.New(cfg, Connect(t, ns), Logger(t))
 	if err != nil {
 		t.Fatal(err)

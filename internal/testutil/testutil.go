@@ -188,3 +188,16 @@ func CountContainers(label, value string) (int, error) {
 		filters.Arg("label", envs.LabelManagedBy+"="+envs.ManagedByValue), filters.Arg("label", label+"="+value))})
 	return len(list), err
 }
+
+// Check closes errs, which the test's goroutines have finished sending on, reports every error
+// in it and stops the test if there was any.
+func Check(t testing.TB, errs chan error) {
+	t.Helper()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+}

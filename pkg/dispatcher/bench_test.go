@@ -37,7 +37,7 @@ func BenchmarkHop(b *testing.B) {
 	ns := testutil.StartNATS(b)
 	fleetWorker(b, ns, "w1", instant())
 	d := loadDispatcher(b, ns)
-	waitWorkers(b, 1, d)
+	testutil.WaitWorkers(b, 1, d)
 	nc := testutil.Connect(b, ns)
 	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
 	data := protocol.Encode(&protocol.RunRequest{Code: "print(1)", Language: "python"})
@@ -86,7 +86,7 @@ func BenchmarkRouted(b *testing.B) {
 		fleetWorker(b, ns, id, instant())
 	}
 	d1, d2 := loadDispatcher(b, ns), loadDispatcher(b, ns)
-	waitWorkers(b, 3, d1, d2)
+	testutil.WaitWorkers(b, 3, d1, d2)
 	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
 	data := protocol.Encode(&protocol.RunRequest{Code: "print(1)", Language: "python"})
 	subject := func(i int) string { return subjects.Run("default", fmt.Sprintf("c%04d", i%convs)) }

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -44,30 +45,14 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Name == "" {
-		c.Name = nuid.Next()
-	}
-	if c.Prefix == "" {
-		c.Prefix = protocol.DefaultPrefix
-	}
-	if c.HeartbeatTTL == 0 {
-		c.HeartbeatTTL = DefaultHeartbeatTTL
-	}
-	if c.KVReplicas == 0 {
-		c.KVReplicas = 1
-	}
-	if c.MaxTimeout == 0 {
-		c.MaxTimeout = DefaultMaxTimeout
-	}
-	if c.RelayOverhead == 0 {
-		c.RelayOverhead = DefaultRelayOverhead
-	}
-	if c.CloseTimeout == 0 {
-		c.CloseTimeout = DefaultCloseTimeout
-	}
-	if c.Version == "" {
-		c.Version = "0.1.0"
-	}
+	c.Name = cmp.Or(c.Name, nuid.Next())
+	c.Prefix = cmp.Or(c.Prefix, protocol.DefaultPrefix)
+	c.HeartbeatTTL = cmp.Or(c.HeartbeatTTL, DefaultHeartbeatTTL)
+	c.KVReplicas = cmp.Or(c.KVReplicas, 1)
+	c.MaxTimeout = cmp.Or(c.MaxTimeout, DefaultMaxTimeout)
+	c.RelayOverhead = cmp.Or(c.RelayOverhead, DefaultRelayOverhead)
+	c.CloseTimeout = cmp.Or(c.CloseTimeout, DefaultCloseTimeout)
+	c.Version = cmp.Or(c.Version, "0.1.0")
 }
 
 // Validate checks the configuration (after defaults).

@@ -34,6 +34,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/codefleet/codefleet/internal/reply"
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/codefleet/codefleet/pkg/registry"
@@ -223,19 +224,13 @@ func (d *Dispatcher) handleClose(req micro.Request) {
 
 // replyError answers a run with an error result carrying the client's request id.
 func (d *Dispatcher) replyError(req micro.Request, perr *protocol.Error) {
-	if err := req.Error(string(perr.Code), perr.Message, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr))); err != nil {
+	if err := reply.Send(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr); err != nil {
 		d.log.Warn().Err(err).Msg("reply")
 	}
 }
 
 func (d *Dispatcher) replyClose(req micro.Request, res *protocol.CloseResult) {
-	var err error
-	if res.Error != nil {
-		err = req.Error(string(res.Error.Code), res.Error.Message, protocol.Encode(res))
-	} else {
-		err = req.Respond(protocol.Encode(res))
-	}
-	if err != nil {
+	if err := reply.Send(req, protocol.Encode(res), res.Error); err != nil {
 		d.log.Warn().Err(err).Msg("reply")
 	}
 }

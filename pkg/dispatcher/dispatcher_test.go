@@ -174,7 +174,7 @@ func TestOwnerWithoutResponders(t *testing.T) {
 		t.Fatalf("first run: %+v %v", res, err)
 	}
 	startWorker(t, ns, "alive", fake.New())
-	waitWorkers(t, 2, d)
+	testutil.WaitWorkers(t, 2, d)
 	goneNC.Close() // its subscriptions vanish at once; its registration only after the TTL
 	start := time.Now()
 	res, err := conv.Run(context.Background(), "echo moved", "bash", nil)
@@ -205,7 +205,7 @@ func TestOwnerReconnecting(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Stop(context.Background()) })
-	waitWorkers(t, 1, d)
+	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
 	conv := c.Conversation("steady")
 	res, err := conv.Run(context.Background(), "echo kept > f", "bash", nil)
@@ -214,7 +214,7 @@ func TestOwnerReconnecting(t *testing.T) {
 	}
 	// Another worker is there to take the conversation, should the dispatcher move it.
 	startWorker(t, ns, "other", fake.New())
-	waitWorkers(t, 2, d)
+	testutil.WaitWorkers(t, 2, d)
 	firstNC.Close() // no responders from now on...
 	done := make(chan struct{})
 	var again *protocol.RunResult
@@ -253,7 +253,7 @@ func TestStaleSandboxesRemoved(t *testing.T) {
 	}
 	t.Cleanup(func() { w.Shutdown(context.Background()) })
 	d := startDispatcher(t, ns)
-	waitWorkers(t, 1, d)
+	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
 	ctx := context.Background()
 	for _, conv := range []string{"moved", "kept"} {
@@ -296,7 +296,7 @@ func TestResentRunsKeepTheirOrder(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	_, goneNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "gone", HeartbeatTTL: ttl}, fake.New())
 	d := startDispatcher(t, ns)
-	waitWorkers(t, 1, d)
+	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
 	if _, err := c.Conversation("ordered").Run(context.Background(), "first", "bash", nil); err != nil {
 		t.Fatal(err)
@@ -311,7 +311,7 @@ func TestResentRunsKeepTheirOrder(t *testing.T) {
 		return envs.Result{Output: ex.Code}, nil
 	}
 	startWorker(t, ns, "alive", alive)
-	waitWorkers(t, 2, d)
+	testutil.WaitWorkers(t, 2, d)
 
 	goneNC.Close() // from now on its subject has no responders; its registration lives on
 	nc := testutil.Connect(t, ns)

@@ -33,7 +33,7 @@ func TestEndToEndOnDocker(t *testing.T) {
 		startWorker(t, ns, id, env)
 	}
 	d := startDispatcher(t, ns)
-	waitWorkers(t, 2, d)
+	testutil.WaitWorkers(t, 2, d)
 	c := newClient(t, ns)
 	ctx := context.Background()
 

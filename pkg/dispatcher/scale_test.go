@@ -73,11 +73,6 @@ func loadDispatcher(t testing.TB, ns *server.Server) *dispatcher.Dispatcher {
 	return testutil.StartDispatcher(t, ns, dispatcher.Config{HeartbeatTTL: loadTTL})
 }
 
-func waitWorkers(t testing.TB, n int, ds ...*dispatcher.Dispatcher) {
-	t.Helper()
-	testutil.WaitWorkers(t, n, ds...)
-}
-
 // replyCounter sends raw requests, each with its own reply subject, and counts every reply that
 // comes back, so a lost or a duplicated reply shows (a NATS request mux would hide duplicates).
 type replyCounter struct {
@@ -159,7 +154,7 @@ func TestAffinityAtScale(t *testing.T) {
 		fleetWorker(t, ns, id, led.env())
 	}
 	d1, d2 := loadDispatcher(t, ns), loadDispatcher(t, ns)
-	waitWorkers(t, len(ids), d1, d2)
+	testutil.WaitWorkers(t, len(ids), d1, d2)
 
 	rc := newReplyCounter(t, ns)
 	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
@@ -254,7 +249,7 @@ func TestClaimRace(t *testing.T) {
 	for i := 0; i < dispatchers; i++ {
 		ds = append(ds, loadDispatcher(t, ns))
 	}
-	waitWorkers(t, 3, ds...)
+	testutil.WaitWorkers(t, 3, ds...)
 
 	// Each request has its own connection, so the queue group spreads them over the dispatchers.
 	conns := make([]*client.Client, perConv)
@@ -330,7 +325,7 @@ func TestDispatcherCrashUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	survivor := loadDispatcher(t, ns)
-	waitWorkers(t, 2, doomed, survivor)
+	testutil.WaitWorkers(t, 2, doomed, survivor)
 
 	// A short attempt timeout: a request lost with the dispatcher is retried after 2 s.
 	c, err := client.New(testutil.Connect(t, ns), client.WithOverhead(time.Second), client.WithAttempts(5))
@@ -366,13 +361,7 @@ func TestDispatcherCrashUnderLoad(t *testing.T) {
 	doomedNC.Close()
 	killedAt := done.Load()
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if t.Failed() {
-		return
-	}
+	testutil.Check(t, errs)
 	for i := 0; i < convs; i++ {
 		for r := 0; r < runs; r++ {
 			code := fmt.Sprintf("load-%03d run %d", i, r)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -81,57 +82,23 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Prefix == "" {
-		c.Prefix = protocol.DefaultPrefix
-	}
-	if c.Capacity == 0 {
-		c.Capacity = DefaultCapacity
-	}
-	if c.MaxConcurrentRuns == 0 {
-		c.MaxConcurrentRuns = c.Capacity
-	}
-	if c.MaxConcurrentCreates == 0 {
-		c.MaxConcurrentCreates = DefaultMaxConcurrentCreates
-	}
-	if c.QueueDepth == 0 {
-		c.QueueDepth = DefaultQueueDepth
-	}
-	if c.MaxTimeout == 0 {
-		c.MaxTimeout = DefaultMaxTimeout
-	}
-	if c.IdleTTL == 0 {
-		c.IdleTTL = DefaultIdleTTL
-	}
-	if c.MaxLife == 0 {
-		c.MaxLife = DefaultMaxLife
-	}
-	if c.ReapInterval == 0 {
-		c.ReapInterval = DefaultReapInterval
-	}
-	if c.OrphanGrace == 0 {
-		c.OrphanGrace = DefaultOrphanGrace
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = DefaultHeartbeatInterval
-	}
-	if c.HeartbeatTTL == 0 {
-		c.HeartbeatTTL = DefaultHeartbeatTTL
-	}
-	if c.KVReplicas == 0 {
-		c.KVReplicas = 1
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
-	if c.DedupeSize == 0 {
-		c.DedupeSize = DefaultDedupeSize
-	}
-	if c.CreateTimeout == 0 {
-		c.CreateTimeout = DefaultCreateTimeout
-	}
-	if c.Version == "" {
-		c.Version = "0.1.0"
-	}
+	c.Prefix = cmp.Or(c.Prefix, protocol.DefaultPrefix)
+	c.Capacity = cmp.Or(c.Capacity, DefaultCapacity)
+	c.MaxConcurrentRuns = cmp.Or(c.MaxConcurrentRuns, c.Capacity)
+	c.MaxConcurrentCreates = cmp.Or(c.MaxConcurrentCreates, DefaultMaxConcurrentCreates)
+	c.QueueDepth = cmp.Or(c.QueueDepth, DefaultQueueDepth)
+	c.MaxTimeout = cmp.Or(c.MaxTimeout, DefaultMaxTimeout)
+	c.IdleTTL = cmp.Or(c.IdleTTL, DefaultIdleTTL)
+	c.MaxLife = cmp.Or(c.MaxLife, DefaultMaxLife)
+	c.ReapInterval = cmp.Or(c.ReapInterval, DefaultReapInterval)
+	c.OrphanGrace = cmp.Or(c.OrphanGrace, DefaultOrphanGrace)
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, DefaultHeartbeatInterval)
+	c.HeartbeatTTL = cmp.Or(c.HeartbeatTTL, DefaultHeartbeatTTL)
+	c.KVReplicas = cmp.Or(c.KVReplicas, 1)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
+	c.DedupeSize = cmp.Or(c.DedupeSize, DefaultDedupeSize)
+	c.CreateTimeout = cmp.Or(c.CreateTimeout, DefaultCreateTimeout)
+	c.Version = cmp.Or(c.Version, "0.1.0")
 }
 
 // Validate checks the configuration (after defaults).
@@ -139,6 +106,8 @@ func (c *Config) Validate() error {
 	switch {
 	case !protocol.ValidID(c.ID):
 		return fmt.Errorf("%w: id %q must match [A-Za-z0-9_-]{1,128}", ErrInvalidConfig, c.ID)
+	case !protocol.ValidPrefix(c.Prefix):
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, protocol.CheckPrefix(c.Prefix))
 	case c.Capacity < 0, c.MaxConcurrentRuns < 0, c.MaxConcurrentCreates < 0, c.QueueDepth < 0, c.DedupeSize < 0:
 		return fmt.Errorf("%w: capacity, max concurrent runs, queue depth and dedupe size must be positive", ErrInvalidConfig)
 	case c.HeartbeatTTL <= c.HeartbeatInterval:

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/codefleet/codefleet/internal/output"
+	"github.com/codefleet/codefleet/internal/reply"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
@@ -57,14 +58,14 @@ func (w *Worker) checkSandboxOptions(run *protocol.RunRequest) *protocol.Error {
 func (w *Worker) handleClose(req micro.Request) {
 	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
 	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
-		w.replyJSON(req, &protocol.CloseResult{Error: protocol.Errorf(protocol.CodeBadRequest,
+		w.replyClose(req, &protocol.CloseResult{Error: protocol.Errorf(protocol.CodeBadRequest,
 			"headers %s and %s must name the conversation", protocol.HeaderTenant, protocol.HeaderConversation)})
 		return
 	}
 	go func() {
 		closed, info := w.m.close(tenant, conv)
 		w.log.Debug().Str("conversation_id", conv).Bool("closed", closed).Msg("close")
-		w.replyJSON(req, &protocol.CloseResult{Closed: closed, Sandbox: info})
+		w.replyClose(req, &protocol.CloseResult{Closed: closed, Sandbox: info})
 	}()
 }
 
@@ -76,25 +77,13 @@ func (w *Worker) reply(req micro.Request, res *protocol.RunResult) {
 	if sb := res.Sandbox; sb != nil && sb.Created {
 		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
 	}
-	var err error
-	if res.Error != nil {
-		err = req.Error(string(res.Error.Code), res.Error.Message, body, opts...)
-	} else {
-		err = req.Respond(body, opts...)
-	}
-	if err != nil {
+	if err := reply.Send(req, body, res.Error, opts...); err != nil {
 		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
 	}
 }
 
-func (w *Worker) replyJSON(req micro.Request, v *protocol.CloseResult) {
-	var err error
-	if v.Error != nil {
-		err = req.Error(string(v.Error.Code), v.Error.Message, protocol.Encode(v))
-	} else {
-		err = req.Respond(protocol.Encode(v))
-	}
-	if err != nil {
+func (w *Worker) replyClose(req micro.Request, res *protocol.CloseResult) {
+	if err := reply.Send(req, protocol.Encode(res), res.Error); err != nil {
 		w.log.Warn().Err(err).Msg("reply")
 	}
 }

@@ -1,6 +1,6 @@
 // Package worker is the codefleet worker: it holds the sandboxes of many conversations on one
-// backend and runs their snippets, serving the internal subjects codefleet.worker.<id>.run and
-// .close over NATS.
+// backend and runs their snippets, serving the internal subjects <prefix>.worker.<id>.run,
+// .close and .ping over NATS.
 //
 // Each conversation has a session: its sandbox (created on the first run), a bounded FIFO of
 // pending runs and a goroutine that runs them one at a time, so runs of one conversation keep
@@ -9,9 +9,14 @@
 //
 // The worker registers itself in its fleet's registry (pkg/registry: the KV bucket
 // <prefix>-workers) and refreshes the entry every second; dispatchers read it to place
-// conversations. On shutdown it drains: it marks itself
-// draining, stops taking requests, lets in-flight runs finish, and keeps its sandboxes for the
-// next process with the same id (which re-adopts them), or destroys them.
+// conversations. On shutdown it drains: it marks itself draining, stops taking requests, lets
+// in-flight runs finish, and keeps its sandboxes for the next process with the same id (which
+// re-adopts them), or destroys them.
+//
+// Files: worker.go (lifecycle, registration), handlers.go (the NATS endpoints and replies),
+// manager.go (the sessions of all conversations: admission, close, drain), session.go (one
+// conversation: its queue, request ids, its sandbox, running a job), adopt.go (sandboxes of an
+// earlier process), reap.go (idle, expired, moved and orphaned sandboxes), config.go.
 package worker
 
 import (
@@ -113,7 +118,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		Name:        ServiceName,
 		Version:     w.cfg.Version,
 		Description: "codefleet worker: runs conversations' code in " + w.env.Name() + " sandboxes",
-		Metadata:    map[string]string{"worker_id": w.cfg.ID, "backend": w.env.Name()},
+		Metadata:    map[string]string{"worker_id": w.cfg.ID, "backend": w.env.Name(), "prefix": w.cfg.Prefix},
 	})
 	if err != nil {
 		return fmt.Errorf("worker: service: %w", err)

@@ -213,13 +213,7 @@ func TestManyConversations(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	if t.Failed() {
-		return
-	}
+	testutil.Check(t, errs)
 	seen := map[string]bool{}
 	for _, id := range sandboxes {
 		if seen[id] {

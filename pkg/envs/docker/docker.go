@@ -12,6 +12,7 @@ package docker
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -105,45 +106,23 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.Image == "" {
-		c.Image = DefaultImage
-	}
-	if c.Memory == 0 {
-		c.Memory = DefaultMemory
-	}
-	if c.PidsLimit == 0 {
-		c.PidsLimit = DefaultPidsLimit
-	}
-	if c.NanoCPUs == 0 {
-		c.NanoCPUs = DefaultNanoCPUs
-	}
-	if c.User == "" {
-		c.User = DefaultUser
-	}
+	c.Image = cmp.Or(c.Image, DefaultImage)
+	c.Memory = cmp.Or(c.Memory, DefaultMemory)
+	c.PidsLimit = cmp.Or(c.PidsLimit, DefaultPidsLimit)
+	c.NanoCPUs = cmp.Or(c.NanoCPUs, DefaultNanoCPUs)
+	c.User = cmp.Or(c.User, DefaultUser)
 	if c.User == "root" {
 		c.User = "0:0"
 	}
-	if c.Workdir == "" {
-		c.Workdir = DefaultWorkdir
-	}
-	if c.Network == "" {
-		c.Network = DefaultNetwork
-	}
-	if c.MaxOutput == 0 {
-		c.MaxOutput = DefaultMaxOutput
-	}
-	if c.SocketDir == "" {
-		c.SocketDir = DefaultSocketDir
-	}
+	c.Workdir = cmp.Or(c.Workdir, DefaultWorkdir)
+	c.Network = cmp.Or(c.Network, DefaultNetwork)
+	c.MaxOutput = cmp.Or(c.MaxOutput, DefaultMaxOutput)
+	c.SocketDir = cmp.Or(c.SocketDir, DefaultSocketDir)
 	if c.SocketDir != NoSocketDir {
 		c.SocketDir = filepath.Clean(c.SocketDir)
 	}
-	if c.APITimeout == 0 {
-		c.APITimeout = DefaultAPITimeout
-	}
-	if c.PullTimeout == 0 {
-		c.PullTimeout = DefaultPullTimeout
-	}
+	c.APITimeout = cmp.Or(c.APITimeout, DefaultAPITimeout)
+	c.PullTimeout = cmp.Or(c.PullTimeout, DefaultPullTimeout)
 }
 
 // apiClient is the part of the Docker client this backend uses.
