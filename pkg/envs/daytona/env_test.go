@@ -166,6 +166,46 @@ func TestReattach(t *testing.T) {
 	}
 }
 
+// TestReattachStaysInItsFleet: a staging and a prod fleet share a Daytona account and both have
+// the conversation: each fleet's worker re-attaches to its own fleet's sandbox only, and a
+// sandbox made before sandboxes were labelled with their fleet belongs to the default fleet.
+func TestReattachStaysInItsFleet(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	env := newEnv(t, fake, nil)
+	ctx := context.Background()
+	made := map[string]string{}
+	for _, fleet := range []string{"stg", "prd", ""} {
+		s := spec("fleets")
+		s.Labels = map[string]string{envs.LabelWorker: "w"}
+		if fleet != "" {
+			s.Labels[envs.LabelFleet] = fleet
+		}
+		sb := mustCreate(t, env, s)
+		runBash(t, sb, "echo "+fleet+" > fleet.txt")
+		made[fleet] = sb.Info().ID
+	}
+	for _, fleet := range []string{"stg", "prd", "codefleet"} {
+		s := spec("fleets")
+		s.Labels = map[string]string{envs.LabelWorker: "w2", envs.LabelFleet: fleet}
+		sb, err := env.Reattach(ctx, s)
+		if err != nil {
+			t.Fatalf("%s: reattach: %v", fleet, err)
+		}
+		want := made[fleet]
+		if fleet == "codefleet" {
+			want = made[""] // unlabelled: the default prefix's
+		}
+		if sb.Info().ID != want {
+			t.Fatalf("%s re-attached %s, want %s", fleet, sb.Info().ID, want)
+		}
+	}
+	s := spec("fleets")
+	s.Labels = map[string]string{envs.LabelFleet: "other"}
+	if _, err := env.Reattach(ctx, s); !errors.Is(err, envs.ErrNotFound) {
+		t.Fatalf("a fleet without a sandbox of the conversation: %v, want ErrNotFound", err)
+	}
+}
+
 // TestTenantsAndVariables: a tenant's account comes from the configuration, with its
 // placeholders filled by the request's sandbox.variables (the tenant's own API key here), and
 // its sandboxes are made, found and deleted there.
