@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -266,7 +265,7 @@ func buildUpgradeBinaries(t *testing.T, what, src string) upgradeBinaries {
 type daemon struct {
 	name string
 	cmd  *exec.Cmd
-	logs *procLogs
+	logs *testutil.SyncBuffer
 	done chan struct{} // closed when the process has exited; err is then its exit status
 	err  error
 }
@@ -281,29 +280,11 @@ func (d *daemon) exited() (error, bool) {
 	}
 }
 
-// procLogs collects a process's stdout and stderr.
-type procLogs struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *procLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *procLogs) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startDaemon starts bin with args. When the test ends it is killed if still running, and on
 // failure its last logs go to the test log.
 func startDaemon(t *testing.T, name, bin string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{name: name, cmd: exec.Command(bin, args...), logs: &procLogs{}, done: make(chan struct{})}
+	d := &daemon{name: name, cmd: exec.Command(bin, args...), logs: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	d.cmd.Env = daemonEnv()
 	if err := d.cmd.Start(); err != nil {
@@ -396,17 +377,16 @@ func waitDispatcherProc(t *testing.T, nc *nats.Conn, d *daemon) {
 	})
 }
 
-// kvBuckets lists the KV buckets, sorted.
+// kvBuckets lists the KV buckets (the streams KV_<bucket>), sorted.
 func kvBuckets(t *testing.T, js jetstream.JetStream) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l := js.KeyValueStoreNames(ctx)
-	names := sortedNames(l.Name())
-	if err := l.Error(); err != nil {
-		t.Fatalf("list KV buckets: %v", err)
+	var out []string
+	for _, name := range streamNames(t, js) {
+		if bucket, ok := strings.CutPrefix(name, "KV_"); ok {
+			out = append(out, bucket)
+		}
 	}
-	return names
+	return out
 }
 
 // streamNames lists every JetStream stream (KV buckets are streams KV_<bucket>), sorted.

@@ -7,36 +7,35 @@
 //	                               one dispatcher and one worker (Docker, or Daytona with
 //	                               --backend daytona and DAYTONA_API_KEY in the environment)
 //
+// Flags may stand before or after the code; "--" ends them (codefleet run -- 'print("--x")').
 // `run` prints the snippet's output and exits with its exit code; when the fleet cannot run the
 // code it prints "codefleet: <error code>: <message>" to stderr and exits 125.
+//
+// Started under the name sandbox-agent, the binary is the sandbox agent instead: `codefleet dev`
+// with no sandbox-agent binary at hand copies its own executable into the Docker sandboxes.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/codefleet/codefleet/internal/agent"
+	"github.com/codefleet/codefleet/internal/backend"
 	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/daemon"
 	"github.com/codefleet/codefleet/pkg/client"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
-	"github.com/codefleet/codefleet/pkg/envs"
-	"github.com/codefleet/codefleet/pkg/envs/daytona"
-	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/codefleet/codefleet/pkg/worker"
 )
@@ -48,7 +47,10 @@ var version = "dev"
 const exitFleetError = 125
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	if filepath.Base(os.Args[0]) == agent.ExecutableName {
+		agent.Main()
+	}
+	ctx, stop := daemon.SignalContext() // a second signal kills at once
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -62,6 +64,7 @@ commands:
   status       show the live workers
   dev          run a local fleet: embedded NATS + a dispatcher + a worker (Docker, or Daytona)
 
+Flags may come before or after the code; -- ends them.
 "codefleet <command> --help" lists a command's flags (each also read from CODEFLEET_<FLAG>).
 `
 
@@ -89,7 +92,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, config.ErrHelp):
 		return 0
 	case err != nil:
 		var perr *protocol.Error
@@ -111,11 +114,21 @@ type common struct {
 func (c *common) register(fs *config.FlagSet, conversation bool) {
 	fs.StringVar(&c.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s)")
 	fs.Alias("nats-url", "NATS_URL")
-	fs.StringVar(&c.prefix, "prefix", protocol.DefaultPrefix, "first token of every codefleet subject")
+	fs.StringVar(&c.prefix, "prefix", protocol.DefaultPrefix, "the fleet to talk to: its subject prefix (the --prefix of its workers and dispatchers)")
 	if conversation {
 		fs.StringVar(&c.tenant, "tenant", protocol.DefaultTenant, "tenant")
 		fs.StringVar(&c.conversation, "conversation", "default", "conversation id: runs of one conversation share a sandbox")
 	}
+}
+
+// dial parses the command line of a client command (with the conversation's flags or not) and
+// connects. The caller closes nc.
+func (c *common) dial(fs *config.FlagSet, args []string, conversation bool) (*nats.Conn, error) {
+	c.register(fs, conversation)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return c.connect()
 }
 
 func (c *common) connect() (*nats.Conn, error) {
@@ -126,24 +139,33 @@ func (c *common) connect() (*nats.Conn, error) {
 	return nc, nil
 }
 
-func (c *common) conv(nc *nats.Conn) (*client.Conversation, error) {
+// open parses the command line of a conversation's command (run, close), connects and returns
+// the conversation. The caller closes nc.
+func (c *common) open(fs *config.FlagSet, args []string) (conv *client.Conversation, nc *nats.Conn, err error) {
+	if nc, err = c.dial(fs, args, true); err != nil {
+		return nil, nil, err
+	}
 	cl, err := client.New(nc, client.WithTenant(c.tenant), client.WithPrefix(c.prefix))
 	if err != nil {
-		return nil, err
+		nc.Close()
+		return nil, nil, err
 	}
-	return cl.Conversation(c.conversation), nil
+	return cl.Conversation(c.conversation), nc, nil
 }
 
 func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	fs := config.New("codefleet run", stderr)
-	var c common
-	c.register(fs, true)
+	fs.Summary = "Runs code in a conversation's sandbox: the code is the arguments joined by blanks, or stdin when there are none.\nFlags may stand before or after the code; -- ends them (codefleet run -- 'print(\"--x\")')."
+	fs.ArgsUsage = "[code]"
 	lang := fs.String("language", protocol.LangPython, "python, bash, javascript or typescript")
 	timeout := fs.Duration("timeout", 0, "run timeout (0: the server's default, 60s)")
 	requestID := fs.String("request-id", "", "request id; reuse it to retry a run without running it twice")
-	if err := fs.Parse(args); err != nil {
+	var c common
+	conv, nc, err := c.open(fs, args)
+	if err != nil {
 		return 0, err
 	}
+	defer nc.Close()
 	code := strings.Join(fs.Args(), " ")
 	if len(fs.Args()) == 0 {
 		b, err := io.ReadAll(stdin)
@@ -151,15 +173,6 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 			return 0, fmt.Errorf("read code from stdin: %w", err)
 		}
 		code = string(b)
-	}
-	nc, err := c.connect()
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	conv, err := c.conv(nc)
-	if err != nil {
-		return 0, err
 	}
 	res, err := conv.Run(ctx, code, *lang, &client.RunOptions{RequestID: *requestID, Timeout: *timeout})
 	if err != nil {
@@ -176,21 +189,12 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 }
 
 func cmdClose(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := config.New("codefleet close", stderr)
 	var c common
-	c.register(fs, true)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	nc, err := c.connect()
+	conv, nc, err := c.open(config.New("codefleet close", stderr), args)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	conv, err := c.conv(nc)
-	if err != nil {
-		return err
-	}
 	res, err := conv.Close(ctx)
 	if err != nil {
 		return err
@@ -203,102 +207,36 @@ func cmdClose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := config.New("codefleet status", stderr)
-	var c common
-	c.register(fs, false)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	kv, err := js.KeyValue(ctx, protocol.WorkersBucket)
-	if err != nil {
-		return fmt.Errorf("workers registry: %w (no worker has started yet?)", err)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tBACKENDS\tSANDBOXES\tCAPACITY\tRUNNING\tDRAINING\tLANGUAGES\tUPDATED")
-	keys, err := kv.ListKeys(ctx)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for k := range keys.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		info, err := decodeWorker(e.Value())
-		if err != nil {
-			continue
-		}
-		n++
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%v\t%s\t%s ago\n", info.ID, strings.Join(info.Backends, ","), info.Load, info.Capacity,
-			info.Running, info.Draining, strings.Join(info.Languages, ","), time.Since(info.Updated).Round(time.Millisecond))
-	}
-	tw.Flush()
-	if n == 0 {
-		fmt.Fprintln(stdout, "no live workers")
-	}
-	return nil
-}
-
-func decodeWorker(b []byte) (protocol.WorkerInfo, error) {
-	var info protocol.WorkerInfo
-	err := json.Unmarshal(b, &info)
-	return info, err
-}
-
 // cmdDev runs a whole fleet in this process until ctx ends.
 func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := config.New("codefleet dev", stderr)
+	fs.Summary = "codefleet dev " + version + ": a local fleet in one process: an embedded NATS server with JetStream, a dispatcher and a worker.\n" +
+		"The backend flags are the worker's (see `worker --help`); the sandboxes are destroyed when it stops."
 	host := fs.String("host", "127.0.0.1", "address the embedded NATS server listens on")
 	port := fs.Int("port", 4222, "port of the embedded NATS server")
 	storeDir := fs.String("store-dir", "", "JetStream storage directory (default: a temporary one, removed at exit)")
 	workerID := fs.String("worker-id", "dev", "id of the worker")
-	backend := fs.String("backend", docker.Name, "sandbox backend: docker, or daytona (configured by DAYTONA_API_KEY, DAYTONA_API_URL and DAYTONA_TARGET)")
-	image := fs.String("image", "", "sandbox image (default: "+docker.DefaultImage+" with docker, the service's default snapshot with daytona; snapshot:NAME for a Daytona snapshot)")
-	agentPath := fs.String("agent", "", "sandbox-agent binary (default: next to this executable, else in $PATH)")
 	capacity := fs.Int("capacity", worker.DefaultCapacity, "most sandboxes at once")
-	logLevel := fs.String("log-level", "info", "log level")
+	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", config.LogFormatConsole, "log format: json or console")
+	var b backend.Options
+	b.Register(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := fs.NoArgs("codefleet dev"); err != nil {
+		return err
+	}
+	if err := b.Check(); err != nil {
 		return err
 	}
 	log, err := config.NewLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
 	}
-	var env envs.Env
-	switch *backend {
-	case docker.Name:
-		agent, err := config.FindAgent(*agentPath)
-		if err != nil {
-			return err
-		}
-		if *image == "" {
-			*image = docker.DefaultImage
-		}
-		if env, err = docker.New(docker.Config{Image: *image, AgentPath: agent}, log); err != nil {
-			return err
-		}
-	case daytona.Name:
-		if os.Getenv("DAYTONA_API_KEY") == "" {
-			return errors.New("codefleet dev --backend daytona needs DAYTONA_API_KEY in the environment (DAYTONA_API_URL and DAYTONA_TARGET are optional)")
-		}
-		acct := daytona.Account{APIKey: os.Getenv("DAYTONA_API_KEY"), APIURL: os.Getenv("DAYTONA_API_URL"), Target: os.Getenv("DAYTONA_TARGET")}
-		if env, err = daytona.New(daytona.Config{Account: acct, Image: *image}, log); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("unknown backend %q: want %s or %s", *backend, docker.Name, daytona.Name)
+	env, err := b.New(log)
+	if err != nil {
+		return err
 	}
 	defer env.Close()
 	dir := *storeDir
@@ -327,11 +265,12 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer wnc.Close()
-	w, err := worker.New(worker.Config{ID: *workerID, Image: *image, Capacity: *capacity, DestroyOnShutdown: true, Version: config.SemVer(version)}, wnc, env, log)
+	w, err := worker.New(worker.Config{ID: *workerID, Image: b.Image, Capacity: *capacity, DestroyOnShutdown: true, Version: config.SemVer(version)}, wnc, env, log)
 	if err != nil {
 		return err
 	}
-	if err := w.Start(ctx); err != nil {
+	// A failed start is undone; one that a signal cut short is a clean stop.
+	if started, err := daemon.Start(ctx, daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown}, log); !started {
 		return err
 	}
 	defer w.Shutdown(context.Background())
@@ -344,11 +283,11 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := d.Start(ctx); err != nil {
+	if started, err := daemon.Start(ctx, d, log); !started {
 		return err
 	}
 	defer d.Stop(context.Background())
-	log.Info().Str("nats_url", url).Str("backend", env.Name()).Str("image", *image).Msg("codefleet dev ready: try  codefleet run --conversation demo 'print(40+2)'")
+	log.Info().Str("nats_url", url).Str("backend", env.Name()).Str("image", b.Image).Msg("codefleet dev ready: try  codefleet run --conversation demo 'print(40+2)'")
 	<-ctx.Done()
 	log.Info().Msg("stopping")
 	return nil

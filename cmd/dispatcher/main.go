@@ -8,18 +8,15 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/daemon"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
@@ -30,50 +27,28 @@ var version = "dev"
 // shutdownTimeout bounds the whole shutdown (answering in-flight relays, draining NATS).
 const shutdownTimeout = 30 * time.Second
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	context.AfterFunc(ctx, stop) // after the first signal, a second one kills at once
-	err := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "codefleet dispatcher: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { daemon.Main("dispatcher", run) }
 
 // options is the parsed command line.
 type options struct {
-	natsURL    string
-	natsCreds  string
+	daemon     daemon.Options
 	dispatcher dispatcher.Config
-	logLevel   string
-	logFormat  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	fs := config.New("dispatcher", stderr)
-	fs.Summary = "codefleet dispatcher " + version + ": routes conversations to the codefleet workers that hold their sandboxes, over NATS."
 	o := &options{}
+	fs := o.daemon.FlagSet("dispatcher", "codefleet dispatcher "+version+": routes conversations to the codefleet workers that hold their sandboxes, over NATS.", stderr)
 	d := &o.dispatcher
-
-	fs.StringVar(&o.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
-	fs.Alias("nats-url", "NATS_URL")
-	fs.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (.creds) to connect with")
 	fs.StringVar(&d.Name, "name", "", "dispatcher name in logs and service discovery (default: the host name)")
-	fs.StringVar(&d.Prefix, "prefix", protocol.DefaultPrefix, "first token of every codefleet subject")
+	fs.StringVar(&d.Prefix, "prefix", protocol.DefaultPrefix, "the fleet's name, one token of [A-Za-z0-9_-]: the first token of its subjects and of its KV bucket names (<prefix>-workers, <prefix>-affinity), so fleets of different prefixes share NATS without seeing each other")
 	fs.DurationVar(&d.HeartbeatTTL, "heartbeat-ttl", dispatcher.DefaultHeartbeatTTL, "age after which a silent worker counts as dead (the registry bucket's TTL; match the workers')")
 	fs.IntVar(&d.KVReplicas, "kv-replicas", 1, "replicas of the KV buckets the dispatcher creates (1 on a single NATS server, 3 on a cluster)")
 	fs.DurationVar(&d.MaxTimeout, "max-timeout", dispatcher.DefaultMaxTimeout, "cap on the run timeout the dispatcher waits for")
 	fs.DurationVar(&d.RelayOverhead, "relay-overhead", dispatcher.DefaultRelayOverhead, "added to a run's timeout to bound the wait for its worker's answer (room for creating a sandbox)")
 	fs.DurationVar(&d.CloseTimeout, "close-timeout", dispatcher.DefaultCloseTimeout, "bound on a close relayed to a worker")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
-	fs.StringVar(&o.logFormat, "log-format", config.LogFormatJSON, "log format: json or console")
 
-	if err := fs.Parse(args); err != nil {
+	if err := daemon.Parse(fs, args); err != nil {
 		return nil, err
-	}
-	if len(fs.Args()) > 0 {
-		return nil, fmt.Errorf("unexpected arguments %q (the dispatcher takes flags only; see --help)", fs.Args())
 	}
 	d.Version = config.SemVer(version) // NATS service discovery wants SemVer
 	return o, o.check()
@@ -90,11 +65,11 @@ func (o *options) check() error {
 		}
 		d.Name = host
 	}
-	if o.natsURL == "" {
-		return errors.New("--nats-url is empty")
+	if err := o.daemon.Check(); err != nil {
+		return err
 	}
-	if d.Prefix == "" {
-		return errors.New("--prefix is empty")
+	if err := protocol.CheckPrefix(d.Prefix); err != nil {
+		return fmt.Errorf("--prefix: %w", err)
 	}
 	if d.HeartbeatTTL <= 0 || d.MaxTimeout <= 0 || d.RelayOverhead <= 0 || d.CloseTimeout <= 0 {
 		return errors.New("--heartbeat-ttl, --max-timeout, --relay-overhead and --close-timeout must be positive")
@@ -102,73 +77,28 @@ func (o *options) check() error {
 	if d.KVReplicas < 1 || d.KVReplicas > 5 {
 		return fmt.Errorf("--kv-replicas %d: want 1 to 5", d.KVReplicas)
 	}
-	if _, err := config.NewLogger(io.Discard, o.logLevel, o.logFormat); err != nil {
-		return err
-	}
 	return nil
-}
-
-// connect opens the service's NATS connection.
-func connect(o *options, log zerolog.Logger) (*nats.Conn, <-chan struct{}, error) {
-	return config.ConnectNATS(o.natsURL, o.natsCreds, "codefleet-dispatcher "+o.dispatcher.Name, log)
 }
 
 // run is the whole command: it returns when ctx is cancelled (SIGTERM, SIGINT) and the
-// dispatcher has stopped, or at once when it cannot start.
+// dispatcher has stopped, or at once when it cannot start (config.ErrHelp after --help).
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
+	if err != nil {
+		return err // config.ErrHelp after --help: daemon.Main exits 0
 	}
+	log, err := o.daemon.Logger(stderr, "dispatcher")
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(stderr, o.logLevel, o.logFormat)
-	if err != nil {
-		return err
+	spec := daemon.Spec{
+		Name:        "dispatcher",
+		Instance:    o.dispatcher.Name,
+		Version:     version,
+		ReadyFields: map[string]any{"name": o.dispatcher.Name, "prefix": o.dispatcher.Prefix},
+		StopTimeout: shutdownTimeout,
 	}
-	log = log.With().Str("service", "dispatcher").Logger()
-
-	nc, closed, err := connect(o, log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-
-	d, err := dispatcher.New(o.dispatcher, nc, log)
-	if err != nil {
-		return err
-	}
-	if err := d.Start(ctx); err != nil {
-		// Undo what Start did (watches, service) before giving up.
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = d.Stop(sctx)
-		return err
-	}
-	log.Info().Str("version", version).Str("name", o.dispatcher.Name).Str("prefix", o.dispatcher.Prefix).
-		Msg("dispatcher ready")
-
-	<-ctx.Done()
-	log.Info().Msg("signal received: stopping (a second signal exits at once)")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	serr := d.Stop(sctx)
-	if serr != nil {
-		log.Error().Err(serr).Msg("stop")
-	}
-	if err := nc.Drain(); err != nil {
-		log.Warn().Err(err).Msg("NATS drain")
-	} else {
-		select {
-		case <-closed:
-		case <-sctx.Done():
-			log.Warn().Msg("NATS drain did not finish in time")
-		}
-	}
-	if serr != nil {
-		return fmt.Errorf("stop: %w", serr)
-	}
-	log.Info().Msg("bye")
-	return nil
+	return daemon.Run(ctx, o.daemon, log, spec, func(nc *nats.Conn) (daemon.Service, error) {
+		return dispatcher.New(o.dispatcher, nc, log)
+	})
 }

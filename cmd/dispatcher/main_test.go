@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
+	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,29 +16,16 @@ import (
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 )
 
-// clearEnv unsets, for the test, every variable that configures the dispatcher, so that the
-// environment `go test` runs in cannot change what the test sees.
-func clearEnv(t *testing.T) {
-	t.Helper()
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, config.DefaultEnvPrefix) || k == "NATS_URL" {
-			t.Setenv(k, "")
-			os.Unsetenv(k)
-		}
-	}
-}
-
 func TestParseFlagsDefaults(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	o, err := parseFlags(nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
 	d := o.dispatcher
-	if o.natsURL != "nats://127.0.0.1:4222" || d.Prefix != "codefleet" || d.Name != host {
-		t.Errorf("nats %q prefix %q name %q", o.natsURL, d.Prefix, d.Name)
+	if o.daemon.NATSURL != "nats://127.0.0.1:4222" || d.Prefix != "codefleet" || d.Name != host {
+		t.Errorf("nats %q prefix %q name %q", o.daemon.NATSURL, d.Prefix, d.Name)
 	}
 	if d.HeartbeatTTL != dispatcher.DefaultHeartbeatTTL || d.MaxTimeout != dispatcher.DefaultMaxTimeout ||
 		d.RelayOverhead != dispatcher.DefaultRelayOverhead || d.CloseTimeout != dispatcher.DefaultCloseTimeout || d.KVReplicas != 1 {
@@ -45,58 +34,74 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if d.Version != config.SemVer(version) {
 		t.Errorf("version %q", d.Version)
 	}
+	if o.daemon.LogLevel != "info" || o.daemon.LogFormat != "json" {
+		t.Errorf("daemon options %+v", o.daemon)
+	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the dispatcher's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+func TestParseFlagsEnvAndFlags(t *testing.T) {
+	testutil.ClearEnv(t)
+	t.Setenv("NATS_URL", "nats://alias:4222")
+	t.Setenv("CODEFLEET_NAME", "d-env")
+	t.Setenv("CODEFLEET_MAX_TIMEOUT", "90s")
+	o, err := parseFlags([]string{"--name", "d-flag", "--log-level=debug"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.daemon.NATSURL != "nats://alias:4222" || o.dispatcher.Name != "d-flag" || o.dispatcher.MaxTimeout != 90*time.Second || o.daemon.LogLevel != "debug" {
+		t.Errorf("options %+v", o)
+	}
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func TestStartupErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"stray argument", []string{"serve"}, "unexpected arguments"},
+		{"empty NATS URL", []string{"--nats-url="}, "--nats-url is empty"},
+		{"bad replicas", []string{"--kv-replicas", "9"}, "--kv-replicas 9"},
+		{"bad log format", []string{"--log-format", "xml"}, "log format"},
+		{"single dash", []string{"-name", "x"}, "flags take two dashes: --name"},
+		{"help", []string{"--help"}, "help requested"},
+		{"no NATS", []string{"--nats-url", "nats://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))}, "connect to NATS at nats://127.0.0.1:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.ClearEnv(t)
+			err := run(context.Background(), tc.args, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("run(%q) = %v, want an error with %q", tc.args, err, tc.want)
+			}
+		})
+	}
 }
 
 // TestRunStartsAndStops starts the dispatcher on an embedded NATS server, sees it answer
 // service discovery, then cancels its context as SIGTERM does and sees run return nil.
 func TestRunStartsAndStops(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	srv := testutil.StartNATS(t)
 	nc := testutil.Connect(t, srv)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--nats-url", srv.ClientURL(), "--name", "d-test"}, &logs)
-	}()
-
-	testutil.Eventually(t, 10*time.Second, func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, logs.String())
-		default:
-		}
+	logs := testutil.RunDaemon(t, 40*time.Second, func(ctx context.Context, stderr io.Writer) error {
+		return run(ctx, []string{"--nats-url", srv.ClientURL(), "--name", "d-test"}, stderr)
+	}, func() error {
 		_, err := nc.Request("$SRV.PING."+dispatcher.ServiceName, nil, 200*time.Millisecond)
 		return err
 	})
-
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v\n%s", err, logs.String())
+	for _, w := range []string{"NATS connected", "dispatcher ready", `"name":"d-test"`, "signal received: stopping", "bye"} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("logs lack %q:\n%s", w, logs)
 		}
-	case <-time.After(40 * time.Second):
-		t.Fatalf("run did not return after cancel\n%s", logs.String())
 	}
+}
+
+// TestREADMEDocumentsFlags keeps the README's dispatcher table in step with the flags.
+func TestREADMEDocumentsFlags(t *testing.T) {
+	testutil.ClearEnv(t)
+	var stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stderr); !errors.Is(err, config.ErrHelp) {
+		t.Fatal(err)
+	}
+	testutil.READMEDocumentsFlags(t, "../../README.md", stderr.String(), 10)
 }

@@ -5,13 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
+	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,19 +21,6 @@ import (
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
-
-// clearEnv unsets, for the test, every variable that configures the worker, so that the
-// environment `go test` runs in cannot change what the test sees.
-func clearEnv(t *testing.T) {
-	t.Helper()
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, config.DefaultEnvPrefix) || strings.HasPrefix(k, "DAYTONA_") || k == "NATS_URL" {
-			t.Setenv(k, "")
-			os.Unsetenv(k)
-		}
-	}
-}
 
 // fakeAgent returns an executable file standing in for sandbox-agent: the Docker backend only
 // reads it when it creates a sandbox.
@@ -48,16 +34,7 @@ func fakeAgent(t *testing.T) string {
 }
 
 // closedPort returns a loopback NATS URL nobody listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return "nats://" + addr
-}
+func closedPort(t *testing.T) string { return "nats://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t)) }
 
 func TestSanitizeID(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
@@ -83,7 +60,7 @@ func TestSanitizeID(t *testing.T) {
 }
 
 func TestDefaultIDIsHostName(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	o, err := parseFlags(nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
@@ -104,14 +81,17 @@ func TestParseFlags(t *testing.T) {
 		{
 			name: "defaults",
 			check: func(t *testing.T, o *options) {
-				if o.natsURL != "nats://127.0.0.1:4222" || o.backend != "docker" || o.worker.Prefix != "codefleet" {
-					t.Errorf("nats %q backend %q prefix %q", o.natsURL, o.backend, o.worker.Prefix)
+				if o.daemon.NATSURL != "nats://127.0.0.1:4222" || o.backend.Backend != "docker" || o.worker.Prefix != "codefleet" {
+					t.Errorf("nats %q backend %q prefix %q", o.daemon.NATSURL, o.backend.Backend, o.worker.Prefix)
 				}
-				if o.docker.Memory != 512<<20 || o.docker.NanoCPUs != 1e9 || o.docker.MaxOutput != 256<<10 {
-					t.Errorf("memory %d cpus %d max output %d", o.docker.Memory, o.docker.NanoCPUs, o.docker.MaxOutput)
+				if d := o.backend.Docker; d.Memory != 512<<20 || d.NanoCPUs != 1e9 || d.MaxOutput != 256<<10 {
+					t.Errorf("memory %d cpus %d max output %d", d.Memory, d.NanoCPUs, d.MaxOutput)
 				}
-				if o.worker.Image != "codefleet-sandbox:bookworm" || o.docker.Image != o.worker.Image {
-					t.Errorf("image %q / %q", o.worker.Image, o.docker.Image)
+				if o.worker.Image != "codefleet-sandbox:bookworm" || o.backend.Docker.Image != o.worker.Image {
+					t.Errorf("image %q / %q", o.worker.Image, o.backend.Docker.Image)
+				}
+				if o.daemon.LogLevel != "info" || o.daemon.LogFormat != "json" || o.worker.DestroyOnShutdown {
+					t.Errorf("daemon %+v destroy on shutdown %v", o.daemon, o.worker.DestroyOnShutdown)
 				}
 				if o.worker.Version != config.SemVer(version) {
 					t.Errorf("version %q", o.worker.Version)
@@ -127,14 +107,14 @@ func TestParseFlags(t *testing.T) {
 				"CODEFLEET_ALLOWED_IMAGES": "python:3.12,*",
 			},
 			check: func(t *testing.T, o *options) {
-				if o.worker.ID != "w-env" || o.natsURL != "nats://alias:4222" || o.worker.Capacity != 5 ||
-					o.worker.MaxTimeout != 90*time.Second || o.docker.Memory != 1<<30 || o.docker.NanoCPUs != 5e8 ||
+				if o.worker.ID != "w-env" || o.daemon.NATSURL != "nats://alias:4222" || o.worker.Capacity != 5 ||
+					o.worker.MaxTimeout != 90*time.Second || o.backend.Docker.Memory != 1<<30 || o.backend.Docker.NanoCPUs != 5e8 ||
 					!o.worker.DestroyOnShutdown {
 					t.Errorf("options %+v", o)
 				}
-				if !reflect.DeepEqual(o.docker.CapAdd, []string{"CHOWN", "SETUID"}) ||
+				if !reflect.DeepEqual(o.backend.Docker.CapAdd, []string{"CHOWN", "SETUID"}) ||
 					!reflect.DeepEqual(o.worker.AllowedImages, []string{"python:3.12", "*"}) {
-					t.Errorf("cap add %q allowed images %q", o.docker.CapAdd, o.worker.AllowedImages)
+					t.Errorf("cap add %q allowed images %q", o.backend.Docker.CapAdd, o.worker.AllowedImages)
 				}
 			},
 		},
@@ -145,8 +125,8 @@ func TestParseFlags(t *testing.T) {
 				"CODEFLEET_DAYTONA_TENANTS": `{"acme":{"api_key":"${acme_key}","target":"us"}}`, "CODEFLEET_MAX_OUTPUT": "1m",
 			},
 			check: func(t *testing.T, o *options) {
-				d := o.daytona
-				if o.backend != "daytona" || d.APIKey != "dtn_k" || d.Target != "eu" || d.APIURL != "https://app.daytona.io/api" || d.MaxOutput != 1<<20 {
+				d := o.backend.Daytona
+				if o.backend.Backend != "daytona" || d.APIKey != "dtn_k" || d.Target != "eu" || d.APIURL != "https://app.daytona.io/api" || d.MaxOutput != 1<<20 {
 					t.Errorf("daytona %+v", d)
 				}
 				if o.worker.Image != "" || d.Image != "" {
@@ -162,7 +142,7 @@ func TestParseFlags(t *testing.T) {
 			env:  map[string]string{"DAYTONA_API_KEY": "dtn_env", "DAYTONA_API_URL": "http://env/api"},
 			args: []string{"--backend", "daytona", "--daytona-api-key", "dtn_flag", "--image", "snapshot:s1", "--daytona-auto-stop", "30"},
 			check: func(t *testing.T, o *options) {
-				if d := o.daytona; d.APIKey != "dtn_flag" || d.APIURL != "http://env/api" || d.Image != "snapshot:s1" || d.AutoStopInterval != 30 {
+				if d := o.backend.Daytona; d.APIKey != "dtn_flag" || d.APIURL != "http://env/api" || d.Image != "snapshot:s1" || d.AutoStopInterval != 30 {
 					t.Errorf("daytona %+v", d)
 				}
 			},
@@ -172,15 +152,25 @@ func TestParseFlags(t *testing.T) {
 			env:  map[string]string{"CODEFLEET_ID": "w-env", "CODEFLEET_NATS_URL": "nats://env:4222", "CODEFLEET_MEMORY": "1g"},
 			args: []string{"--id", "w-flag", "--nats-url=nats://flag:4222", "--memory", "64m", "--image", "img:1"},
 			check: func(t *testing.T, o *options) {
-				if o.worker.ID != "w-flag" || o.natsURL != "nats://flag:4222" || o.docker.Memory != 64<<20 ||
-					o.worker.Image != "img:1" || o.docker.Image != "img:1" {
+				if o.worker.ID != "w-flag" || o.daemon.NATSURL != "nats://flag:4222" || o.backend.Docker.Memory != 64<<20 ||
+					o.worker.Image != "img:1" || o.backend.Docker.Image != "img:1" {
+					t.Errorf("options %+v", o)
+				}
+			},
+		},
+		{
+			name: "bool flags alone, anywhere",
+			env:  map[string]string{"CODEFLEET_READONLY_ROOTFS": "false"},
+			args: []string{"--destroy-on-shutdown", "--id", "w-1", "--readonly-rootfs", "--log-format=console"},
+			check: func(t *testing.T, o *options) {
+				if !o.worker.DestroyOnShutdown || !o.backend.Docker.ReadonlyRootfs || o.worker.ID != "w-1" || o.daemon.LogFormat != "console" {
 					t.Errorf("options %+v", o)
 				}
 			},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clearEnv(t)
+			testutil.ClearEnv(t)
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
@@ -194,7 +184,7 @@ func TestParseFlags(t *testing.T) {
 }
 
 // TestStartupErrors: a bad configuration fails before anything connects, with an error that
-// says what to fix.
+// says what to fix (internal/backend's tests have the backend flags' every case).
 func TestStartupErrors(t *testing.T) {
 	agent := fakeAgent(t)
 	for _, tc := range []struct {
@@ -207,14 +197,8 @@ func TestStartupErrors(t *testing.T) {
 			want: []string{`unknown backend "podman"`, "docker and daytona"}},
 		{name: "daytona without a key", args: []string{"--backend", "daytona"},
 			want: []string{"daytona backend needs an API key", "DAYTONA_API_KEY", "--daytona-tenants"}},
-		{name: "daytona bad tenants", args: []string{"--backend", "daytona", "--daytona-tenants", `{"acme":{"apikey":"x"}}`},
-			want: []string{"--daytona-tenants", "unknown field"}},
-		{name: "daytona tenants file missing", args: []string{"--backend", "daytona", "--daytona-tenants", "@/nonexistent.json"},
-			want: []string{"--daytona-tenants", "no such file"}},
 		{name: "unknown backend from env", env: map[string]string{"CODEFLEET_BACKEND": "k8s"},
 			want: []string{`unknown backend "k8s"`, "CODEFLEET_BACKEND"}},
-		{name: "missing agent", args: []string{"--nats-url", closedPort(t)},
-			want: []string{"sandbox-agent binary was not found", "--agent", "CODEFLEET_AGENT"}},
 		{name: "agent flag names no file", args: []string{"--agent", "/nonexistent/sandbox-agent"},
 			want: []string{"--agent /nonexistent/sandbox-agent", "no such file"}},
 		{name: "agent not executable", args: []string{"--agent", "main_test.go"},
@@ -227,11 +211,15 @@ func TestStartupErrors(t *testing.T) {
 		{name: "bad heartbeat", args: []string{"--heartbeat-ttl", "1s"}, want: []string{"heartbeat TTL 1s"}},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, want: []string{"log level"}},
 		{name: "stray argument", args: []string{"serve"}, want: []string{"unexpected arguments"}},
+		{name: "bool flag value after a blank", args: []string{"--destroy-on-shutdown", "false"},
+			want: []string{`unexpected arguments ["false"]`, "--name=false"}},
+		{name: "single dash", args: []string{"-id", "w-1"}, want: []string{"flags take two dashes: --id"}},
+		{name: "unknown flag", args: []string{"--no-such-flag"}, want: []string{"unknown flag: --no-such-flag"}},
 		{name: "no NATS", args: []string{"--agent", agent, "--nats-url", closedPort(t)},
 			want: []string{"connect to NATS at nats://127.0.0.1:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clearEnv(t)
+			testutil.ClearEnv(t)
 			t.Setenv("PATH", t.TempDir()) // no sandbox-agent in $PATH
 			for k, v := range tc.env {
 				t.Setenv(k, v)
@@ -253,10 +241,10 @@ func TestStartupErrors(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	var stderr bytes.Buffer
-	if err := run(context.Background(), []string{"--help"}, &stderr); err != nil {
-		t.Fatalf("--help: %v", err)
+	if err := run(context.Background(), []string{"--help"}, &stderr); !errors.Is(err, config.ErrHelp) {
+		t.Fatalf("--help: %v, want config.ErrHelp (daemon.Main exits 0)", err)
 	}
 	for _, w := range []string{"--nats-url string", "$CODEFLEET_NATS_URL, $NATS_URL", "--memory size", "$CODEFLEET_MEMORY", "(default 512MiB)"} {
 		if !strings.Contains(stderr.String(), w) {
@@ -267,43 +255,12 @@ func TestHelp(t *testing.T) {
 
 // TestREADMEDocumentsFlags keeps the README's configuration table in step with the flags.
 func TestREADMEDocumentsFlags(t *testing.T) {
-	clearEnv(t)
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Skipf("no README: %v", err)
-	}
+	testutil.ClearEnv(t)
 	var stderr bytes.Buffer
-	if err := run(context.Background(), []string{"--help"}, &stderr); err != nil {
+	if err := run(context.Background(), []string{"--help"}, &stderr); !errors.Is(err, config.ErrHelp) {
 		t.Fatal(err)
 	}
-	flags := regexp.MustCompile(`(?m)^  --([a-z-]+)`).FindAllStringSubmatch(stderr.String(), -1)
-	if len(flags) < 30 {
-		t.Fatalf("only %d flags in the help", len(flags))
-	}
-	for _, f := range flags {
-		row := "| `--" + f[1] + "` | `" + config.EnvName(f[1]) + "`"
-		if !bytes.Contains(readme, []byte(row)) {
-			t.Errorf("README.md has no table row starting %q", row)
-		}
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the worker's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	testutil.READMEDocumentsFlags(t, "../../README.md", stderr.String(), 30)
 }
 
 // runWorker runs the worker command with args on an embedded NATS server until it has
@@ -316,22 +273,13 @@ func runWorker(t *testing.T, id string, args ...string) (protocol.WorkerInfo, je
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, append([]string{"--nats-url", srv.ClientURL(), "--id", id, "--drain-timeout", "2s"}, args...), &logs)
-	}()
 	var info protocol.WorkerInfo
 	var kv jetstream.KeyValue
-	testutil.Eventually(t, 30*time.Second, func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, logs.String())
-		default:
-		}
-		kv, err = js.KeyValue(ctx, protocol.WorkersBucket)
+	logs := testutil.RunDaemon(t, 60*time.Second, func(ctx context.Context, stderr io.Writer) error {
+		return run(ctx, append([]string{"--nats-url", srv.ClientURL(), "--id", id, "--drain-timeout", "2s"}, args...), stderr)
+	}, func() error {
+		ctx := context.Background()
+		kv, err = js.KeyValue(ctx, protocol.Subjects{}.WorkersBucket())
 		if err != nil {
 			return err
 		}
@@ -341,29 +289,36 @@ func runWorker(t *testing.T, id string, args ...string) (protocol.WorkerInfo, je
 		}
 		return json.Unmarshal(e.Value(), &info)
 	})
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v\n%s", err, logs.String())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("run did not return after cancel\n%s", logs.String())
-	}
-	return info, kv, logs.String()
+	return info, kv, logs
 }
 
 // TestRunStartsAndStops starts the worker on an embedded NATS server, sees it register, then
 // cancels its context as SIGTERM does and sees it drain, deregister and return nil. The Docker
 // daemon is only asked for sandboxes to re-adopt; without it the worker warns and goes on.
 func TestRunStartsAndStops(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	id := "cmd-test-" + strings.ReplaceAll(testutil.RunID, ".", "-")
 	_, kv, logs := runWorker(t, id, "--agent", fakeAgent(t), "--log-level", "debug")
 	if _, err := kv.Get(context.Background(), id); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("registration after shutdown: %v, want ErrKeyNotFound", err)
 	}
-	for _, w := range []string{"NATS connected", "worker ready", "draining", "bye"} {
+	for _, w := range []string{"NATS connected", `"found":"--agent"`, "worker ready", `"backend":"docker"`, "draining", `"drain_timeout":"2s"`, "bye"} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("logs lack %q:\n%s", w, logs)
+		}
+	}
+}
+
+// TestAgentFallback: with no --agent and no sandbox-agent next to the executable or in $PATH,
+// the worker's own executable is the agent (it runs agent.Main under the name sandbox-agent),
+// and the log says so.
+func TestAgentFallback(t *testing.T) {
+	testutil.ClearEnv(t)
+	t.Setenv("PATH", t.TempDir())
+	id := "cmd-self-" + strings.ReplaceAll(testutil.RunID, ".", "-")
+	_, _, logs := runWorker(t, id)
+	exe, _ := os.Executable()
+	for _, w := range []string{`"message":"sandbox agent`, `"found":"this executable"`, `"agent":"` + exe + `"`} {
 		if !strings.Contains(logs, w) {
 			t.Errorf("logs lack %q:\n%s", w, logs)
 		}
@@ -374,7 +329,7 @@ func TestRunStartsAndStops(t *testing.T) {
 // README says (DAYTONA_* variables and --backend daytona), sees it register with that backend,
 // and stops it.
 func TestRunDaytona(t *testing.T) {
-	clearEnv(t)
+	testutil.ClearEnv(t)
 	fake, err := daytonafake.Start(daytonafake.Options{StepDelay: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -1,16 +1,21 @@
-// Package config declares the command-line flags of codefleet's daemons so that each one can
+// Package config declares the command-line flags of codefleet's commands so that each one can
 // also be set by an environment variable: flag --max-timeout is CODEFLEET_MAX_TIMEOUT (the flag
 // name upper-cased, dashes turned into underscores, behind the prefix). A flag given on the
 // command line wins over its variable, which wins over the default.
 //
 // Values: strings, ints, bools, durations ("90s", "10m"), floats, comma-separated lists and
 // byte sizes ("512MiB", "1g", "256k"; see ParseSize).
+//
+// The command line is parsed by github.com/spf13/pflag, the flag library of kubectl, helm and
+// cobra, rather than the standard flag package, which stops at the first argument that is not a
+// flag (`codefleet run 'print(1)' --timeout 1s` would run "print(1) --timeout 1s"). With pflag
+// flags stand anywhere among the arguments, in GNU style: `--name value` or `--name=value`, a
+// bool flag alone (`--destroy-on-shutdown`) sets it, and `--` ends the flags (`codefleet run --
+// 'print("--x")'`). Flags take two dashes: `-name` is refused with a hint, and `-h` is help.
 package config
 
 import (
-	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,7 +23,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 )
+
+// ErrHelp is returned by Parse when the command line asks for help (-h, --help): the usage has
+// been printed, and the command should exit 0.
+var ErrHelp = pflag.ErrHelp
 
 // DefaultEnvPrefix is the prefix of the environment variables of codefleet's flags.
 const DefaultEnvPrefix = "CODEFLEET_"
@@ -34,10 +45,13 @@ func envName(prefix, flagName string) string {
 // FlagSet is a set of flags whose defaults may come from the environment. Declare the flags,
 // then call Parse.
 type FlagSet struct {
-	fs     *flag.FlagSet
+	fs     *pflag.FlagSet
 	prefix string
 	// Summary is printed at the top of the usage text, before the flags.
 	Summary string
+	// ArgsUsage describes the arguments besides the flags in the usage line ("[code]"); none
+	// when empty.
+	ArgsUsage string
 	// LookupEnv reads the environment; os.LookupEnv unless replaced (tests).
 	LookupEnv func(string) (string, bool)
 
@@ -56,7 +70,7 @@ type entry struct {
 // reads variables with DefaultEnvPrefix.
 func New(name string, output io.Writer) *FlagSet {
 	f := &FlagSet{
-		fs:        flag.NewFlagSet(name, flag.ContinueOnError),
+		fs:        pflag.NewFlagSet(name, pflag.ContinueOnError),
 		prefix:    DefaultEnvPrefix,
 		LookupEnv: os.LookupEnv,
 		entries:   map[string]*entry{},
@@ -66,8 +80,11 @@ func New(name string, output io.Writer) *FlagSet {
 	return f
 }
 
-// FlagSet returns the underlying standard flag set.
-func (f *FlagSet) FlagSet() *flag.FlagSet { return f.fs }
+// Name returns the flag set's name, the command's.
+func (f *FlagSet) Name() string { return f.fs.Name() }
+
+// FlagSet returns the underlying pflag flag set.
+func (f *FlagSet) FlagSet() *pflag.FlagSet { return f.fs }
 
 // Env returns the environment variables of a declared flag, first the main one, then aliases.
 func (f *FlagSet) Env(flagName string) []string {
@@ -87,7 +104,7 @@ func (f *FlagSet) Alias(flagName, env string) {
 	e.env = append(e.env, env)
 }
 
-func (f *FlagSet) add(v flag.Value, name, typeName, def, usage string) {
+func (f *FlagSet) add(v pflag.Value, name, typeName, def, usage string) {
 	f.fs.Var(v, name, usage)
 	f.entries[name] = &entry{name: name, typeName: typeName, usage: usage, def: def, env: []string{envName(f.prefix, name)}}
 }
@@ -148,7 +165,8 @@ func (f *FlagSet) Float64Var(p *float64, name string, def float64, usage string)
 	f.add((*float64Value)(p), name, "float", nonZero(strconv.FormatFloat(def, 'g', -1, 64)), usage)
 }
 
-// Bool declares a bool flag: --name alone sets it; --name=false clears it.
+// Bool declares a bool flag: --name alone sets it; --name=false clears it (a value after a
+// blank, --name false, is an argument of its own, as with every GNU-style parser).
 func (f *FlagSet) Bool(name string, def bool, usage string) *bool {
 	p := new(bool)
 	f.BoolVar(p, name, def, usage)
@@ -235,36 +253,27 @@ func (f *FlagSet) SizeVar(p *int64, name string, def int64, usage string) {
 }
 
 // Parse parses args, then sets every flag not given in args from its environment variable.
-// A bad value in a variable is an error naming the variable. With -h or --help it prints the
-// usage and returns flag.ErrHelp.
-// The flag package's own report of a bad command line is not printed (it would repeat the
-// returned error and bury it under the usage): the caller prints the error.
+// Flags may stand anywhere among the arguments; "--" ends them. A bad value in a variable is an
+// error naming the variable. With -h or --help it prints the usage and returns ErrHelp.
+// Nothing but the usage is printed: the caller prints the returned error.
 func (f *FlagSet) Parse(args []string) error {
-	out := f.fs.Output()
-	var buf bytes.Buffer
-	f.fs.SetOutput(&buf)
-	err := f.fs.Parse(args)
-	f.fs.SetOutput(out)
-	if errors.Is(err, flag.ErrHelp) {
-		_, _ = out.Write(buf.Bytes())
+	if err := f.fs.Parse(args); err != nil {
+		return f.explain(err)
 	}
-	if err != nil {
-		return err
-	}
-	explicit := map[string]bool{}
-	f.fs.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
 	var errs []error
 	for _, name := range f.names() {
-		if explicit[name] {
+		if f.fs.Changed(name) {
 			continue
 		}
+		fl := f.fs.Lookup(name)
 		for _, env := range f.entries[name].env {
 			v, ok := f.LookupEnv(env)
 			if !ok {
 				continue
 			}
-			if err := f.fs.Set(name, v); err != nil {
-				errs = append(errs, fmt.Errorf("environment variable %s=%q (flag --%s): %w", env, v, name, unwrapSet(err)))
+			// The Value itself: the flag stays "not given on the command line" (Changed).
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("environment variable %s=%q (flag --%s): %w", env, v, name, err))
 			}
 			break
 		}
@@ -272,13 +281,32 @@ func (f *FlagSet) Parse(args []string) error {
 	return errors.Join(errs...)
 }
 
-// unwrapSet removes the flag package's own wording around a Value's Set error.
-func unwrapSet(err error) error {
-	if u := errors.Unwrap(err); u != nil {
-		return u
+// explain turns pflag's report of a single-dash long flag ("unknown shorthand flag: 'c' in
+// -count"; codefleet declares no shorthands) into a hint at the two-dash form.
+func (f *FlagSet) explain(err error) error {
+	var ne *pflag.NotExistError
+	if !errors.As(err, &ne) || ne.GetSpecifiedShortnames() == "" {
+		return err
 	}
-	return err
+	name, _, _ := strings.Cut(ne.GetSpecifiedShortnames(), "=")
+	if f.entries[name] != nil {
+		return fmt.Errorf("flag -%s: flags take two dashes: --%s", name, name)
+	}
+	return fmt.Errorf("unknown flag -%s (flags take two dashes; put -- before arguments that start with a dash)", name)
 }
+
+// NoArgs returns an error when arguments besides the flags were given to command, which takes
+// flags only.
+func (f *FlagSet) NoArgs(command string) error {
+	if len(f.fs.Args()) == 0 {
+		return nil
+	}
+	return fmt.Errorf("unexpected arguments %q (the %s takes flags only, a bool flag its value after =, as --name=false; see --help)",
+		f.fs.Args(), command)
+}
+
+// Changed reports whether the flag was given on the command line (not from its variable).
+func (f *FlagSet) Changed(name string) bool { return f.fs.Changed(name) }
 
 // Args returns the arguments left after the flags.
 func (f *FlagSet) Args() []string { return f.fs.Args() }
@@ -300,7 +328,11 @@ func (f *FlagSet) usage() {
 	if f.Summary != "" {
 		fmt.Fprintf(w, "%s\n\n", strings.TrimRight(f.Summary, "\n"))
 	}
-	fmt.Fprintf(w, "Usage: %s [flags]\n\n", f.fs.Name())
+	line := f.fs.Name() + " [flags]"
+	if f.ArgsUsage != "" {
+		line += " " + f.ArgsUsage
+	}
+	fmt.Fprintf(w, "Usage: %s\n\n", line)
 	fmt.Fprintf(w, "Every flag can also be set by the environment variable shown beside it;\na flag given on the command line wins over its variable.\n\n")
 	f.PrintDefaults()
 }
@@ -350,6 +382,7 @@ type stringValue string
 
 func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
 func (v *stringValue) String() string     { return string(*v) }
+func (v *stringValue) Type() string       { return "string" }
 
 type intValue int
 
@@ -362,6 +395,7 @@ func (v *intValue) Set(s string) error {
 	return nil
 }
 func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+func (v *intValue) Type() string   { return "int" }
 
 type int64Value int64
 
@@ -374,6 +408,7 @@ func (v *int64Value) Set(s string) error {
 	return nil
 }
 func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+func (v *int64Value) Type() string   { return "int" }
 
 type float64Value float64
 
@@ -386,6 +421,7 @@ func (v *float64Value) Set(s string) error {
 	return nil
 }
 func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+func (v *float64Value) Type() string   { return "float" }
 
 type boolValue bool
 
@@ -397,7 +433,10 @@ func (v *boolValue) Set(s string) error {
 	*v = boolValue(b)
 	return nil
 }
-func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) String() string { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) Type() string   { return "bool" }
+
+// IsBoolFlag makes pflag take --name alone as --name=true.
 func (v *boolValue) IsBoolFlag() bool { return true }
 
 type durationValue time.Duration
@@ -411,6 +450,7 @@ func (v *durationValue) Set(s string) error {
 	return nil
 }
 func (v *durationValue) String() string { return time.Duration(*v).String() }
+func (v *durationValue) Type() string   { return "duration" }
 
 type listValue struct {
 	p   *[]string
@@ -427,6 +467,8 @@ func (v *listValue) Set(s string) error {
 	v.set = true
 	return nil
 }
+
+func (v *listValue) Type() string { return "list" }
 
 func (v *listValue) String() string {
 	if v.p == nil {
@@ -457,6 +499,7 @@ func (v *sizeValue) Set(s string) error {
 	return nil
 }
 func (v *sizeValue) String() string { return FormatSize(int64(*v)) }
+func (v *sizeValue) Type() string   { return "size" }
 
 func numError(err error) error {
 	var ne *strconv.NumError

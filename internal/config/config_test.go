@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io"
 	"os"
 	"reflect"
@@ -187,7 +186,7 @@ func TestPrecedence(t *testing.T) {
 				"CODEFLEET_NAME": "fromenv", "CODEFLEET_COUNT": "5", "CODEFLEET_FLAG": "true",
 				"CODEFLEET_MAX_TIMEOUT": "90s", "CODEFLEET_ALLOWED_IMAGES": "a,b", "CODEFLEET_MEMORY": "1g",
 			},
-			args: []string{"--name=flag", "-count", "9", "--flag=false", "--max-timeout", "2m",
+			args: []string{"--name=flag", "--count", "9", "--flag=false", "--max-timeout", "2m",
 				"--allowed-images", "c", "--memory", "256k"},
 			want: with("name", "flag", "count", 9, "flag", false, "max-timeout", 2*time.Minute,
 				"allowed-images", []string{"c"}, "memory", int64(256<<10)),
@@ -201,6 +200,11 @@ func TestPrecedence(t *testing.T) {
 			name: "bool flag alone",
 			args: []string{"--flag"},
 			want: with("flag", true),
+		},
+		{
+			name: "bool flag alone before another flag",
+			args: []string{"--flag", "--count=2"},
+			want: with("flag", true, "count", 2),
 		},
 		{
 			name: "repeated list flag adds",
@@ -225,11 +229,7 @@ func TestPrecedence(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"CODEFLEET_NAME", "CODEFLEET_COUNT", "CODEFLEET_BIG", "CODEFLEET_CPUS",
-				"CODEFLEET_FLAG", "CODEFLEET_MAX_TIMEOUT", "CODEFLEET_ALLOWED_IMAGES", "CODEFLEET_MEMORY",
-				"CODEFLEET_NATS_URL", "NATS_URL"} {
-				unsetenv(t, k)
-			}
+			clearTestEnv(t)
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
@@ -301,11 +301,18 @@ func TestBadEnvIgnoredWhenFlagGiven(t *testing.T) {
 }
 
 func TestBadFlagValue(t *testing.T) {
+	for _, args := range [][]string{{"--memory", "huge"}, {"--memory=huge"}, {"x", "--memory", "huge"}} {
+		fs := New("test", io.Discard)
+		declare(fs)
+		err := fs.Parse(args)
+		if err == nil || !strings.Contains(err.Error(), "--memory") || !strings.Contains(err.Error(), "not a size") {
+			t.Errorf("Parse(%q): error = %v, want one naming --memory", args, err)
+		}
+	}
 	fs := New("test", io.Discard)
 	declare(fs)
-	err := fs.Parse([]string{"--memory", "huge"})
-	if err == nil || !strings.Contains(err.Error(), "memory") || !strings.Contains(err.Error(), "not a size") {
-		t.Errorf("error = %v, want one naming --memory", err)
+	if err := fs.Parse([]string{"--count"}); err == nil || !strings.Contains(err.Error(), "--count") {
+		t.Errorf("a flag without its value: %v", err)
 	}
 }
 
@@ -314,12 +321,14 @@ func TestUsageListsEnv(t *testing.T) {
 	fs := New("test", &out)
 	fs.Summary = "test does things."
 	declare(fs)
-	if err := fs.Parse([]string{"--help"}); !errors.Is(err, flag.ErrHelp) {
-		t.Fatalf("Parse(--help) = %v, want flag.ErrHelp", err)
+	fs.ArgsUsage = "[code]"
+	if err := fs.Parse([]string{"--help"}); !errors.Is(err, ErrHelp) {
+		t.Fatalf("Parse(--help) = %v, want ErrHelp", err)
 	}
 	text := out.String()
 	for _, want := range []string{
 		"test does things.",
+		"Usage: test [flags] [code]",
 		"--max-timeout duration", "$CODEFLEET_MAX_TIMEOUT", "(default 10m)",
 		"--memory size", "$CODEFLEET_MEMORY", "(default 512MiB)",
 		"--nats-url string", "$CODEFLEET_NATS_URL, $NATS_URL",
@@ -335,6 +344,107 @@ func TestUsageListsEnv(t *testing.T) {
 		if strings.HasPrefix(line, "  --") && !strings.Contains(line, "$CODEFLEET_") {
 			t.Errorf("usage line without a variable: %q", line)
 		}
+	}
+}
+
+// TestInterspersed: flags stand anywhere among the arguments, and "--" ends them.
+func TestInterspersed(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantArgs []string
+		check    func(v values) bool
+	}{
+		{name: "flags after the argument", args: []string{"print(1)", "--count", "1", "--max-timeout=1s"},
+			wantArgs: []string{"print(1)"}, check: func(v values) bool { return *v.n == 1 && *v.d == time.Second }},
+		{name: "flags between arguments", args: []string{"a", "--flag", "b", "--name", "x", "c"},
+			wantArgs: []string{"a", "b", "c"}, check: func(v values) bool { return *v.b && *v.str == "x" }},
+		{name: "dash dash ends the flags", args: []string{"--count=2", "--", `print("--x")`, "--flag"},
+			wantArgs: []string{`print("--x")`, "--flag"}, check: func(v values) bool { return *v.n == 2 && !*v.b }},
+		{name: "a lone dash is an argument", args: []string{"-", "--flag"},
+			wantArgs: []string{"-"}, check: func(v values) bool { return *v.b }},
+		{name: "a value may start with a dash", args: []string{"--name", "-x", "--count", "-1"},
+			wantArgs: []string{}, check: func(v values) bool { return *v.str == "-x" && *v.n == -1 }},
+		{name: "bool flag value after a blank is an argument", args: []string{"--flag", "false"},
+			wantArgs: []string{"false"}, check: func(v values) bool { return *v.b }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearTestEnv(t)
+			fs := New("test", io.Discard)
+			v := declare(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if got := fs.Args(); !reflect.DeepEqual(got, tc.wantArgs) && !(len(got) == 0 && len(tc.wantArgs) == 0) {
+				t.Errorf("Args() = %q, want %q", got, tc.wantArgs)
+			}
+			if !tc.check(v) {
+				t.Errorf("values %v", v.snapshot())
+			}
+		})
+	}
+}
+
+// clearTestEnv unsets the variables of the flags declare declares.
+func clearTestEnv(t *testing.T) {
+	for _, k := range []string{"CODEFLEET_NAME", "CODEFLEET_COUNT", "CODEFLEET_BIG", "CODEFLEET_CPUS",
+		"CODEFLEET_FLAG", "CODEFLEET_MAX_TIMEOUT", "CODEFLEET_ALLOWED_IMAGES", "CODEFLEET_MEMORY",
+		"CODEFLEET_NATS_URL", "NATS_URL"} {
+		unsetenv(t, k)
+	}
+}
+
+// TestChangedOnlyFromCommandLine: a value from a variable does not count as given.
+func TestChangedOnlyFromCommandLine(t *testing.T) {
+	clearTestEnv(t)
+	t.Setenv("CODEFLEET_COUNT", "5")
+	fs := New("test", io.Discard)
+	v := declare(fs)
+	if err := fs.Parse([]string{"--name", "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if *v.n != 5 || fs.Changed("count") || !fs.Changed("name") {
+		t.Errorf("count %d changed %v, name changed %v", *v.n, fs.Changed("count"), fs.Changed("name"))
+	}
+}
+
+func TestSingleDash(t *testing.T) {
+	for _, tc := range []struct {
+		arg, want string
+	}{
+		{"-count", "flags take two dashes: --count"},
+		{"-count=3", "flags take two dashes: --count"},
+		{"-x", "unknown flag -x"},
+		{"-1", "put -- before arguments that start with a dash"},
+	} {
+		fs := New("test", io.Discard)
+		declare(fs)
+		err := fs.Parse([]string{tc.arg})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%q) = %v, want an error saying %q", tc.arg, err, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	fs := New("test", &out)
+	declare(fs)
+	if err := fs.Parse([]string{"-h"}); !errors.Is(err, ErrHelp) || !strings.Contains(out.String(), "--max-timeout") {
+		t.Errorf("Parse(-h) = %v, usage %q", err, out.String())
+	}
+}
+
+func TestNoArgs(t *testing.T) {
+	fs := New("test", io.Discard)
+	declare(fs)
+	if err := fs.Parse([]string{"--flag"}); err != nil || fs.NoArgs("test") != nil {
+		t.Fatalf("Parse %v, NoArgs %v", err, fs.NoArgs("test"))
+	}
+	fs = New("test", io.Discard)
+	declare(fs)
+	if err := fs.Parse([]string{"--flag", "false"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.NoArgs("test"); err == nil || !strings.Contains(err.Error(), `unexpected arguments ["false"]`) || !strings.Contains(err.Error(), "--name=false") {
+		t.Errorf("NoArgs = %v", err)
 	}
 }
 
@@ -422,8 +532,8 @@ func TestBadCommandLineNotPrinted(t *testing.T) {
 	var out bytes.Buffer
 	fs := New("test", &out)
 	declare(fs)
-	err := fs.Parse([]string{"--no-such-flag"})
-	if err == nil || !strings.Contains(err.Error(), "no-such-flag") {
+	err := fs.Parse([]string{"print(1)", "--no-such-flag"})
+	if err == nil || !strings.Contains(err.Error(), "--no-such-flag") {
 		t.Fatalf("error = %v, want one naming the flag", err)
 	}
 	if out.Len() != 0 {

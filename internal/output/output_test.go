@@ -1,6 +1,5 @@
 package output_test
 
-
 import (
 	"strings"
 	"testing"
@@ -8,7 +7,6 @@ import (
 
 	"github.com/codefleet/codefleet/internal/output"
 )
-
 
 func TestCap(t *testing.T) {
 	if out, cut := output.Cap("short", 10); out != "short" || cut {

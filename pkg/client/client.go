@@ -1,13 +1,16 @@
 // Package client is the Go client of codefleet: what an agent framework calls to run code in a
 // conversation's sandbox over NATS.
 //
-//	c := client.New(nc)
+//	c, err := client.New(nc, client.WithTenant("acme"))
+//	if err != nil { ... }
 //	conv := c.Conversation("chat-42")
 //	res, err := conv.Run(ctx, "print(40+2)", "python", nil)
+//	// res.Output is "42\n"; err is a *protocol.Error when the fleet could not run the code
 //
 // Run retries transport failures (no dispatcher answered, a dispatcher died) with the same
 // request id, so a retried run never runs twice: the worker answers a repeated id with the first
-// run's result.
+// run's result. A request the contract refuses (empty code, an unknown language, a bad id) is
+// refused before anything is sent, with the *protocol.Error a dispatcher would answer.
 package client
 
 import (
@@ -54,9 +57,15 @@ func WithTenant(tenant string) Option {
 	}
 }
 
-// WithPrefix sets the subject prefix (default "codefleet").
+// WithPrefix sets the subject prefix (default "codefleet"): one token of [A-Za-z0-9_-].
 func WithPrefix(prefix string) Option {
-	return func(c *Client) error { c.subjects.Prefix = prefix; return nil }
+	return func(c *Client) error {
+		if err := protocol.CheckPrefix(prefix); err != nil {
+			return fmt.Errorf("client: %w", err)
+		}
+		c.subjects.Prefix = prefix
+		return nil
+	}
 }
 
 // WithAttempts sets how many times a request is sent when the transport fails (default 3).
@@ -87,6 +96,7 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 }
 
 // Conversation returns the handle of one conversation. Its sandbox is created by its first run.
+// The id must match [A-Za-z0-9_-]{1,128}; Run and Close refuse another with CodeBadRequest.
 func (c *Client) Conversation(id string) *Conversation { return &Conversation{c: c, id: id} }
 
 // Conversation is one conversation's handle. It is safe for concurrent use; runs of one
@@ -98,6 +108,15 @@ type Conversation struct {
 
 // ID returns the conversation's id.
 func (cv *Conversation) ID() string { return cv.id }
+
+// check refuses a conversation id that is not one subject token (it would make another
+// subject, which no dispatcher listens on).
+func (cv *Conversation) check() *protocol.Error {
+	if !protocol.ValidID(cv.id) {
+		return protocol.Errorf(protocol.CodeBadRequest, "conversation %q must match [A-Za-z0-9_-]{1,%d}", cv.id, protocol.MaxIDLen)
+	}
+	return nil
+}
 
 // RunOptions are the optional fields of a run.
 type RunOptions struct {
@@ -126,7 +145,11 @@ func (cv *Conversation) Run(ctx context.Context, code, language string, opts *Ru
 	if opts.Timeout > 0 {
 		req.TimeoutMS = max(opts.Timeout.Milliseconds(), 1)
 	}
-	if perr := req.Validate(); perr != nil {
+	perr := cv.check()
+	if perr == nil {
+		perr = req.Validate()
+	}
+	if perr != nil {
 		return protocol.ErrorResult(req.ID, perr), perr
 	}
 	data, err := cv.c.request(ctx, cv.c.subjects.Run(cv.c.tenant, cv.id), protocol.Encode(&req), req.Timeout()+cv.c.overhead)
@@ -145,6 +168,9 @@ func (cv *Conversation) Run(ctx context.Context, code, language string, opts *Ru
 
 // Close destroys the conversation's sandbox. Closing a conversation without one is not an error.
 func (cv *Conversation) Close(ctx context.Context) (*protocol.CloseResult, error) {
+	if perr := cv.check(); perr != nil {
+		return &protocol.CloseResult{Error: perr}, perr
+	}
 	data, err := cv.c.request(ctx, cv.c.subjects.Close(cv.c.tenant, cv.id), []byte("{}"), cv.c.overhead)
 	if err != nil {
 		return nil, fmt.Errorf("close %s: %w", cv.id, err)
@@ -175,6 +201,9 @@ func (c *Client) request(ctx context.Context, subject string, data []byte, perAt
 		}
 		if !retryable(err) {
 			return nil, err
+		}
+		if attempt == c.attempts {
+			break // no pause after the last attempt
 		}
 		// Back off a little: no dispatcher may be up yet, or one is being replaced.
 		backoff := time.Duration(attempt) * 100 * time.Millisecond

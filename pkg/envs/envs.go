@@ -12,6 +12,7 @@ package envs
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -43,6 +44,19 @@ const (
 	// ManagedByValue is the value of LabelManagedBy.
 	ManagedByValue = "codefleet"
 )
+
+// SandboxLabels returns the labels of a new sandbox for spec: the backend's own labels, then
+// spec.Labels, then the ones every backend owns (LabelManagedBy, LabelTenant,
+// LabelConversation), which neither may override.
+func SandboxLabels(backend map[string]string, spec Spec) map[string]string {
+	labels := make(map[string]string, len(backend)+len(spec.Labels)+3)
+	maps.Copy(labels, backend)
+	maps.Copy(labels, spec.Labels)
+	labels[LabelManagedBy] = ManagedByValue
+	labels[LabelTenant] = spec.Tenant
+	labels[LabelConversation] = spec.Conversation
+	return labels
+}
 
 // InFleet reports whether a sandbox's labels put it in the fleet of prefix. A sandbox without
 // LabelFleet was made before sandboxes named their fleet, by a fleet of the default prefix, the

@@ -1,6 +1,7 @@
 package daytona
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"strings"
@@ -79,18 +80,10 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
-	if c.MaxOutput == 0 {
-		c.MaxOutput = DefaultMaxOutput
-	}
-	if c.APITimeout == 0 {
-		c.APITimeout = DefaultAPITimeout
-	}
-	if c.StartTimeout == 0 {
-		c.StartTimeout = DefaultStartTimeout
-	}
-	if c.CleanupTimeout == 0 {
-		c.CleanupTimeout = DefaultCleanupTimeout
-	}
+	c.MaxOutput = cmp.Or(c.MaxOutput, DefaultMaxOutput)
+	c.APITimeout = cmp.Or(c.APITimeout, DefaultAPITimeout)
+	c.StartTimeout = cmp.Or(c.StartTimeout, DefaultStartTimeout)
+	c.CleanupTimeout = cmp.Or(c.CleanupTimeout, DefaultCleanupTimeout)
 	if c.NewAPI == nil {
 		c.NewAPI = func(a Account) (API, error) { return NewClient(ClientConfig{APIURL: a.APIURL, APIKey: a.APIKey}) }
 	}

@@ -173,16 +173,7 @@ func sandboxName(spec envs.Spec) string {
 
 // labelsFor returns the labels of a new sandbox.
 func (e *Env) labelsFor(spec envs.Spec) map[string]string {
-	labels := map[string]string{}
-	for k, v := range e.cfg.Labels {
-		labels[k] = v
-	}
-	for k, v := range spec.Labels {
-		labels[k] = v
-	}
-	labels[envs.LabelManagedBy] = envs.ManagedByValue
-	labels[envs.LabelTenant] = spec.Tenant
-	labels[envs.LabelConversation] = spec.Conversation
+	labels := envs.SandboxLabels(e.cfg.Labels, spec)
 	labels[LabelLanguage] = "python" // what the SDKs would read for their code runs
 	return labels
 }

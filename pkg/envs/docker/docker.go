@@ -225,16 +225,7 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		return nil, err
 	}
 
-	labels := map[string]string{}
-	for k, v := range e.cfg.Labels {
-		labels[k] = v
-	}
-	for k, v := range spec.Labels {
-		labels[k] = v
-	}
-	labels[envs.LabelManagedBy] = envs.ManagedByValue
-	labels[envs.LabelTenant] = spec.Tenant
-	labels[envs.LabelConversation] = spec.Conversation
+	labels := envs.SandboxLabels(e.cfg.Labels, spec)
 
 	env := map[string]string{"HOME": e.cfg.Workdir}
 	for k, v := range spec.Env {

@@ -1,0 +1,172 @@
+// Package backend declares the sandbox backend's flags (Docker and Daytona), checks them and
+// makes the backend: the one switch between pkg/envs/docker and pkg/envs/daytona that
+// cmd/worker and `codefleet dev` share.
+//
+//	var b backend.Options
+//	b.Register(fs)          // --backend, --image, the Docker flags, the --daytona-* flags
+//	fs.Parse(args)
+//	err := b.Check()        // before anything connects
+//	env, err := b.New(log)  // finds the sandbox agent (Docker), makes the envs.Env
+package backend
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/daytona"
+	"github.com/codefleet/codefleet/pkg/envs/docker"
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// Options are the backend's flags. Register declares them, Check validates them and fills what
+// depends on others, New makes the backend.
+type Options struct {
+	// Backend is docker.Name or daytona.Name (--backend).
+	Backend string
+	// Image is the default sandbox image (--image). Check sets docker.DefaultImage when it is
+	// empty with docker; with daytona empty means the service's default snapshot.
+	Image string
+	// Docker and Daytona are the two backends' configurations; Check copies Image and the
+	// output cap into them.
+	Docker  docker.Config
+	Daytona daytona.Config
+
+	cpus      float64 // --cpus, turned into Docker.NanoCPUs
+	maxOutput int64   // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
+	tenants   string  // --daytona-tenants, turned into Daytona.Tenants
+}
+
+// Register declares the backend's flags on fs, with their defaults.
+func (o *Options) Register(fs *config.FlagSet) {
+	fs.StringVar(&o.Backend, "backend", docker.Name, "sandbox backend: docker or daytona")
+	fs.StringVar(&o.Image, "image", "", "default sandbox image (default: "+docker.DefaultImage+" with docker; with daytona the service's default snapshot, or snapshot:NAME, or an image to build)")
+
+	d := &o.Docker
+	fs.StringVar(&d.Host, "docker-host", "", "Docker daemon address (default: $DOCKER_HOST or the local socket)")
+	fs.StringVar(&d.AgentPath, "agent", "", "sandbox-agent binary copied into every Docker sandbox (default: sandbox-agent next to this executable, else in $PATH, else this executable itself)")
+	fs.SizeVar(&d.Memory, "memory", docker.DefaultMemory, "memory limit of a sandbox, no swap (512MiB, 1g, ...)")
+	fs.Int64Var(&d.PidsLimit, "pids-limit", docker.DefaultPidsLimit, "most processes in a sandbox")
+	fs.Float64Var(&o.cpus, "cpus", float64(docker.DefaultNanoCPUs)/1e9, "CPUs a sandbox may use (0.5, 2, ...)")
+	fs.StringVar(&d.User, "user", docker.DefaultUser, "user:group that runs the snippets; root to run as root (capabilities stay dropped)")
+	fs.StringVar(&d.Workdir, "workdir", docker.DefaultWorkdir, "working directory of every run, where files persist")
+	fs.StringVar(&d.Network, "network", docker.DefaultNetwork, "network mode of the sandboxes")
+	fs.StringListVar(&d.CapAdd, "cap-add", nil, "capabilities re-added after all are dropped, comma-separated (e.g. CHOWN)")
+	fs.BoolVar(&d.ReadonlyRootfs, "readonly-rootfs", false, "make everything but the workdir and /tmp read-only")
+	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
+	fs.StringVar(&d.SocketDir, "socket-dir", docker.DefaultSocketDir, "directory the worker shares with the Docker daemon (same path for both) for the fast channel to the sandboxes; none: the attached stream only")
+	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
+
+	dt := &o.Daytona
+	fs.StringVar(&dt.APIKey, "daytona-api-key", "", "Daytona API key (prefer the variable to the flag, which shows in ps); may hold ${name} placeholders filled from a request's sandbox.variables")
+	fs.Alias("daytona-api-key", "DAYTONA_API_KEY")
+	fs.StringVar(&dt.APIURL, "daytona-api-url", daytona.DefaultAPIURL, "Daytona API URL")
+	fs.Alias("daytona-api-url", "DAYTONA_API_URL")
+	fs.StringVar(&dt.Target, "daytona-target", "", "Daytona target region for new sandboxes (default: the organisation's)")
+	fs.Alias("daytona-target", "DAYTONA_TARGET")
+	fs.StringVar(&o.tenants, "daytona-tenants", "", `per-tenant Daytona accounts, JSON or @file: {"acme":{"api_key":"${acme_key}","api_url":"...","target":"eu"}}; a field left out is the default account's`)
+	fs.BoolVar(&dt.NetworkBlockAll, "daytona-network-block-all", false, "cut the Daytona sandboxes' network off")
+	fs.IntVar(&dt.AutoStopInterval, "daytona-auto-stop", 0, "stop a Daytona sandbox after this many idle minutes (0: never; the worker's --idle-ttl ends sandboxes)")
+	fs.DurationVar(&dt.StartTimeout, "daytona-start-timeout", daytona.DefaultStartTimeout, "how long a new Daytona sandbox may take to start")
+}
+
+// Check validates the flags and fills the fields that depend on others (the default image, the
+// CPUs and output cap in the backends' units, the Daytona tenants), so that a bad configuration
+// fails before anything connects. The Docker limits are checked whatever the backend.
+func (o *Options) Check() error {
+	if o.cpus <= 0 || o.cpus > 1e6 {
+		return fmt.Errorf("--cpus %g: want a positive number of CPUs", o.cpus)
+	}
+	o.Docker.NanoCPUs = int64(o.cpus * 1e9)
+	if o.Docker.Memory < 6<<20 {
+		return fmt.Errorf("--memory %s: want at least 6MiB (Docker's minimum)", config.FormatSize(o.Docker.Memory))
+	}
+	if o.Docker.PidsLimit <= 0 {
+		return fmt.Errorf("--pids-limit %d: want a positive number", o.Docker.PidsLimit)
+	}
+	if o.maxOutput <= 0 || o.maxOutput > 1<<30 {
+		return fmt.Errorf("--max-output %s: want a positive size up to 1GiB", config.FormatSize(o.maxOutput))
+	}
+	o.Docker.MaxOutput = int(o.maxOutput)
+	o.Daytona.MaxOutput = int(o.maxOutput)
+	switch o.Backend {
+	case docker.Name:
+		if o.Image == "" {
+			o.Image = docker.DefaultImage
+		}
+		o.Docker.Image = o.Image
+	case daytona.Name:
+		o.Daytona.Image = o.Image
+		if err := o.parseTenants(); err != nil {
+			return err
+		}
+		if o.Daytona.APIKey == "" && len(o.Daytona.Tenants) == 0 {
+			return fmt.Errorf("the daytona backend needs an API key: set DAYTONA_API_KEY (or --daytona-api-key, %s), or accounts per tenant with --daytona-tenants",
+				config.EnvName("daytona-api-key"))
+		}
+		if o.Daytona.AutoStopInterval < 0 || o.Daytona.StartTimeout <= 0 {
+			return errors.New("--daytona-auto-stop must not be negative and --daytona-start-timeout must be positive")
+		}
+	default:
+		return fmt.Errorf("unknown backend %q (--backend, %s): the backends are %s and %s",
+			o.Backend, config.EnvName("backend"), docker.Name, daytona.Name)
+	}
+	return nil
+}
+
+// parseTenants reads --daytona-tenants: a JSON object, or @file holding one.
+func (o *Options) parseTenants() error {
+	src := strings.TrimSpace(o.tenants)
+	if src == "" {
+		return nil
+	}
+	what := "--daytona-tenants"
+	if name, ok := strings.CutPrefix(src, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		src, what = string(b), what+" file "+name
+	}
+	dec := json.NewDecoder(strings.NewReader(src))
+	dec.DisallowUnknownFields()
+	var tenants map[string]daytona.Account
+	if err := dec.Decode(&tenants); err != nil {
+		return fmt.Errorf(`%s: want a JSON object {"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}: %w`, what, err)
+	}
+	for t := range tenants {
+		if !protocol.ValidID(t) {
+			return fmt.Errorf("%s: tenant %q must match [A-Za-z0-9_-]{1,128}", what, t)
+		}
+	}
+	o.Daytona.Tenants = tenants
+	return nil
+}
+
+// New makes the backend Check accepted. For Docker it first finds the sandbox agent
+// (FindAgent) and logs at info which one it uses. Neither backend does I/O here: the Docker
+// daemon or the Daytona API is first reached when a sandbox is made or listed.
+func (o *Options) New(log zerolog.Logger) (envs.Env, error) {
+	switch o.Backend {
+	case docker.Name:
+		a, err := FindAgent(o.Docker.AgentPath)
+		if err != nil {
+			return nil, err
+		}
+		a.log(log)
+		cfg := o.Docker
+		cfg.AgentPath = a.Path
+		return docker.New(cfg, log)
+	case daytona.Name:
+		return daytona.New(o.Daytona, log)
+	default:
+		return nil, fmt.Errorf("unknown backend %q (--backend, %s): the backends are %s and %s",
+			o.Backend, config.EnvName("backend"), docker.Name, daytona.Name)
+	}
+}
