@@ -139,38 +139,16 @@ func (f *FlagSet) IntVar(p *int, name string, def int, usage string) {
 	f.add((*intValue)(p), name, "int", nonZero(strconv.Itoa(def)), usage)
 }
 
-// Int64 declares an int64 flag.
-func (f *FlagSet) Int64(name string, def int64, usage string) *int64 {
-	p := new(int64)
-	f.Int64Var(p, name, def, usage)
-	return p
-}
-
 // Int64Var declares an int64 flag stored in p.
 func (f *FlagSet) Int64Var(p *int64, name string, def int64, usage string) {
 	*p = def
 	f.add((*int64Value)(p), name, "int", nonZero(strconv.FormatInt(def, 10)), usage)
 }
 
-// Float64 declares a float64 flag.
-func (f *FlagSet) Float64(name string, def float64, usage string) *float64 {
-	p := new(float64)
-	f.Float64Var(p, name, def, usage)
-	return p
-}
-
 // Float64Var declares a float64 flag stored in p.
 func (f *FlagSet) Float64Var(p *float64, name string, def float64, usage string) {
 	*p = def
 	f.add((*float64Value)(p), name, "float", nonZero(strconv.FormatFloat(def, 'g', -1, 64)), usage)
-}
-
-// Bool declares a bool flag: --name alone sets it; --name=false clears it (a value after a
-// blank, --name false, is an argument of its own, as with every GNU-style parser).
-func (f *FlagSet) Bool(name string, def bool, usage string) *bool {
-	p := new(bool)
-	f.BoolVar(p, name, def, usage)
-	return p
 }
 
 // BoolVar declares a bool flag stored in p.
@@ -221,25 +199,10 @@ func FormatDuration(d time.Duration) string {
 	return s
 }
 
-// StringList declares a list flag: a comma-separated value ("a,b"); blanks are trimmed and
-// empty items dropped. Repeating the flag on the command line adds to the list.
-func (f *FlagSet) StringList(name string, def []string, usage string) *[]string {
-	p := new([]string)
-	f.StringListVar(p, name, def, usage)
-	return p
-}
-
 // StringListVar declares a list flag stored in p.
 func (f *FlagSet) StringListVar(p *[]string, name string, def []string, usage string) {
 	*p = append([]string(nil), def...)
 	f.add(&listValue{p: p}, name, "list", strings.Join(def, ","), usage)
-}
-
-// Size declares a byte-size flag ("512MiB", "1g", "256k", "4096"; see ParseSize).
-func (f *FlagSet) Size(name string, def int64, usage string) *int64 {
-	p := new(int64)
-	f.SizeVar(p, name, def, usage)
-	return p
 }
 
 // SizeVar declares a byte-size flag stored in p.

@@ -122,16 +122,17 @@ type values struct {
 
 func declare(fs *FlagSet) values {
 	v := values{
-		str:   fs.String("name", "def", "a string"),
-		n:     fs.Int("count", 3, "an int"),
-		n64:   fs.Int64("big", 7, "an int64"),
-		f:     fs.Float64("cpus", 1, "a float"),
-		b:     fs.Bool("flag", false, "a bool"),
+		str: fs.String("name", "def", "a string"),
+		n:   fs.Int("count", 3, "an int"),
+		n64: new(int64), f: new(float64), b: new(bool), list: new([]string), size: new(int64),
 		d:     fs.Duration("max-timeout", 10*time.Minute, "a duration"),
-		list:  fs.StringList("allowed-images", []string{"x"}, "a list"),
-		size:  fs.Size("memory", 512<<20, "a size"),
 		alias: fs.String("nats-url", "nats://127.0.0.1:4222", "a string with an alias"),
 	}
+	fs.Int64Var(v.n64, "big", 7, "an int64")
+	fs.Float64Var(v.f, "cpus", 1, "a float")
+	fs.BoolVar(v.b, "flag", false, "a bool")
+	fs.StringListVar(v.list, "allowed-images", []string{"x"}, "a list")
+	fs.SizeVar(v.size, "memory", 512<<20, "a size")
 	fs.Alias("nats-url", "NATS_URL")
 	return v
 }

@@ -435,16 +435,25 @@ func (s *Server) lookupLocked(idOrName string) *sandbox {
 	return nil
 }
 
-func notFound(w http.ResponseWriter, r *http.Request, idOrName string) {
-	apiError(w, r, http.StatusNotFound, "Sandbox with ID or name "+idOrName+" not found")
-}
-
-func (s *Server) get(w http.ResponseWriter, r *http.Request, idOrName string) {
+// lockFound locks s.mu and returns the visible sandbox idOrName names; when there is none, it
+// answers 404 and returns nil with s.mu unlocked.
+func (s *Server) lockFound(w http.ResponseWriter, r *http.Request, idOrName string) *sandbox {
 	s.mu.Lock()
 	sb := s.lookupLocked(idOrName)
 	if sb == nil {
 		s.mu.Unlock()
 		notFound(w, r, idOrName)
+	}
+	return sb
+}
+
+func notFound(w http.ResponseWriter, r *http.Request, idOrName string) {
+	apiError(w, r, http.StatusNotFound, "Sandbox with ID or name "+idOrName+" not found")
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request, idOrName string) {
+	sb := s.lockFound(w, r, idOrName)
+	if sb == nil {
 		return
 	}
 	out := sb.Sandbox.clone()
@@ -530,11 +539,8 @@ func (s *Server) seqOf(item map[string]any) int {
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request, idOrName string) {
-	s.mu.Lock()
-	sb := s.lookupLocked(idOrName)
+	sb := s.lockFound(w, r, idOrName)
 	if sb == nil {
-		s.mu.Unlock()
-		notFound(w, r, idOrName)
 		return
 	}
 	if sb.pending && sb.State != statePendingBuild {
@@ -630,11 +636,8 @@ func (s *Server) labels(w http.ResponseWriter, r *http.Request, idOrName string)
 		apiError(w, r, http.StatusBadRequest, "labels must be an object")
 		return
 	}
-	s.mu.Lock()
-	sb := s.lookupLocked(idOrName)
+	sb := s.lockFound(w, r, idOrName)
 	if sb == nil {
-		s.mu.Unlock()
-		notFound(w, r, idOrName)
 		return
 	}
 	sb.Labels = cloneMap(body.Labels) // replaces them all

@@ -12,13 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
 	"github.com/nats-io/nats.go"
 
 	"github.com/codefleet/codefleet/internal/config"
-	"github.com/codefleet/codefleet/pkg/envs"
 )
 
 // This file holds the helpers of the commands' tests (cmd/...).
@@ -112,29 +108,6 @@ func RunDaemon(t testing.TB, stopWait time.Duration, run func(ctx context.Contex
 		t.Fatalf("run did not return after cancel\n%s", logs.String())
 	}
 	return logs.String()
-}
-
-// RemoveContainers removes the managed containers that carry label=value and returns how many
-// there were: the cleanup of a command run as a process, whose sandboxes lack LabelTestRun.
-func RemoveContainers(label, value string) (int, error) {
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err != nil {
-		return 0, err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", envs.LabelManagedBy+"="+envs.ManagedByValue), filters.Arg("label", label+"="+value))})
-	if err != nil {
-		return 0, err
-	}
-	for _, c := range list {
-		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
-			return len(list), err
-		}
-	}
-	return len(list), nil
 }
 
 // READMEDocumentsFlags fails the test for every flag in help (a command's --help, as

@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/affinity"
@@ -152,22 +151,8 @@ func TestWorkerLostMidRun(t *testing.T) {
 func TestOwnerWithoutResponders(t *testing.T) {
 	const gonesTTL = 2 * time.Second
 	ns := testutil.StartNATS(t)
-	goneNC := testutil.Connect(t, ns)
-	gone, err := worker.New(worker.Config{ID: "gone", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: gonesTTL}, goneNC, fake.New(), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gone.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: gonesTTL}, testutil.Connect(t, ns), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Stop(context.Background()) })
+	_, goneNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "gone", HeartbeatTTL: gonesTTL}, fake.New())
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{HeartbeatTTL: gonesTTL})
 	c := newClient(t, ns)
 	conv := c.Conversation("orphaned")
 	if res, err := conv.Run(context.Background(), "true", "bash", nil); err != nil || res.Sandbox.Worker != "gone" {
@@ -184,9 +169,6 @@ func TestOwnerWithoutResponders(t *testing.T) {
 	if took := time.Since(start); took > gonesTTL+time.Second {
 		t.Fatalf("the run took %s, want it moved within the TTL (%s) and a second", took, gonesTTL)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	gone.Shutdown(ctx)
 }
 
 // TestOwnerReconnecting: a worker that has no responders only for a moment (a NATS restart, a
@@ -197,14 +179,7 @@ func TestOwnerReconnecting(t *testing.T) {
 	env := fake.New()
 	cfg := worker.Config{ID: "blinking", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: 3 * time.Second}
 	_, firstNC := testutil.StartDoomedWorker(t, ns, cfg, env)
-	d, err := dispatcher.New(dispatcher.Config{HeartbeatTTL: cfg.HeartbeatTTL}, testutil.Connect(t, ns), testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Stop(context.Background()) })
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{HeartbeatTTL: cfg.HeartbeatTTL})
 	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
 	conv := c.Conversation("steady")
@@ -223,14 +198,7 @@ func TestOwnerReconnecting(t *testing.T) {
 		again, err = conv.Run(context.Background(), "cat f", "bash", nil)
 	}()
 	// ...until the same worker is back on a new connection with the same sandboxes.
-	second, err2 := worker.New(cfg, testutil.Connect(t, ns), env, testutil.Logger(t))
-	if err2 != nil {
-		t.Fatal(err2)
-	}
-	if err := second.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { second.Shutdown(context.Background()) })
+	testutil.StartWorker(t, ns, cfg, env)
 	<-done
 	if err != nil || again.Output != "kept\n" || again.Sandbox.Worker != "blinking" || again.Sandbox.Recreated || again.Sandbox.ID != res.Sandbox.ID {
 		t.Fatalf("run during the reconnect: %+v %v, want it in sandbox %s on blinking", again, err, res.Sandbox.ID)
@@ -243,15 +211,7 @@ func TestOwnerReconnecting(t *testing.T) {
 func TestStaleSandboxesRemoved(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	env := fake.New()
-	w, err := worker.New(worker.Config{ID: "returning", ReapInterval: 50 * time.Millisecond, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: ttl, DestroyOnShutdown: true},
-		testutil.Connect(t, ns), env, testutil.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Shutdown(context.Background()) })
+	testutil.StartWorker(t, ns, worker.Config{ID: "returning", ReapInterval: 50 * time.Millisecond, HeartbeatTTL: ttl}, env)
 	d := startDispatcher(t, ns)
 	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
@@ -262,11 +222,7 @@ func TestStaleSandboxesRemoved(t *testing.T) {
 		}
 	}
 	// What a dispatcher does when the worker is lost: the conversation gets a new owner.
-	js, err := jetstream.New(testutil.Connect(t, ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := affinity.OpenStore(ctx, js, affinity.Config{})
+	store, err := affinity.OpenStore(ctx, testutil.JetStream(t, ns), affinity.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,16 +138,24 @@ func ErrorResult(id string, err *Error) *RunResult {
 
 // isToken reports whether s is a valid id: [A-Za-z0-9_-]{1,128}.
 func isToken(s string) bool {
-	if len(s) == 0 || len(s) > MaxIDLen {
+	return matches(s, MaxIDLen, func(_ int, c byte) bool { return isAlnum(c) || c == '_' || c == '-' })
+}
+
+// matches reports whether s has 1 to max bytes, each accepted by ok (given its index).
+func matches(s string, max int, ok func(i int, c byte) bool) bool {
+	if len(s) == 0 || len(s) > max {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !ok(i, s[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
 // ValidID reports whether s is a valid tenant, conversation or worker id.

@@ -215,30 +215,14 @@ func validateEnv(env map[string]string, field string) *Error {
 
 // isEnvName reports whether s is a POSIX environment variable name of at most MaxEnvKeyLen bytes.
 func isEnvName(s string) bool {
-	if len(s) == 0 || len(s) > MaxEnvKeyLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
+	return matches(s, MaxEnvKeyLen, func(i int, c byte) bool {
+		return isAlnum(c) && !(i == 0 && c >= '0' && c <= '9') || c == '_'
+	})
 }
 
 // isVariableName reports whether s matches [A-Za-z0-9_.-]{1,128}.
 func isVariableName(s string) bool {
-	if len(s) == 0 || len(s) > MaxIDLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
+	return matches(s, MaxIDLen, func(_ int, c byte) bool { return isAlnum(c) || c == '_' || c == '-' || c == '.' })
 }
 
 // badImageRune reports the runes an image reference may not contain: Unicode white space and
