@@ -39,7 +39,7 @@ func TestTwoFleetsOnOneNATS(t *testing.T) {
 	// Staging's shared worker is the one the test kills: it runs on a connection of its own.
 	stgEnv := newEnv()
 	_, stgSharedNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: shared, Prefix: "stg"}, stgEnv)
-	t.Cleanup(func() { destroyAll(t, stgEnv, shared) }) // a killed worker leaves its sandboxes
+	t.Cleanup(func() { destroyAll(t, stgEnv, shared, "stg") }) // a killed worker leaves its sandboxes
 	// Prod's shared worker keeps its sandboxes when it stops: the test restarts it below.
 	prdEnv := newEnv()
 	prdCfg := worker.Config{ID: shared, Prefix: "prd", HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: testutil.FleetTTL}
@@ -126,7 +126,6 @@ func TestTwoFleetsOnOneNATS(t *testing.T) {
 	if err := prdShared.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	prdCfg.ReapInterval = 100 * time.Millisecond // and it reconciles orphans often
 	restarted := testutil.StartWorker(t, ns, prdCfg, prdEnv)
 	if load := restarted.Info().Load; load != 1 {
 		t.Fatalf("prod's restarted %s holds %d sandboxes, want its own one", shared, load)
@@ -152,11 +151,11 @@ func status(t *testing.T, url, prefix string) string {
 	return out.String()
 }
 
-// destroyAll removes the sandboxes a worker left.
-func destroyAll(t *testing.T, env envs.Env, workerID string) {
+// destroyAll removes the sandboxes a worker of a fleet left.
+func destroyAll(t *testing.T, env envs.Env, workerID, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	list, err := env.List(ctx, map[string]string{envs.LabelWorker: workerID})
+	list, err := env.List(ctx, map[string]string{envs.LabelWorker: workerID, envs.LabelFleet: prefix})
 	if err != nil {
 		t.Errorf("list sandboxes of %s: %v", workerID, err)
 	}

@@ -128,6 +128,9 @@ func (c *common) dial(fs *config.FlagSet, args []string, conversation bool) (*na
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	if err := protocol.CheckPrefix(c.prefix); err != nil {
+		return nil, fmt.Errorf("--prefix: %w", err)
+	}
 	return c.connect()
 }
 

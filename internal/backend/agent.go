@@ -116,9 +116,15 @@ func Interpreter(path string) string {
 	return ""
 }
 
-// log says at info which agent the sandboxes get.
+// log says which agent the sandboxes get: at info, or at warn when it is the running
+// executable itself (each sandbox then gets a copy of a much bigger file; with a dynamically
+// linked one, images without glibc cannot start).
 func (a Agent) log(log zerolog.Logger) {
-	ev := log.Info().Str("agent", a.Path).Str("found", a.Source)
+	ev := log.Info()
+	if a.Source == SourceExecutable {
+		ev = log.Warn()
+	}
+	ev = ev.Str("agent", a.Path).Str("found", a.Source)
 	if st, err := os.Stat(a.Path); err == nil {
 		ev = ev.Int64("size", st.Size())
 	}

@@ -22,7 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/codefleet/codefleet/internal/kvwatch"
+	"github.com/codefleet/codefleet/internal/jskv"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
@@ -106,7 +106,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store,
 		return nil, fmt.Errorf("affinity: bucket %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
 	s := &Store{kv: kv, done: make(chan struct{}), cache: make(map[string]slot)}
-	w, cancel, err := kvwatch.Start(ctx, kv, s.done, s.apply)
+	w, cancel, err := jskv.Watch(ctx, kv, s.done, s.apply)
 	if err != nil {
 		return nil, fmt.Errorf("affinity: watch %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
@@ -305,16 +305,6 @@ func encode(owner Owner) (Owner, []byte, error) {
 	return stored, data, nil
 }
 
-// isConflict reports whether err is a compare-and-set failure (key exists, revision mismatch).
-func isConflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
 // Claim stores owner for a conversation that has none (kv.Create: compare-and-set). If another
 // dispatcher claimed it first, Claim returns that winner's Owner and won=false. Exactly one of
 // any number of racing Claims wins. A zero owner.Since is set to now; owner.Revision is ignored.
@@ -339,7 +329,7 @@ func (s *Store) claim(ctx context.Context, k string, stored Owner, data []byte) 
 			s.learn(k, stored)
 			return stored, true, nil
 		}
-		if !isConflict(err) {
+		if !jskv.IsConflict(err) {
 			return Owner{}, false, fmt.Errorf("affinity: claim %s: %w", k, err)
 		}
 		cur, ok, err := s.fetch(ctx, k)
@@ -376,7 +366,7 @@ func (s *Store) Move(ctx context.Context, tenant, conv string, from, to Owner) (
 		s.learn(k, stored)
 		return stored, true, nil
 	}
-	if !isConflict(err) {
+	if !jskv.IsConflict(err) {
 		return Owner{}, false, fmt.Errorf("affinity: move %s: %w", k, err)
 	}
 	cur, ok, err := s.fetch(ctx, k)
@@ -405,7 +395,7 @@ func (s *Store) Release(ctx context.Context, tenant, conv string, rev uint64) er
 			s.released(k, rev)
 			return nil
 		}
-		if !isConflict(err) {
+		if !jskv.IsConflict(err) {
 			return fmt.Errorf("affinity: release %s: %w", k, err)
 		}
 		cur, ok, err := s.fetch(ctx, k)
@@ -430,7 +420,7 @@ func (s *Store) Release(ctx context.Context, tenant, conv string, rev uint64) er
 			s.released(k, cur.Revision)
 			return nil
 		}
-		if !isConflict(err) {
+		if !jskv.IsConflict(err) {
 			return fmt.Errorf("affinity: release %s: %w", k, err)
 		}
 	}

@@ -58,7 +58,7 @@ func (c *Config) setDefaults() {
 // Validate checks the configuration (after defaults).
 func (c *Config) Validate() error {
 	switch {
-	case c.Prefix != "" && !protocol.ValidPrefix(c.Prefix):
+	case !protocol.ValidPrefix(c.Prefix):
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, protocol.CheckPrefix(c.Prefix))
 	case c.HeartbeatTTL < 0, c.MaxTimeout < 0, c.RelayOverhead < 0, c.CloseTimeout < 0:
 		return fmt.Errorf("%w: heartbeat TTL, max timeout, relay overhead and close timeout must not be negative", ErrInvalidConfig)

@@ -300,3 +300,55 @@ func TestResentRunsKeepTheirOrder(t *testing.T) {
 		t.Fatalf("the new owner ran %v, want %v", order, want)
 	}
 }
+
+// TestCreatedSandboxRecorded: the run that creates a conversation's sandbox has it recorded in
+// the conversation's ownership (from the worker's Codefleet-Sandbox-Created header, which the
+// client never sees); a later run, which creates nothing, leaves it alone.
+func TestCreatedSandboxRecorded(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	startWorker(t, ns, "rec", fake.New())
+	d := startDispatcher(t, ns)
+	testutil.WaitWorkers(t, 1, d)
+	nc := testutil.Connect(t, ns)
+	run := func() (*protocol.RunResult, nats.Header) {
+		t.Helper()
+		msg, err := nc.Request(protocol.Subjects{}.Run(protocol.DefaultTenant, "recorded"), []byte(`{"code":"true","language":"bash"}`), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := protocol.DecodeRunResult(msg.Data)
+		if err != nil || res.Error != nil || res.Sandbox == nil {
+			t.Fatalf("run: %+v %v", res, err)
+		}
+		return res, msg.Header
+	}
+	first, header := run()
+	if !first.Sandbox.Created || header.Get(protocol.HeaderSandboxCreated) != "" {
+		t.Fatalf("first run: created %v, header %v: want created, and no internal header for the client", first.Sandbox.Created, header)
+	}
+	store, err := affinity.OpenStore(testutil.Context(t), testutil.JetStream(t, ns), affinity.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Stop()
+	owner := func() affinity.Owner {
+		o, ok, err := store.Get(testutil.Context(t), protocol.DefaultTenant, "recorded")
+		if err != nil || !ok {
+			t.Fatalf("owner: %+v %v %v", o, ok, err)
+		}
+		return o
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if o := owner(); o.Sandbox != first.Sandbox.ID || o.Worker != "rec" {
+			return fmt.Errorf("ownership %+v, want sandbox %s on rec", o, first.Sandbox.ID)
+		}
+		return nil
+	})
+	rev := owner().Revision
+	if second, _ := run(); second.Sandbox.Created || second.Sandbox.ID != first.Sandbox.ID {
+		t.Fatalf("second run: %+v", second.Sandbox)
+	}
+	if o := owner(); o.Revision != rev {
+		t.Fatalf("a run that created nothing rewrote the ownership: revision %d, was %d", o.Revision, rev)
+	}
+}

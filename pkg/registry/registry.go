@@ -15,7 +15,7 @@
 // need to survive a NATS restart.
 //
 // The package does not log: failures are returned, worker losses are reported through
-// Config.OnLost, and Join reports a wait through MemberConfig.OnWait.
+// Config.OnLost, and Join tells what it waits for through MemberConfig.Note.
 package registry
 
 import (
@@ -39,7 +39,8 @@ const DefaultTTL = 3 * time.Second
 const minMarkerTTL = time.Second
 
 // BucketConfig is the configuration of a fleet's registry bucket. Workers and dispatchers
-// create it with this same function, so neither rewrites the other's configuration: entries
+// create it with this same function (a dispatcher never changes an existing bucket; a worker
+// that has claimed its id sets it to its own TTL and replicas): entries
 // expire ttl after their last refresh, and an expired entry leaves a delete marker
 // (LimitMarkerTTL) so that watchers learn of a dead worker at once. JetStream keeps markers at
 // least a second, so LimitMarkerTTL is max(ttl, 1s).

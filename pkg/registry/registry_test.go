@@ -718,3 +718,43 @@ func TestMemberLifecycle(t *testing.T) {
 		t.Fatalf("Join with a bad prefix: %v", err)
 	}
 }
+
+// TestJoinRace: of two workers joining with one id at the same moment, one claims it (the claim
+// is a compare-and-set) and the other, seeing the winner refresh its registration, is refused.
+func TestJoinRace(t *testing.T) {
+	js := testutil.JetStream(t, testutil.StartNATS(t))
+	ctx := testutil.Context(t)
+	cfg := registry.MemberConfig{ID: "twin", Interval: 100 * time.Millisecond, TTL: 10 * time.Second}
+	type joined struct {
+		m   *registry.Member
+		err error
+	}
+	results := make(chan joined, 2)
+	for range 2 {
+		go func() {
+			m, err := registry.Join(ctx, js, cfg)
+			results <- joined{m, err}
+		}()
+	}
+	first := <-results
+	if first.err != nil {
+		t.Fatalf("neither join won: %v", first.err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				first.m.Heartbeat(ctx, protocol.WorkerInfo{Updated: time.Now()})
+			}
+		}
+	}()
+	if second := <-results; !errors.Is(second.err, registry.ErrIDInUse) {
+		t.Fatalf("both joins claimed the id: the second returned %v, want ErrIDInUse", second.err)
+	}
+}

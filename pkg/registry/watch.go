@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/codefleet/codefleet/internal/kvwatch"
+	"github.com/codefleet/codefleet/internal/jskv"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
@@ -85,7 +85,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Registry, e
 		workers: make(map[string]*workerState), pending: make(map[string][]time.Time),
 		notify: make(chan struct{}, 1),
 	}
-	w, cancel, err := kvwatch.Start(ctx, kv, r.done, r.apply)
+	w, cancel, err := jskv.Watch(ctx, kv, r.done, r.apply)
 	if err != nil {
 		return nil, fmt.Errorf("registry: watch %s: %w", cfg.Fleet.WorkersBucket(), err)
 	}

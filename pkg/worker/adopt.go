@@ -16,6 +16,7 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	m.warnUnlabelled(ctx)
 	// Newest first: if a conversation somehow has two sandboxes, the newest wins.
 	sort.Slice(list, func(i, j int) bool { return list[i].Created.After(list[j].Created) })
 	adopted := 0
@@ -67,4 +68,29 @@ func (m *manager) sandboxes(ctx context.Context) ([]envs.Info, error) {
 		}
 	}
 	return ours, nil
+}
+
+// warnUnlabelled says when a worker of a fleet with another prefix than the default finds
+// sandboxes with its id and no fleet label: made before sandboxes named their fleet, they count
+// as the default fleet's, so this worker neither re-adopts nor reaps them. If this fleet made
+// them before the upgrade, they are stale (its conversations moved to its own buckets too) and
+// can be removed (docs/operations.md, "Upgrading").
+func (m *manager) warnUnlabelled(ctx context.Context) {
+	if m.cfg.Prefix == protocol.DefaultPrefix {
+		return
+	}
+	list, err := m.env.List(ctx, map[string]string{envs.LabelWorker: m.worker})
+	if err != nil {
+		return
+	}
+	n := 0
+	for _, info := range list {
+		if _, ok := info.Labels[envs.LabelFleet]; !ok {
+			n++
+		}
+	}
+	if n > 0 {
+		m.log.Warn().Int("sandboxes", n).Str("label", envs.LabelFleet).
+			Msg("sandboxes with this worker's id and no fleet label belong to the default prefix's fleet and are left alone; if this fleet made them before it upgraded, remove them")
+	}
 }

@@ -215,12 +215,3 @@ func errorOf(err error) *protocol.Error {
 		return &protocol.Error{Code: protocol.CodeInternal, Message: err.Error()}
 	}
 }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -199,7 +200,7 @@ func (m *manager) execute(s *session, j *job) bool {
 		s.lost = false
 		s.mu.Unlock()
 	}
-	if !contains(sb.Languages(), req.Language) {
+	if !slices.Contains(sb.Languages(), req.Language) {
 		res := protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeUnsupportedLanguage,
 			"%s is not available in this sandbox's image %s (it has %v)", req.Language, sb.Info().Image, sb.Languages()))
 		res.Sandbox = info

@@ -50,12 +50,15 @@ type Worker struct {
 	subjects protocol.Subjects
 	m        *manager
 
-	started  time.Time
-	draining atomic.Bool
+	started time.Time
+	// starting is set from the id's claim until Start serves, draining from Shutdown on; the
+	// registration says draining in both, so nothing is placed on the worker.
+	starting, draining atomic.Bool
 
 	svc micro.Service
-	// member is the worker's registration, set by Start.
+	// member is the worker's registration, set by Start; hbMu serializes heartbeats.
 	member *registry.Member
+	hbMu   sync.Mutex
 
 	stop    context.CancelFunc
 	bg      sync.WaitGroup
@@ -100,6 +103,15 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 
+	// From the claim on, the registration is refreshed (saying draining until the worker
+	// serves): re-adoption may take longer than the two heartbeat intervals after which another
+	// worker with this id would take the registration over.
+	w.starting.Store(true)
+	bgctx, cancel := context.WithCancel(context.Background())
+	w.stop = cancel
+	w.bg.Add(1)
+	go w.every(bgctx, w.cfg.HeartbeatInterval, w.beat())
+
 	w.m.ownerOf = affinity.NewOwners(js, w.subjects).Owner
 	n, err := w.m.adopt(ctx)
 	if err != nil {
@@ -109,9 +121,6 @@ func (w *Worker) Start(ctx context.Context) error {
 		w.log.Info().Int("sandboxes", n).Msg("re-adopted sandboxes")
 		// Conversations moved elsewhere while this worker was down are no longer its own.
 		w.m.evictMoved(ctx)
-	}
-	if err := w.heartbeat(ctx); err != nil {
-		return fmt.Errorf("worker: register: %w", err)
 	}
 
 	w.svc, err = micro.AddService(w.nc, micro.Config{
@@ -140,27 +149,11 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.nc.FlushTimeout(10 * time.Second); err != nil {
 		return fmt.Errorf("worker: flush subscriptions: %w", err)
 	}
-
-	bgctx, cancel := context.WithCancel(context.Background())
-	w.stop = cancel
-	w.bg.Add(2)
-	lastBeat := time.Now()
-	go w.every(bgctx, w.cfg.HeartbeatInterval, func(ctx context.Context) {
-		err := w.heartbeat(ctx)
-		if err == nil || ctx.Err() != nil {
-			lastBeat = time.Now()
-			return
-		}
-		w.log.Warn().Err(err).Msg("heartbeat")
-		// Silent for a whole TTL while the connection claims to be up: it is probably dead
-		// (a network cut leaves no error until pings time out). Reconnect now, so the worker
-		// is back as soon as the network is.
-		if time.Since(lastBeat) > w.cfg.HeartbeatTTL && w.nc.IsConnected() {
-			w.log.Warn().Dur("silent", time.Since(lastBeat)).Msg("registration not refreshed for a TTL; reconnecting to NATS")
-			w.nc.ForceReconnect()
-			lastBeat = time.Now()
-		}
-	})
+	w.starting.Store(false)
+	if err := w.heartbeat(ctx); err != nil {
+		return fmt.Errorf("worker: register: %w", err)
+	}
+	w.bg.Add(1)
 	go w.every(bgctx, w.cfg.ReapInterval, w.m.reap)
 	w.log.Info().Str("backend", w.env.Name()).Int("capacity", w.cfg.Capacity).Msg("worker started")
 	return nil
@@ -180,12 +173,34 @@ func (w *Worker) every(ctx context.Context, d time.Duration, f func(context.Cont
 	}
 }
 
+// beat returns the heartbeat loop's step: it refreshes the registration and, when that has
+// failed for a whole TTL while the connection claims to be up, forces a reconnect.
+func (w *Worker) beat() func(context.Context) {
+	lastBeat := time.Now()
+	return func(ctx context.Context) {
+		err := w.heartbeat(ctx)
+		if err == nil || ctx.Err() != nil {
+			lastBeat = time.Now()
+			return
+		}
+		w.log.Warn().Err(err).Msg("heartbeat")
+		// Silent for a whole TTL while the connection claims to be up: it is probably dead
+		// (a network cut leaves no error until pings time out). Reconnect now, so the worker
+		// is back as soon as the network is.
+		if time.Since(lastBeat) > w.cfg.HeartbeatTTL && w.nc.IsConnected() {
+			w.log.Warn().Dur("silent", time.Since(lastBeat)).Msg("registration not refreshed for a TTL; reconnecting to NATS")
+			w.nc.ForceReconnect()
+			lastBeat = time.Now()
+		}
+	}
+}
+
 // Info returns the worker's registration as it stands.
 func (w *Worker) Info() protocol.WorkerInfo {
 	sessions, running := w.m.load()
 	return protocol.WorkerInfo{
 		ID: w.cfg.ID, Backends: []string{w.env.Name()}, Languages: w.m.languageList(),
-		Capacity: w.cfg.Capacity, Load: sessions, Running: running, Draining: w.draining.Load(),
+		Capacity: w.cfg.Capacity, Load: sessions, Running: running, Draining: w.draining.Load() || w.starting.Load(),
 		Version: w.cfg.Version, Started: w.started, Updated: time.Now(),
 	}
 }
@@ -193,11 +208,15 @@ func (w *Worker) Info() protocol.WorkerInfo {
 // ErrIDInUse is returned by Start when a live worker already has the id.
 var ErrIDInUse = registry.ErrIDInUse
 
-// heartbeat refreshes the worker's registration.
+// heartbeat refreshes the worker's registration. The loop's, Start's and Shutdown's
+// heartbeats take turns, each putting the state it read: a put of a state read before another
+// heartbeat's must not land after it (it would say draining again once Start has served).
 func (w *Worker) heartbeat(ctx context.Context) error {
 	if w.member == nil {
 		return nil // not started
 	}
+	w.hbMu.Lock()
+	defer w.hbMu.Unlock()
 	return w.member.Heartbeat(ctx, w.Info())
 }
 

@@ -1,0 +1,72 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/fake"
+	"github.com/codefleet/codefleet/pkg/worker"
+)
+
+// TestOtherFleetsSandboxesLeftAlone: a worker re-adopts and reaps only the sandboxes of its own
+// fleet, though another fleet's worker of the same id (the default id is the host name) shares
+// the backend; a sandbox without a fleet label belongs to the default prefix's fleet (made
+// before sandboxes were labelled), which adopts it.
+func TestOtherFleetsSandboxesLeftAlone(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	env := fake.New()
+	ctx := context.Background()
+	create := func(conv string, labels map[string]string) string {
+		t.Helper()
+		sb, err := env.Create(ctx, envs.Spec{Tenant: "t", Conversation: conv, Labels: labels})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sb.Info().ID
+	}
+	const id = "same-id"
+	create("stg-conv", map[string]string{envs.LabelWorker: id, envs.LabelFleet: "stg"})
+	other := create("prd-conv", map[string]string{envs.LabelWorker: id, envs.LabelFleet: "prd"})
+	legacy := create("old-conv", map[string]string{envs.LabelWorker: id})
+
+	// Staging's worker reaps its orphans at once.
+	stg := startWorker(t, ns, env, worker.Config{ID: id, Prefix: "stg", ReapInterval: 20 * time.Millisecond, OrphanGrace: time.Millisecond})
+	if load := stg.Info().Load; load != 1 {
+		t.Fatalf("staging's worker re-adopted %d sandboxes, want its own one", load)
+	}
+	// Two orphans of staging's, one after the other: once the second is gone, a whole reaping
+	// pass has run since the first (each pass lists the sandboxes once, at its start).
+	for i := range 2 {
+		orphan := fmt.Sprintf("orphan-%d", i)
+		create(orphan, map[string]string{envs.LabelWorker: id, envs.LabelFleet: "stg"})
+		testutil.Eventually(t, 10*time.Second, func() error {
+			list, err := env.List(ctx, map[string]string{envs.LabelConversation: orphan})
+			if err != nil || len(list) != 0 {
+				return fmt.Errorf("staging's %s not reaped yet (%d, %v)", orphan, len(list), err)
+			}
+			return nil
+		})
+	}
+	list, err := env.List(ctx, map[string]string{envs.LabelWorker: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, info := range list {
+		ids = append(ids, info.ID)
+	}
+	if !slices.Contains(ids, other) || !slices.Contains(ids, legacy) {
+		t.Fatalf("staging's worker removed another fleet's sandboxes: left %v, want %s (prd) and %s (unlabelled) among them", ids, other, legacy)
+	}
+
+	// The default fleet's worker of that id takes the unlabelled one, not prd's.
+	def := startWorker(t, ns, env, worker.Config{ID: id})
+	if load := def.Info().Load; load != 1 {
+		t.Fatalf("the default fleet's worker re-adopted %d sandboxes, want the unlabelled one", load)
+	}
+}
