@@ -455,12 +455,15 @@ func workers(nc *nats.Conn) ([]protocol.WorkerInfo, error) {
 	return registry.List(ctx, js, protocol.Subjects{})
 }
 
-// liveWorkers lists the ids of the registered workers, sorted.
+// liveWorkers lists the ids of the registered workers that serve, sorted: not draining (a
+// worker says draining from its id's claim until it serves, and while it stops).
 func liveWorkers(nc *nats.Conn) ([]string, error) {
 	infos, err := workers(nc)
 	var ids []string
 	for _, info := range infos {
-		ids = append(ids, info.ID)
+		if !info.Draining {
+			ids = append(ids, info.ID)
+		}
 	}
 	return ids, err
 }

@@ -62,9 +62,11 @@ func TestInstalled(t *testing.T) {
 			if code, out, errOut, _ := codefleet("run", "echo $((40+2))", "--language", "bash"); code != 0 || out != "42\n" {
 				t.Fatalf("run echo $((40+2)): exit %d, stdout %q, stderr %q\ndev: %s", code, out, errOut, logs.String())
 			}
+			// Exit 124 and "timed out" prove the flag applied: with the server's default timeout
+			// of 60 s the 5 s sleep would finish, exit 0. No bound on the time: 2 shared CPUs.
 			code, _, errOut, took := codefleet("run", "import time; time.sleep(5)", "--timeout", "1s", "--language", "python")
-			if code != 124 || !strings.Contains(errOut, "timed out") || took > 4*time.Second {
-				t.Fatalf("run sleep(5) --timeout 1s: exit %d in %s, stderr %q; want 124, timed out, in well under 5s", code, took, errOut)
+			if code != 124 || !strings.Contains(errOut, "timed out") {
+				t.Fatalf("run sleep(5) --timeout 1s: exit %d in %s, stderr %q; want 124, timed out", code, took, errOut)
 			}
 			t.Logf("%s: the 1s timeout answered in %s", tc.name, took.Round(time.Millisecond))
 		})

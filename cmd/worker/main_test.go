@@ -287,7 +287,13 @@ func runWorker(t *testing.T, id string, args ...string) (protocol.WorkerInfo, je
 		if err != nil {
 			return err
 		}
-		return json.Unmarshal(e.Value(), &info)
+		if err := json.Unmarshal(e.Value(), &info); err != nil {
+			return err
+		}
+		if info.Draining {
+			return errors.New("registered, still starting (draining until it serves)")
+		}
+		return nil
 	})
 	return info, kv, logs
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codefleet/codefleet/internal/agent/wire"
+	"github.com/codefleet/codefleet/internal/testutil"
 )
 
 const testToken = "0123456789abcdef0123456789abcdef"
@@ -257,13 +259,23 @@ func TestDialUnix(t *testing.T) {
 		t.Fatalf("read past the deadline: %v", err)
 	}
 	second.SetReadDeadline(time.Time{})
+	// No data comes on first: its Read blocks in the poller until the Close. The Close waits
+	// until the goroutine's stack shows it there, so the test proves a blocked Read released
+	// rather than one that starts after the Close.
 	read := make(chan error, 1)
 	go func() {
 		_, err := first.Read(make([]byte, 1))
 		read <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
-	first.Close()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if !blockedInRead("agent.TestDialUnix.func") {
+			return errors.New("the Read is not blocked yet")
+		}
+		return nil
+	})
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case err := <-read:
 		if !errors.Is(err, os.ErrClosed) {
@@ -272,4 +284,21 @@ func TestDialUnix(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not end the Read")
 	}
+	if _, err := first.Read(make([]byte, 1)); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+}
+
+// blockedInRead reports whether a goroutine whose stack holds fn waits in the poller ("IO
+// wait") in an os.File's Read.
+func blockedInRead(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "[IO wait") && strings.Contains(g, "os.(*File).Read(") && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }

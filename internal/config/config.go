@@ -11,7 +11,9 @@
 // flag (`codefleet run 'print(1)' --timeout 1s` would run "print(1) --timeout 1s"). With pflag
 // flags stand anywhere among the arguments, in GNU style: `--name value` or `--name=value`, a
 // bool flag alone (`--destroy-on-shutdown`) sets it, and `--` ends the flags (`codefleet run --
-// 'print("--x")'`). Flags take two dashes: `-name` is refused with a hint, and `-h` is help.
+// 'print("--x")'`). Flags take two dashes: `-name` is refused with a hint, even `-host` (which
+// pflag would read as -h), and only `-h` alone is help. A flag's value may start with a dash
+// (`--conversation -abc`); another argument that does goes after `--`.
 package config
 
 import (
@@ -52,8 +54,6 @@ type FlagSet struct {
 	// ArgsUsage describes the arguments besides the flags in the usage line ("[code]"); none
 	// when empty.
 	ArgsUsage string
-	// LookupEnv reads the environment; os.LookupEnv unless replaced (tests).
-	LookupEnv func(string) (string, bool)
 
 	entries map[string]*entry
 }
@@ -70,10 +70,9 @@ type entry struct {
 // reads variables with DefaultEnvPrefix.
 func New(name string, output io.Writer) *FlagSet {
 	f := &FlagSet{
-		fs:        pflag.NewFlagSet(name, pflag.ContinueOnError),
-		prefix:    DefaultEnvPrefix,
-		LookupEnv: os.LookupEnv,
-		entries:   map[string]*entry{},
+		fs:      pflag.NewFlagSet(name, pflag.ContinueOnError),
+		prefix:  DefaultEnvPrefix,
+		entries: map[string]*entry{},
 	}
 	f.fs.SetOutput(output)
 	f.fs.Usage = f.usage
@@ -82,17 +81,6 @@ func New(name string, output io.Writer) *FlagSet {
 
 // Name returns the flag set's name, the command's.
 func (f *FlagSet) Name() string { return f.fs.Name() }
-
-// FlagSet returns the underlying pflag flag set.
-func (f *FlagSet) FlagSet() *pflag.FlagSet { return f.fs }
-
-// Env returns the environment variables of a declared flag, first the main one, then aliases.
-func (f *FlagSet) Env(flagName string) []string {
-	if e := f.entries[flagName]; e != nil {
-		return append([]string(nil), e.env...)
-	}
-	return nil
-}
 
 // Alias makes the variable env another source of a declared flag, read when the flag's own
 // variable is unset (e.g. NATS_URL for --nats-url).
@@ -220,6 +208,9 @@ func (f *FlagSet) SizeVar(p *int64, name string, def int64, usage string) {
 // error naming the variable. With -h or --help it prints the usage and returns ErrHelp.
 // Nothing but the usage is printed: the caller prints the returned error.
 func (f *FlagSet) Parse(args []string) error {
+	if err := f.singleDash(args); err != nil {
+		return err
+	}
 	if err := f.fs.Parse(args); err != nil {
 		return f.explain(err)
 	}
@@ -230,7 +221,7 @@ func (f *FlagSet) Parse(args []string) error {
 		}
 		fl := f.fs.Lookup(name)
 		for _, env := range f.entries[name].env {
-			v, ok := f.LookupEnv(env)
+			v, ok := os.LookupEnv(env)
 			if !ok {
 				continue
 			}
@@ -244,8 +235,51 @@ func (f *FlagSet) Parse(args []string) error {
 	return errors.Join(errs...)
 }
 
-// explain turns pflag's report of a single-dash long flag ("unknown shorthand flag: 'c' in
-// -count"; codefleet declares no shorthands) into a hint at the two-dash form.
+// singleDash refuses a single-dash long flag among args, up to "--": an argument that starts
+// with one dash, is longer than two characters and is not the value of the flag before it.
+// pflag would read it as shorthands, and codefleet declares none, so it fails with a confusing
+// error, or worse, when its first letter is h, as -h: `worker -heartbeat-ttl 5s` would print
+// the usage and exit 0. Arguments of two characters (-h, -x, -1) are left to pflag and explain.
+func (f *FlagSet) singleDash(args []string) error {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return nil
+		case strings.HasPrefix(a, "--"):
+			name, _, withValue := strings.Cut(a[2:], "=")
+			fl := f.fs.Lookup(name)
+			if fl == nil {
+				return nil // unknown (or --help): pflag stops there with its own answer
+			}
+			if !withValue && fl.NoOptDefVal == "" {
+				i++ // the next argument is the flag's value, whatever it starts with
+			}
+		case len(a) > 2 && a[0] == '-':
+			return f.singleDashError(a)
+		}
+	}
+	return nil
+}
+
+func (f *FlagSet) singleDashError(arg string) error {
+	name, _, _ := strings.Cut(arg[1:], "=")
+	var msg string
+	if f.entries[name] != nil {
+		msg = fmt.Sprintf("flag -%s: flags take two dashes: -%s", name, arg)
+	} else {
+		msg = fmt.Sprintf("unknown flag %s: flags take two dashes (-%s)", arg, arg)
+	}
+	if f.ArgsUsage != "" {
+		msg += fmt.Sprintf("; a word of the %s or an argument that starts with a dash goes after --: %s -- %s",
+			strings.Trim(f.ArgsUsage, "[]"), f.fs.Name(), arg)
+	}
+	return errors.New(msg)
+}
+
+// explain turns pflag's report of a two-character single-dash argument ("unknown shorthand
+// flag: 'x' in -x"; codefleet declares no shorthands, and singleDash has refused the longer
+// ones) into a hint at the two-dash form.
 func (f *FlagSet) explain(err error) error {
 	var ne *pflag.NotExistError
 	if !errors.As(err, &ne) || ne.GetSpecifiedShortnames() == "" {
@@ -268,9 +302,6 @@ func (f *FlagSet) NoArgs(command string) error {
 		f.fs.Args(), command)
 }
 
-// Changed reports whether the flag was given on the command line (not from its variable).
-func (f *FlagSet) Changed(name string) bool { return f.fs.Changed(name) }
-
 // Args returns the arguments left after the flags.
 func (f *FlagSet) Args() []string { return f.fs.Args() }
 
@@ -283,9 +314,6 @@ func (f *FlagSet) names() []string {
 	return names
 }
 
-// Usage prints the usage text to the flag set's output.
-func (f *FlagSet) Usage() { f.usage() }
-
 func (f *FlagSet) usage() {
 	w := f.fs.Output()
 	if f.Summary != "" {
@@ -297,12 +325,7 @@ func (f *FlagSet) usage() {
 	}
 	fmt.Fprintf(w, "Usage: %s\n\n", line)
 	fmt.Fprintf(w, "Every flag can also be set by the environment variable shown beside it;\na flag given on the command line wins over its variable.\n\n")
-	f.PrintDefaults()
-}
-
-// PrintDefaults prints one block per flag: name, type and variables, then the usage and default.
-func (f *FlagSet) PrintDefaults() {
-	w := f.fs.Output()
+	// One block per flag: name, type and variables, then the usage and default.
 	for _, name := range f.names() {
 		e := f.entries[name]
 		head := "  --" + e.name
@@ -320,25 +343,6 @@ func (f *FlagSet) PrintDefaults() {
 		}
 		fmt.Fprintln(w, line)
 	}
-}
-
-// Entry describes one declared flag, for documentation.
-type Entry struct {
-	Name    string
-	Type    string
-	Env     []string
-	Default string
-	Usage   string
-}
-
-// Entries returns the declared flags sorted by name.
-func (f *FlagSet) Entries() []Entry {
-	out := make([]Entry, 0, len(f.entries))
-	for _, n := range f.names() {
-		e := f.entries[n]
-		out = append(out, Entry{Name: e.name, Type: e.typeName, Env: append([]string(nil), e.env...), Default: e.def, Usage: e.usage})
-	}
-	return out
 }
 
 type stringValue string

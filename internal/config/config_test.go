@@ -395,41 +395,105 @@ func clearTestEnv(t *testing.T) {
 	}
 }
 
-// TestChangedOnlyFromCommandLine: a value from a variable does not count as given.
-func TestChangedOnlyFromCommandLine(t *testing.T) {
-	clearTestEnv(t)
-	t.Setenv("CODEFLEET_COUNT", "5")
-	fs := New("test", io.Discard)
-	v := declare(fs)
-	if err := fs.Parse([]string{"--name", "x"}); err != nil {
-		t.Fatal(err)
+// TestSingleDash: a single-dash long flag is refused with a hint, even one whose first letter
+// is h (pflag alone reads -heartbeat-ttl as -h and prints the usage: exit 0); only -h alone is
+// help. Nothing is printed: the caller prints the error.
+func TestSingleDash(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		argsUsage string
+		want      []string
+	}{
+		{args: []string{"-count"}, want: []string{"flag -count: flags take two dashes: --count"}},
+		{args: []string{"-count=3"}, want: []string{"flags take two dashes: --count=3"}},
+		{args: []string{"-heartbeat-ttl", "5s"}, want: []string{"flag -heartbeat-ttl: flags take two dashes: --heartbeat-ttl"}},
+		{args: []string{"-heartbeat-ttl=5s"}, want: []string{"flags take two dashes: --heartbeat-ttl=5s"}},
+		{args: []string{"-host", "x"}, want: []string{"unknown flag -host: flags take two dashes (--host)"}},
+		{args: []string{"-help"}, want: []string{"unknown flag -help"}},
+		{args: []string{"--count", "2", "-heartbeat-ttl", "5s"}, want: []string{"-heartbeat-ttl"}},
+		{args: []string{"--flag", "-heartbeat-ttl", "5s"}, want: []string{"-heartbeat-ttl"}}, // a bool flag takes no value
+		{args: []string{"--name=x", "-hx"}, want: []string{"unknown flag -hx"}},
+		{args: []string{"print(1)", "-abc"}, want: []string{"unknown flag -abc"}},
+		{args: []string{"-abc"}, argsUsage: "[code]",
+			want: []string{"unknown flag -abc", "a word of the code or an argument that starts with a dash goes after --: test -- -abc"}},
+		// Two characters: pflag's shorthand error, explained.
+		{args: []string{"-x"}, want: []string{"unknown flag -x"}},
+		{args: []string{"-1"}, want: []string{"put -- before arguments that start with a dash"}},
+	} {
+		var out bytes.Buffer
+		fs := New("test", &out)
+		fs.ArgsUsage = tc.argsUsage
+		declare(fs)
+		fs.Duration("heartbeat-ttl", 3*time.Second, "a duration whose name starts with h")
+		err := fs.Parse(tc.args)
+		if err == nil || errors.Is(err, ErrHelp) {
+			t.Errorf("Parse(%q) = %v, want an error saying %q", tc.args, err, tc.want)
+			continue
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Parse(%q) = %v, want an error saying %q", tc.args, err, want)
+			}
+		}
+		if tc.argsUsage == "" && strings.Contains(err.Error(), "goes after --") {
+			t.Errorf("Parse(%q) = %v: a command without arguments has nothing to put after --", tc.args, err)
+		}
+		if out.Len() != 0 {
+			t.Errorf("Parse(%q) printed %q", tc.args, out.String())
+		}
 	}
-	if *v.n != 5 || fs.Changed("count") || !fs.Changed("name") {
-		t.Errorf("count %d changed %v, name changed %v", *v.n, fs.Changed("count"), fs.Changed("name"))
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"--count=2", "-h"}, {"x", "-h"}} {
+		var out bytes.Buffer
+		fs := New("test", &out)
+		declare(fs)
+		if err := fs.Parse(args); !errors.Is(err, ErrHelp) || !strings.Contains(out.String(), "--max-timeout") {
+			t.Errorf("Parse(%q) = %v, usage %q", args, err, out.String())
+		}
 	}
 }
 
-func TestSingleDash(t *testing.T) {
+// TestDashValues: a flag's value may start with a dash (conversation ids may), with or without
+// =, and so may the arguments after --.
+func TestDashValues(t *testing.T) {
 	for _, tc := range []struct {
-		arg, want string
+		name     string
+		args     []string
+		wantArgs []string
+		check    func(v values) bool
 	}{
-		{"-count", "flags take two dashes: --count"},
-		{"-count=3", "flags take two dashes: --count"},
-		{"-x", "unknown flag -x"},
-		{"-1", "put -- before arguments that start with a dash"},
+		{name: "string value", args: []string{"--name", "-abc"},
+			check: func(v values) bool { return *v.str == "-abc" }},
+		{name: "string value after =", args: []string{"--name=-abc"},
+			check: func(v values) bool { return *v.str == "-abc" }},
+		{name: "value like -h", args: []string{"--name", "-h"},
+			check: func(v values) bool { return *v.str == "-h" }},
+		{name: "value like a flag", args: []string{"--name", "-count", "--count", "4"},
+			check: func(v values) bool { return *v.str == "-count" && *v.n == 4 }},
+		{name: "negative float", args: []string{"--cpus", "-1"},
+			check: func(v values) bool { return *v.f == -1 }},
+		{name: "negative duration", args: []string{"--max-timeout", "-1s"},
+			check: func(v values) bool { return *v.d == -time.Second }},
+		{name: "negative duration after =", args: []string{"--max-timeout=-1s"},
+			check: func(v values) bool { return *v.d == -time.Second }},
+		{name: "list value", args: []string{"x", "--allowed-images", "-a,-b"}, wantArgs: []string{"x"},
+			check: func(v values) bool { return reflect.DeepEqual(*v.list, []string{"-a", "-b"}) }},
+		{name: "arguments after dash dash", args: []string{"--flag", "--", "-abc", "-heartbeat-ttl"},
+			wantArgs: []string{"-abc", "-heartbeat-ttl"}, check: func(v values) bool { return *v.b }},
 	} {
-		fs := New("test", io.Discard)
-		declare(fs)
-		err := fs.Parse([]string{tc.arg})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("Parse(%q) = %v, want an error saying %q", tc.arg, err, tc.want)
-		}
-	}
-	var out bytes.Buffer
-	fs := New("test", &out)
-	declare(fs)
-	if err := fs.Parse([]string{"-h"}); !errors.Is(err, ErrHelp) || !strings.Contains(out.String(), "--max-timeout") {
-		t.Errorf("Parse(-h) = %v, usage %q", err, out.String())
+		t.Run(tc.name, func(t *testing.T) {
+			clearTestEnv(t)
+			fs := New("test", io.Discard)
+			v := declare(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatalf("Parse(%q): %v", tc.args, err)
+			}
+			if got := fs.Args(); !reflect.DeepEqual(got, tc.wantArgs) && !(len(got) == 0 && len(tc.wantArgs) == 0) {
+				t.Errorf("Args() = %q, want %q", got, tc.wantArgs)
+			}
+			if !tc.check(v) {
+				t.Errorf("values %v", v.snapshot())
+			}
+		})
 	}
 }
 
@@ -446,23 +510,6 @@ func TestNoArgs(t *testing.T) {
 	}
 	if err := fs.NoArgs("test"); err == nil || !strings.Contains(err.Error(), `unexpected arguments ["false"]`) || !strings.Contains(err.Error(), "--name=false") {
 		t.Errorf("NoArgs = %v", err)
-	}
-}
-
-func TestEntries(t *testing.T) {
-	fs := New("test", io.Discard)
-	declare(fs)
-	es := fs.Entries()
-	if len(es) != 9 {
-		t.Fatalf("%d entries, want 9", len(es))
-	}
-	for i := 1; i < len(es); i++ {
-		if es[i-1].Name >= es[i].Name {
-			t.Errorf("entries not sorted: %q before %q", es[i-1].Name, es[i].Name)
-		}
-	}
-	if got := fs.Env("nats-url"); !reflect.DeepEqual(got, []string{"CODEFLEET_NATS_URL", "NATS_URL"}) {
-		t.Errorf("Env(nats-url) = %q", got)
 	}
 }
 

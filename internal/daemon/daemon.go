@@ -208,12 +208,36 @@ func Start(ctx context.Context, svc Service, log zerolog.Logger) (started bool, 
 	return false, err
 }
 
-// SignalContext returns a context that ends on the first SIGTERM or SIGINT. After it, the
-// signals are no longer caught, so a second one kills the process at once. Call stop when done.
+// SignalContext returns a context that ends on the first SIGTERM or SIGINT. By the time it
+// ends, the signals are no longer caught, so a second one kills the process at once. Call stop
+// when done; once it returns the signals are no longer caught either.
+//
+// (signal.NotifyContext with a context.AfterFunc(ctx, stop) would leave a window after the
+// context ended, until the AfterFunc's goroutine ran, where a second signal was swallowed.)
 func SignalContext() (ctx context.Context, stop context.CancelFunc) {
-	ctx, stop = signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	context.AfterFunc(ctx, stop) // after the first signal, a second one kills at once
-	return ctx, stop
+	ctx, cancel := context.WithCancel(context.Background())
+	c := make(chan os.Signal, 2) // room for a second signal that comes before signal.Stop
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-c:
+			signal.Stop(c)
+			// A second signal caught before Stop: raise it again, uncaught now, so it kills.
+			select {
+			case s := <-c:
+				if sig, ok := s.(syscall.Signal); ok {
+					_ = syscall.Kill(syscall.Getpid(), sig)
+				}
+			default:
+			}
+		case <-ctx.Done():
+			signal.Stop(c)
+		}
+		cancel()
+	}()
+	return ctx, func() { cancel(); <-done }
 }
 
 // Main is a daemon's main: it runs run with the command line and a SignalContext, and on an

@@ -37,6 +37,11 @@ func TestMain(m *testing.M) {
 				<-ctx.Done()
 				fmt.Fprintln(stderr, "stopping")
 				time.Sleep(30 * time.Second)
+			case "raise": // on the context's end, sends itself a second SIGTERM at once
+				fmt.Fprintln(stderr, "waiting")
+				<-ctx.Done()
+				_ = syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+				time.Sleep(30 * time.Second)
 			}
 			return nil
 		})
@@ -143,7 +148,8 @@ func spec() Spec {
 }
 
 // runService runs Run with svc on the NATS server at url, cancelling its context (as SIGTERM
-// does) once svc has started when cancelAfterStart is set. It returns the logs and Run's error.
+// does) once svc has started when cancelAfterStart is set: once Run logged "<name> ready", or,
+// for a svc whose Start blocks, once Start was called. It returns the logs and Run's error.
 func runService(t *testing.T, sp Spec, svc *service, url string, cancelAfterStart bool) (string, error) {
 	t.Helper()
 	var logs testutil.SyncBuffer
@@ -158,13 +164,16 @@ func runService(t *testing.T, sp Spec, svc *service, url string, cancelAfterStar
 		})
 	}()
 	if cancelAfterStart {
+		ready := `"message":"` + sp.Name + ` ready"`
 		testutil.Eventually(t, 10*time.Second, func() error {
-			if strings.HasPrefix(svc.history(), "start") {
+			if svc.blockStart && strings.HasPrefix(svc.history(), "start") {
+				return nil // Start waits for the context: cancelling now is a signal while starting
+			}
+			if strings.Contains(logs.String(), ready) {
 				return nil
 			}
-			return errors.New("not started")
+			return fmt.Errorf("not ready: calls %q, logs %s", svc.history(), logs.String())
 		})
-		time.Sleep(50 * time.Millisecond)
 		cancel()
 	}
 	select {
@@ -260,23 +269,44 @@ func TestRunErrors(t *testing.T) {
 	}
 }
 
-// TestMainExits runs Main in a process of its own: an error exits 1 with "codefleet <name>:",
-// help exits 0, the first SIGTERM ends the context (a clean stop), and a second one kills.
-func TestMainExits(t *testing.T) {
+// startMain starts the test binary as the daemon of TestMain in mode, with its stderr in the
+// returned buffer; it is killed at the end of the test if still running.
+func startMain(t *testing.T, mode string) (*exec.Cmd, *testutil.SyncBuffer) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(mode string) (*exec.Cmd, *testutil.SyncBuffer) {
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "DAEMON_TEST_MAIN="+mode)
-		out := &testutil.SyncBuffer{}
-		cmd.Stderr = out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd, out
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "DAEMON_TEST_MAIN="+mode)
+	out := &testutil.SyncBuffer{}
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // ErrProcessDone once waited for
+	return cmd, out
+}
+
+// waitKilled waits for cmd to end and reports unless a SIGTERM killed it.
+func waitKilled(t *testing.T, cmd *exec.Cmd, out *testutil.SyncBuffer) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+			t.Errorf("after a second SIGTERM: %v, want killed by it; stderr %q", cmd.ProcessState, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("a second SIGTERM did not kill the daemon; stderr %q", out.String())
+	}
+}
+
+// TestMainExits runs Main in a process of its own: an error exits 1 with "codefleet <name>:",
+// help exits 0, the first SIGTERM ends the context (a clean stop), and a second one kills.
+func TestMainExits(t *testing.T) {
+	start := func(mode string) (*exec.Cmd, *testutil.SyncBuffer) { return startMain(t, mode) }
 	cmd, out := start("error")
 	if err := cmd.Wait(); cmd.ProcessState.ExitCode() != 1 || out.String() != "codefleet test: boom\n" {
 		t.Errorf("error: %v, exit %d, stderr %q", err, cmd.ProcessState.ExitCode(), out.String())
@@ -296,18 +326,34 @@ func TestMainExits(t *testing.T) {
 		})
 	}
 	wait("waiting")
-	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// "stopping" is printed once the context ended, which SignalContext does only after it
+	// stopped catching the signals: the second SIGTERM cannot be swallowed.
 	wait("stopping")
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
-			t.Errorf("after a second SIGTERM: %v, want killed by it", cmd.ProcessState)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitKilled(t, cmd, out)
+}
+
+// TestSecondSignalRightAfterContext: a second signal sent the moment the context has ended
+// kills. The daemon sends it to itself as soon as it sees the context end: with a context that
+// ended before the signals stopped being caught (signal.NotifyContext with an AfterFunc(stop)),
+// that signal was swallowed and the daemon slept on.
+func TestSecondSignalRightAfterContext(t *testing.T) {
+	for i := 0; i < 5; i++ {
+		cmd, out := startMain(t, "raise")
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if !strings.Contains(out.String(), "waiting") {
+				return fmt.Errorf("stderr %q lacks waiting", out.String())
+			}
+			return nil
+		})
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("a second SIGTERM did not kill the daemon")
+		waitKilled(t, cmd, out)
 	}
 }

@@ -75,13 +75,20 @@ func StartDispatcher(t testing.TB, ns *server.Server, cfg dispatcher.Config) *di
 	return d
 }
 
-// WaitWorkers waits until every dispatcher sees n live workers.
+// WaitWorkers waits until every dispatcher sees n live workers that serve: registered and not
+// draining (a worker says draining from its id's claim until it serves, and while it stops).
 func WaitWorkers(t testing.TB, n int, ds ...*dispatcher.Dispatcher) {
 	t.Helper()
 	Eventually(t, 10*time.Second, func() error {
 		for _, d := range ds {
-			if got := len(d.Workers()); got != n {
-				return fmt.Errorf("a dispatcher sees %d workers, want %d", got, n)
+			serving := 0
+			for _, w := range d.Workers() {
+				if !w.Draining {
+					serving++
+				}
+			}
+			if serving != n {
+				return fmt.Errorf("a dispatcher sees %d serving workers, want %d", serving, n)
 			}
 		}
 		return nil

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -87,13 +88,25 @@ func echo(_ int, m *nats.Msg) []byte {
 // another connection.
 func setup(t *testing.T, opts ...client.Option) (*server.Server, *nats.Conn, *client.Client) {
 	t.Helper()
+	srv, nc, c, _ := setupConns(t, opts...)
+	return srv, nc, c
+}
+
+// setupConns is setup that also returns the client's connection, whose Stats().OutMsgs counts
+// the requests the client sent: every attempt, answered or not.
+func setupConns(t *testing.T, opts ...client.Option) (*server.Server, *nats.Conn, *client.Client, *nats.Conn) {
+	t.Helper()
 	srv := testutil.StartNATS(t)
-	c, err := client.New(testutil.Connect(t, srv), opts...)
+	cnc := testutil.Connect(t, srv)
+	c, err := client.New(cnc, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return srv, testutil.Connect(t, srv), c
+	return srv, testutil.Connect(t, srv), c, cnc
 }
+
+// attempts returns how many requests the client on cnc has sent.
+func attempts(cnc *nats.Conn) uint64 { return cnc.Stats().OutMsgs }
 
 func TestRunSendsTheRequest(t *testing.T) {
 	_, nc, c := setup(t, client.WithTenant("acme"), client.WithPrefix("fleet2"))
@@ -152,34 +165,72 @@ func TestRequestIDs(t *testing.T) {
 	}
 }
 
-// TestRetryUntilResponder: with no dispatcher up yet, Run retries "no responders" until one
-// appears.
-func TestRetryUntilResponder(t *testing.T) {
-	_, nc, c := setup(t, client.WithAttempts(6))
+type runResult struct {
+	res *protocol.RunResult
+	err error
+}
+
+// runAsync runs code on conv in a goroutine; the result comes on the channel.
+func runAsync(ctx context.Context, conv *client.Conversation, code string) <-chan runResult {
+	done := make(chan runResult, 1)
 	go func() {
-		time.Sleep(250 * time.Millisecond)
-		respond(t, nc, "codefleet.run.default.chat-1", echo)
+		res, err := conv.Run(ctx, code, protocol.LangBash, nil)
+		done <- runResult{res, err}
 	}()
-	start := time.Now()
-	res, err := c.Conversation("chat-1").Run(context.Background(), "x", protocol.LangBash, nil)
-	if err != nil || res.Output != "x" {
-		t.Fatalf("Run = %+v, %v", res, err)
-	}
-	if took := time.Since(start); took < 250*time.Millisecond {
-		t.Errorf("answered in %s, before the responder was up", took)
+	return done
+}
+
+// await returns the result of runAsync, failing the test if Run hangs.
+func await(t *testing.T, done <-chan runResult) runResult {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+		return runResult{}
 	}
 }
 
+// TestRetryUntilResponder: with no dispatcher up yet, Run retries "no responders" until one
+// appears.
+func TestRetryUntilResponder(t *testing.T) {
+	_, nc, c, cnc := setupConns(t, client.WithAttempts(10))
+	done := runAsync(context.Background(), c.Conversation("chat-1"), "x")
+	// A second attempt is sent only once the first has failed: no responder was up then.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := attempts(cnc); n < 2 {
+			return fmt.Errorf("%d attempts", n)
+		}
+		return nil
+	})
+	r := respond(t, nc, "codefleet.run.default.chat-1", echo)
+	got := await(t, done)
+	if got.err != nil || got.res.Output != "x" {
+		t.Fatalf("Run = %+v, %v", got.res, got.err)
+	}
+	if n := r.count(); n != 1 {
+		t.Errorf("the responder got %d requests, want 1", n)
+	}
+}
+
+// TestNoRespondersGivesUp: with no dispatcher, Run makes its attempts, pausing longer after
+// each (100 ms, 200 ms, 300 ms), none after the last, then returns no responders.
 func TestNoRespondersGivesUp(t *testing.T) {
-	_, _, c := setup(t, client.WithAttempts(2))
+	_, _, c, cnc := setupConns(t, client.WithAttempts(4))
 	start := time.Now()
 	res, err := c.Conversation("chat-1").Run(context.Background(), "x", protocol.LangBash, nil)
-	if res != nil || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(err.Error(), "after 2 attempts") {
-		t.Fatalf("Run = %+v, %v; want no responders after 2 attempts", res, err)
+	took := time.Since(start)
+	if res != nil || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(err.Error(), "after 4 attempts") {
+		t.Fatalf("Run = %+v, %v; want no responders after 4 attempts", res, err)
 	}
-	// One pause of 100 ms between the attempts, none after the last.
-	if took := time.Since(start); took < 100*time.Millisecond || took > 290*time.Millisecond {
-		t.Errorf("took %s, want about 100ms", took)
+	if n := attempts(cnc); n != 4 {
+		t.Errorf("%d requests sent, want 4", n)
+	}
+	// The backoff grew: the pauses add up to 600 ms (a fixed 100 ms pause would make 300 ms).
+	// Only a lower bound, which a slow machine cannot break: timers do not fire early.
+	if took < 600*time.Millisecond {
+		t.Errorf("took %s, less than the growing pauses' 600ms", took)
 	}
 	if _, err := c.Conversation("chat-1").Close(context.Background()); !errors.Is(err, nats.ErrNoResponders) {
 		t.Errorf("Close = %v, want no responders", err)
@@ -259,41 +310,52 @@ func TestClose(t *testing.T) {
 // TestPerAttemptTimeout: an attempt may take the run's timeout plus the overhead; a dispatcher
 // that never answers costs every attempt that long, then Run gives up.
 func TestPerAttemptTimeout(t *testing.T) {
-	_, nc, c := setup(t, client.WithAttempts(2), client.WithOverhead(200*time.Millisecond))
+	_, nc, c, cnc := setupConns(t, client.WithAttempts(2), client.WithOverhead(200*time.Millisecond))
 	r := respond(t, nc, "codefleet.run.default.chat-1", func(int, *nats.Msg) []byte { return nil })
+	// The caller's deadline is far beyond the two attempts of 300 ms: an attempt given the
+	// default overhead (30 s) would end on it, not "after 2 attempts".
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
 	start := time.Now()
-	_, err := c.Conversation("chat-1").Run(context.Background(), "x", protocol.LangBash, &client.RunOptions{Timeout: 100 * time.Millisecond})
+	_, err := c.Conversation("chat-1").Run(ctx, "x", protocol.LangBash, &client.RunOptions{Timeout: 100 * time.Millisecond})
 	took := time.Since(start)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "after 2 attempts") {
-		t.Fatalf("err = %v, want a deadline after 2 attempts", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "after 2 attempts") || ctx.Err() != nil {
+		t.Fatalf("err = %v, want the attempts' deadline after 2 attempts", err)
 	}
-	// Two attempts of 300 ms and a 100 ms pause between them, none after the last.
-	if took < 650*time.Millisecond || took > 880*time.Millisecond {
-		t.Errorf("took %s, want about 700ms", took)
+	if n := attempts(cnc); n != 2 {
+		t.Errorf("%d requests sent, want 2", n)
 	}
-	if n := r.count(); n != 2 {
-		t.Errorf("%d attempts reached the dispatcher, want 2", n)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := r.count(); n != 2 {
+			return fmt.Errorf("%d attempts reached the dispatcher, want 2", n)
+		}
+		return nil
+	})
+	// Each attempt waited its 300 ms, with a 100 ms pause between: a lower bound only.
+	if took < 700*time.Millisecond {
+		t.Errorf("took %s, less than two attempts of 300ms and a pause of 100ms", took)
 	}
 }
 
 // TestContextCancel: cancelling the context ends Run at once, with the context's error, and no
 // further attempt is made.
 func TestContextCancel(t *testing.T) {
-	_, nc, c := setup(t)
-	r := respond(t, nc, "codefleet.run.default.chat-1", func(int, *nats.Msg) []byte { return nil })
+	_, nc, c, cnc := setupConns(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	start := time.Now()
-	_, err := c.Conversation("chat-1").Run(ctx, "x", protocol.LangBash, nil)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", err)
+	defer cancel()
+	// The dispatcher never answers, and cancels the run once it has the request: without the
+	// cancel the attempt would last the default 60 s timeout plus 30 s of overhead.
+	r := respond(t, nc, "codefleet.run.default.chat-1", func(int, *nats.Msg) []byte { cancel(); return nil })
+	got := await(t, runAsync(ctx, c.Conversation("chat-1"), "x"))
+	if !errors.Is(got.err, context.Canceled) || strings.Contains(got.err.Error(), "attempts") {
+		t.Fatalf("err = %v, want context.Canceled after one attempt", got.err)
 	}
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("took %s after a cancel at 100ms", took)
+	// Run sends its attempts itself: once it has returned, none is still to come.
+	if n := attempts(cnc); n != 1 {
+		t.Errorf("%d requests sent, want 1", n)
 	}
-	time.Sleep(300 * time.Millisecond) // room for a retry that should not come
 	if n := r.count(); n != 1 {
-		t.Errorf("%d attempts, want 1", n)
+		t.Errorf("%d attempts reached the dispatcher, want 1", n)
 	}
 
 	// A deadline of the caller's shorter than the attempt's is the caller's.

@@ -47,12 +47,7 @@ func TestRoutesConversationsToTheirWorker(t *testing.T) {
 	startWorker(t, ns, "wa", fake.New())
 	startWorker(t, ns, "wb", fake.New())
 	d := startDispatcher(t, ns)
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if n := len(d.Workers()); n != 2 {
-			return fmt.Errorf("%d workers live", n)
-		}
-		return nil
-	})
+	testutil.WaitWorkers(t, 2, d)
 	c := newClient(t, ns)
 	ctx := context.Background()
 	owners := map[string]string{}
@@ -95,12 +90,7 @@ func TestWorkerLostMidRun(t *testing.T) {
 	// The doomed worker's connection is closed without a shutdown: it just vanishes.
 	doomed, doomedNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "doomed", HeartbeatTTL: ttl}, fake.New())
 	d := startDispatcher(t, ns)
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if len(d.Workers()) != 1 {
-			return errors.New("doomed worker not live")
-		}
-		return nil
-	})
+	testutil.WaitWorkers(t, 1, d)
 	c := newClient(t, ns)
 	conv := c.Conversation("victim")
 	if _, err := conv.Run(context.Background(), "true", "bash", nil); err != nil {
