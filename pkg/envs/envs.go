@@ -12,6 +12,7 @@ package envs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"time"
 
@@ -24,8 +25,16 @@ var (
 	ErrNotFound = errors.New("sandbox not found")
 	// ErrUnsupportedLanguage: the sandbox's image has no interpreter for the language.
 	ErrUnsupportedLanguage = errors.New("unsupported language")
-	// ErrSandboxFailed: the sandbox could not be created, or it died (OOM, removed behind our back).
+	// ErrSandboxFailed: the sandbox could not be created or opened, or the backend could not
+	// hand it this one run (the sandbox stays).
 	ErrSandboxFailed = errors.New("sandbox failed")
+	// ErrSandboxGone (which is also an ErrSandboxFailed): the sandbox's container (or Daytona
+	// sandbox) or its agent is gone or cannot be reached: it exited, was removed, or does not
+	// answer. It is the only error of Run after which the worker gives the sandbox up (it
+	// reopens it when the backend still has it, else the next run gets a new one, recreated).
+	// Nothing a snippet does to its own sandbox (modes, processes, files, limits) may produce
+	// it: that is the run's Result.
+	ErrSandboxGone = fmt.Errorf("%w: gone", ErrSandboxFailed)
 	// ErrBackendUnavailable: the backend (Docker daemon, Daytona API) cannot be reached.
 	ErrBackendUnavailable = errors.New("backend unavailable")
 	// ErrClosed: the Sandbox or Env was closed.
@@ -152,8 +161,11 @@ type Sandbox interface {
 	// Languages returns the languages the sandbox's image can run.
 	Languages() []string
 	// Run runs one snippet as a fresh process and returns its Result. A context cancelled
-	// before the run ends kills the run. The error wraps ErrUnsupportedLanguage,
-	// ErrSandboxFailed, ErrBackendUnavailable or ErrClosed.
+	// before the run ends kills the run. A run that could not start because of the sandbox's
+	// own state (a working directory made unusable, no pid or memory left) is a Result too,
+	// with a non-zero exit code and an output that says why. The error wraps
+	// ErrUnsupportedLanguage, ErrSandboxGone, ErrSandboxFailed, ErrBackendUnavailable or
+	// ErrClosed.
 	Run(ctx context.Context, exec Exec) (Result, error)
 	// Close detaches from the sandbox without destroying it (it can be re-opened).
 	Close() error

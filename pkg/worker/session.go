@@ -229,18 +229,11 @@ func (m *manager) execute(s *session, j *job) bool {
 			return true
 		case s.ctx.Err() != nil:
 			res = protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeSandboxFailed, "conversation %s was closed while this run was executing", s.conv))
-		case errors.Is(err, envs.ErrBackendUnavailable):
-			// The backend could not be reached (a Daytona proxy's bare 502, say): the sandbox
-			// may well be fine, so it is kept. (Docker's sandboxes never fail this way.)
-			res = protocol.ErrorResult(req.ID, errorOf(err))
+		case errors.Is(err, envs.ErrSandboxGone):
+			res = protocol.ErrorResult(req.ID, m.lose(s, sb, err))
 		default:
-			// The sandbox is gone or broken: drop it; the next run gets a new one, marked recreated.
-			log.Warn().Err(err).Str("sandbox_id", sb.Info().ID).Msg("sandbox lost")
-			s.mu.Lock()
-			s.sb, s.lost = nil, true
-			s.mu.Unlock()
-			sb.Close()
-			go m.destroyQuietly(sb.Info().ID)
+			// The backend could not hand the sandbox this run, or could not be reached (a
+			// Daytona proxy's bare 502, say): the sandbox is still there, and it is kept.
 			res = protocol.ErrorResult(req.ID, errorOf(err))
 		}
 		res.Sandbox = info
@@ -253,6 +246,33 @@ func (m *manager) execute(s *session, j *job) bool {
 		Truncated: out.Truncated, DurationMS: out.Duration.Milliseconds(), Sandbox: info,
 	}, true)
 	return true
+}
+
+// lose deals with a sandbox whose container or agent is gone or unreachable (Run returned
+// envs.ErrSandboxGone), the one case in which a session gives its sandbox up: nothing a snippet
+// does to its own sandbox gets here (docs/architecture.md, "A sandbox is given up only when it
+// is gone"). When the backend still has the sandbox (a container whose agent died, killed for
+// memory, say) it is opened again, files and all; otherwise it is dropped and the next run
+// gets a new one, marked recreated. It returns the run's error.
+func (m *manager) lose(s *session, sb envs.Sandbox, cause error) *protocol.Error {
+	id := sb.Info().ID
+	sb.Close()
+	ctx, cancel := context.WithTimeout(s.ctx, m.cfg.CreateTimeout)
+	defer cancel()
+	again, err := m.env.Open(ctx, id)
+	if err == nil {
+		s.mu.Lock()
+		s.sb = again
+		s.mu.Unlock()
+		s.log.Warn().Err(cause).Str("sandbox_id", id).Msg("sandbox lost its agent; opened again with its files")
+		return protocol.Errorf(protocol.CodeSandboxFailed, "%v; the sandbox was started again with its files: run the code again", cause)
+	}
+	s.log.Warn().Err(cause).AnErr("reopen", err).Str("sandbox_id", id).Msg("sandbox lost")
+	s.mu.Lock()
+	s.sb, s.lost = nil, true
+	s.mu.Unlock()
+	go m.destroyQuietly(id)
+	return errorOf(cause)
 }
 
 func (m *manager) timeout(req *protocol.RunRequest) time.Duration {

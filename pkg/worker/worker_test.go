@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	dockerclient "github.com/docker/docker/client"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -460,6 +461,47 @@ func TestSandboxLost(t *testing.T) {
 	next := c.ok("lost", "bash", "ls f")
 	if !next.Sandbox.Created || !next.Sandbox.Recreated || next.ExitCode == 0 {
 		t.Fatalf("next run: %+v %+v, want a recreated sandbox without the old file", next, next.Sandbox)
+	}
+}
+
+// TestSandboxAgentKilled: a sandbox whose agent died (its container killed from outside, as the
+// kernel's OOM killer or an operator would) but whose container is still there is started
+// again with its files: the run in flight fails with sandbox_failed saying so, and the next
+// run finds the files, in the same sandbox, neither created nor recreated.
+func TestSandboxAgentKilled(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	env := newDocker(t)
+	w := startWorker(t, ns, env, worker.Config{})
+	c := newClient(t, ns, w)
+	first := c.ok("killed", "bash", "echo kept > f")
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var during *protocol.RunResult
+	go func() {
+		defer wg.Done()
+		during = c.run("killed", protocol.RunRequest{Language: "bash", Code: "sleep 30"})
+	}()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if w.Info().Running != 1 {
+			return fmt.Errorf("run not started")
+		}
+		return nil
+	})
+	if err := cli.ContainerKill(context.Background(), first.Sandbox.ID, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if during.Error == nil || during.Error.Code != protocol.CodeSandboxFailed || !strings.Contains(during.Error.Message, "started again with its files") {
+		t.Fatalf("run whose agent was killed: %+v", during)
+	}
+	next := c.ok("killed", "bash", "cat f")
+	if next.Output != "kept\n" || next.Sandbox.ID != first.Sandbox.ID || next.Sandbox.Created || next.Sandbox.Recreated {
+		t.Fatalf("next run: %+v %+v, want the file in the same sandbox", next, next.Sandbox)
 	}
 }
 

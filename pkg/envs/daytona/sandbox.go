@@ -79,9 +79,11 @@ func toolboxError(err error) error {
 	var ae *APIError
 	if errors.As(err, &ae) {
 		switch s := ae.StatusCode; {
-		case s == http.StatusNotFound:
-			return fmt.Errorf("%w: daytona: the sandbox is gone: %w", envs.ErrSandboxFailed, err)
-		case s == http.StatusBadRequest || s == http.StatusConflict || s == http.StatusGone:
+		case s == http.StatusNotFound || s == http.StatusGone:
+			return fmt.Errorf("%w: daytona: the sandbox is gone: %w", envs.ErrSandboxGone, err)
+		case s == http.StatusBadRequest || s == http.StatusConflict:
+			// The toolbox refused this run (a sandbox stopping or not started, a request it
+			// did not take): the sandbox is still there, and is kept.
 			return fmt.Errorf("%w: daytona: %w", envs.ErrSandboxFailed, err)
 		case s == http.StatusBadGateway && ae.Message == "" && ae.Body == "":
 			return fmt.Errorf("%w: daytona: the toolbox proxy lost the sandbox's answer: %w", envs.ErrBackendUnavailable, err)
@@ -152,7 +154,12 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		// The supervisor did not finish (it could not write its files, say): what the toolbox
 		// reported is all there is.
 		if exit == -1 {
-			return envs.Result{}, fmt.Errorf("%w: daytona: sandbox %s: the toolbox could not start a shell: %s", envs.ErrSandboxFailed, s.info.ID, strings.TrimSpace(raw))
+			// The sandbox's own state (no pid or memory left, its working directory gone):
+			// the run's result, as a shell that cannot start a command says.
+			return envs.Result{
+				Output:   fmt.Sprintf("codefleet: the sandbox could not start a shell for this run: %s\n", strings.TrimSpace(raw)),
+				ExitCode: 126, Duration: elapsed,
+			}, nil
 		}
 		capped, truncated := output.Cap(raw, s.env.cfg.MaxOutput)
 		return envs.Result{Output: capped, ExitCode: exit, Truncated: truncated, Duration: elapsed}, nil

@@ -131,7 +131,7 @@ func (s *sandbox) fail(cause error) {
 	case <-s.closed:
 		s.dead = fmt.Errorf("%w: docker: sandbox %s", envs.ErrClosed, short(s.info.ID))
 	default:
-		s.dead = fmt.Errorf("%w: docker: sandbox %s: the agent's stream ended (%s)", envs.ErrSandboxFailed, short(s.info.ID), s.stateOf(cause))
+		s.dead = fmt.Errorf("%w: docker: sandbox %s: the agent's stream ended (%s)", envs.ErrSandboxGone, short(s.info.ID), s.stateOf(cause))
 	}
 	for id, ch := range s.pending {
 		close(ch)
@@ -208,7 +208,7 @@ func (s *sandbox) call(ctx context.Context, req wire.Request, deadline time.Dura
 		return wire.Response{}, ctx.Err()
 	case <-timer.C:
 		s.forget(req.ID)
-		return wire.Response{}, fmt.Errorf("%w: docker: sandbox %s: the agent did not answer within %s", envs.ErrSandboxFailed, short(s.info.ID), deadline)
+		return wire.Response{}, fmt.Errorf("%w: docker: sandbox %s: the agent did not answer within %s", envs.ErrSandboxGone, short(s.info.ID), deadline)
 	}
 }
 
@@ -242,7 +242,7 @@ func (s *sandbox) deadErr() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dead == nil {
-		return fmt.Errorf("%w: docker: sandbox %s: stream closed", envs.ErrSandboxFailed, short(s.info.ID))
+		return fmt.Errorf("%w: docker: sandbox %s: stream closed", envs.ErrSandboxGone, short(s.info.ID))
 	}
 	return s.dead
 }

@@ -173,7 +173,7 @@ func (s *sandbox) Languages() []string {
 
 func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if s.destroyed.Load() {
-		return envs.Result{}, fmt.Errorf("%w: fake: sandbox %s was destroyed", envs.ErrSandboxFailed, s.info.ID)
+		return envs.Result{}, fmt.Errorf("%w: fake: sandbox %s was destroyed", envs.ErrSandboxGone, s.info.ID)
 	}
 	if s.env.RunFunc != nil {
 		return s.env.RunFunc(ctx, s.info, ex)
