@@ -107,6 +107,21 @@ func (c *client) run(conv string, req protocol.RunRequest) *protocol.RunResult {
 }
 
 // ok runs code and fails the test unless it ran (whatever its exit code).
+// running sends a run in the background, waits until w is executing it, and returns what waits
+// for its result.
+func (c *client) running(w *worker.Worker, conv string, req protocol.RunRequest) (wait func() *protocol.RunResult) {
+	c.t.Helper()
+	done := make(chan *protocol.RunResult, 1)
+	go func() { done <- c.run(conv, req) }()
+	testutil.Eventually(c.t, 10*time.Second, func() error {
+		if w.Info().Running != 1 {
+			return fmt.Errorf("the run of %s is not executing yet", conv)
+		}
+		return nil
+	})
+	return func() *protocol.RunResult { return <-done }
+}
+
 func (c *client) ok(conv, lang, code string) *protocol.RunResult {
 	c.t.Helper()
 	res := c.run(conv, protocol.RunRequest{Code: code, Language: lang})
@@ -438,23 +453,11 @@ func TestSandboxLost(t *testing.T) {
 	w := startWorker(t, ns, env, worker.Config{})
 	c := newClient(t, ns, w)
 	first := c.ok("lost", "bash", "echo x > f")
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var during *protocol.RunResult
-	go func() {
-		defer wg.Done()
-		during = c.run("lost", protocol.RunRequest{Language: "bash", Code: "echo running; sleep 30"})
-	}()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if w.Info().Running != 1 {
-			return fmt.Errorf("run not started")
-		}
-		return nil
-	})
+	waitDuring := c.running(w, "lost", protocol.RunRequest{Language: "bash", Code: "echo running; sleep 30"})
 	if err := env.Destroy(context.Background(), first.Sandbox.ID); err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
+	during := waitDuring()
 	if during.Error == nil || during.Error.Code != protocol.CodeSandboxFailed {
 		t.Fatalf("run in a removed sandbox: %+v", during)
 	}
@@ -479,23 +482,11 @@ func TestSandboxAgentKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var during *protocol.RunResult
-	go func() {
-		defer wg.Done()
-		during = c.run("killed", protocol.RunRequest{Language: "bash", Code: "sleep 30"})
-	}()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if w.Info().Running != 1 {
-			return fmt.Errorf("run not started")
-		}
-		return nil
-	})
+	waitDuring := c.running(w, "killed", protocol.RunRequest{Language: "bash", Code: "sleep 30"})
 	if err := cli.ContainerKill(context.Background(), first.Sandbox.ID, "KILL"); err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
+	during := waitDuring()
 	if during.Error == nil || during.Error.Code != protocol.CodeSandboxFailed || !strings.Contains(during.Error.Message, "started again with its files") {
 		t.Fatalf("run whose agent was killed: %+v", during)
 	}
@@ -570,19 +561,7 @@ func TestRegistrationAndGracefulShutdown(t *testing.T) {
 	})
 
 	// A run in flight when shutdown starts finishes and is answered.
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var inflight *protocol.RunResult
-	go func() {
-		defer wg.Done()
-		inflight = c.run("g", protocol.RunRequest{Language: "bash", Code: "sleep 1; echo finished"})
-	}()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if w.Info().Running != 1 {
-			return fmt.Errorf("not running yet")
-		}
-		return nil
-	})
+	waitInflight := c.running(w, "g", protocol.RunRequest{Language: "bash", Code: "sleep 1; echo finished"})
 	shutdownDone := make(chan error, 1)
 	go func() { shutdownDone <- w.Shutdown(context.Background()) }()
 	testutil.Eventually(t, 5*time.Second, func() error {
@@ -595,7 +574,7 @@ func TestRegistrationAndGracefulShutdown(t *testing.T) {
 	if err := <-shutdownDone; err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
+	inflight := waitInflight()
 	if inflight.Error != nil || inflight.Output != "finished\n" {
 		t.Fatalf("in-flight run during shutdown: %+v", inflight)
 	}

@@ -123,27 +123,52 @@ func (s *sandbox) readFrames(r *bufio.Reader) error {
 // fail marks the sandbox dead and fails every pending run.
 func (s *sandbox) fail(cause error) {
 	s.mu.Lock()
+	if s.dead != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	var dead error
+	select {
+	case <-s.closed:
+		dead = fmt.Errorf("%w: docker: sandbox %s", envs.ErrClosed, short(s.info.ID))
+	default:
+		// Asked without the lock: it may wait a moment for Docker to see the container exit.
+		dead = fmt.Errorf("%w: docker: sandbox %s: the agent's stream ended (%s)", envs.ErrSandboxGone, short(s.info.ID), s.stateOf(cause))
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dead != nil {
 		return
 	}
-	select {
-	case <-s.closed:
-		s.dead = fmt.Errorf("%w: docker: sandbox %s", envs.ErrClosed, short(s.info.ID))
-	default:
-		s.dead = fmt.Errorf("%w: docker: sandbox %s: the agent's stream ended (%s)", envs.ErrSandboxGone, short(s.info.ID), s.stateOf(cause))
-	}
+	s.dead = dead
 	for id, ch := range s.pending {
 		close(ch)
 		delete(s.pending, id)
 	}
 }
 
-// stateOf describes why the container went away, for error messages.
+// exitWait bounds the wait for Docker to see the exit of a container whose agent's stream
+// ended: the agent (PID 1) is gone a moment before the container counts as exited.
+const exitWait = 2 * time.Second
+
+// stateOf describes why the container went away, for error messages. A container that still
+// shows as running is given exitWait to exit, so that the worker, told its sandbox is gone,
+// finds it exited (and starts it again, files and all) rather than running without its agent.
 func (s *sandbox) stateOf(cause error) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), exitWait+5*time.Second)
 	defer cancel()
 	c, err := s.env.cli.ContainerInspect(ctx, s.info.ID)
+	if err == nil && c.State != nil && c.State.Running {
+		wctx, wcancel := context.WithTimeout(ctx, exitWait)
+		waited, errs := s.env.cli.ContainerWait(wctx, s.info.ID, container.WaitConditionNotRunning)
+		select {
+		case <-waited:
+		case <-errs:
+		}
+		wcancel()
+		c, err = s.env.cli.ContainerInspect(ctx, s.info.ID)
+	}
 	switch {
 	case err != nil:
 		return "container gone: " + err.Error()
