@@ -1,6 +1,7 @@
 package registry_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,6 +51,17 @@ func (l *lostLog) count(id string) int {
 		}
 	}
 	return n
+}
+
+// wait waits until OnLost was called n times for id.
+func (l *lostLog) wait(t testing.TB, id string, n int) {
+	t.Helper()
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if got := l.count(id); got != n {
+			return fmt.Errorf("OnLost(%s) called %d times, want %d", id, got, n)
+		}
+		return nil
+	})
 }
 
 func (l *lostLog) when(id string) time.Time {
@@ -199,12 +211,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	if err := kv.Delete(testutil.Context(t), "w1"); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if lost.count("w1") != 1 {
-			return errors.New("OnLost(w1) not called")
-		}
-		return nil
-	})
+	lost.wait(t, "w1", 1)
 	if !closed(lost1) || !closed(r.Lost("w1")) {
 		t.Fatal("Lost(w1) not closed after its key was deleted")
 	}
@@ -219,12 +226,7 @@ func TestRegistryLiveAndDelete(t *testing.T) {
 	if err := kv.Purge(testutil.Context(t), "w2"); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 5*time.Second, func() error {
-		if lost.count("w2") != 1 {
-			return errors.New("OnLost(w2) not called")
-		}
-		return nil
-	})
+	lost.wait(t, "w2", 1)
 
 	// Re-registration: live again, with a fresh Lost channel.
 	w1 = register(t, kv, protocol.WorkerInfo{ID: "w1", Capacity: 8})
@@ -675,24 +677,9 @@ func TestMemberLifecycle(t *testing.T) {
 	}
 
 	// The id is held while it is refreshed.
-	stop := make(chan struct{})
-	beats := make(chan struct{})
-	go func() {
-		defer close(beats)
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				m.Heartbeat(ctx, protocol.WorkerInfo{Started: time.Now(), Updated: time.Now()})
-			}
-		}
-	}()
+	stop := keepBeating(ctx, m)
 	_, err := registry.Join(ctx, js, registry.MemberConfig{ID: "w", Interval: 100 * time.Millisecond, TTL: 10 * time.Second})
-	close(stop)
-	<-beats
+	stop()
 	if !errors.Is(err, registry.ErrIDInUse) {
 		t.Fatalf("Join of a live id: %v, want ErrIDInUse", err)
 	}
@@ -740,21 +727,31 @@ func TestJoinRace(t *testing.T) {
 	if first.err != nil {
 		t.Fatalf("neither join won: %v", first.err)
 	}
-	stop := make(chan struct{})
-	defer close(stop)
+	defer keepBeating(ctx, first.m)()
+	if second := <-results; !errors.Is(second.err, registry.ErrIDInUse) {
+		t.Fatalf("both joins claimed the id: the second returned %v, want ErrIDInUse", second.err)
+	}
+}
+
+// keepBeating refreshes m's registration every 50 ms, as a live worker does, until the returned
+// func is called (which waits for the last heartbeat).
+func keepBeating(ctx context.Context, m *registry.Member) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(done)
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-quit:
 				return
 			case <-tick.C:
-				first.m.Heartbeat(ctx, protocol.WorkerInfo{Updated: time.Now()})
+				m.Heartbeat(ctx, protocol.WorkerInfo{Started: time.Now(), Updated: time.Now()})
 			}
 		}
 	}()
-	if second := <-results; !errors.Is(second.err, registry.ErrIDInUse) {
-		t.Fatalf("both joins claimed the id: the second returned %v, want ErrIDInUse", second.err)
+	return func() {
+		close(quit)
+		<-done
 	}
 }
