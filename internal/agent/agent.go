@@ -43,8 +43,17 @@ type Agent struct {
 	// SocketPath (the directory is a read-only mount, but a root snippet could move its
 	// parent) does not get the token.
 	WorkerOutside bool
+	// EndLeftovers lets the agent end the processes earlier runs left behind when the sandbox
+	// runs out of pids (see startable.go). Only PID 1 of the sandbox's pid namespace sets it
+	// (Main): every process it sees there is the sandbox's.
+	EndLeftovers bool
 
 	reaper *Reaper
+	// dir is what the last check of the working directory found; pids are the sandbox's pids
+	// cgroup files, looked for in pidsDirs (pidsCgroups when nil). See startable.go.
+	dir      dirState
+	pids     pidsFiles
+	pidsDirs []string
 	// warm is the pool of pre-started interpreters while Serve runs (nil otherwise: Run
 	// called directly always starts cold).
 	warm atomic.Pointer[pool]
@@ -332,7 +341,9 @@ func (a *Agent) Languages() []string {
 	return out
 }
 
-// Run runs one snippet and returns its result frame (or an error frame).
+// Run runs one snippet and returns its result frame, or an error frame when the request itself
+// is wrong (an unknown or missing language). A run whose process cannot be started is a result
+// too: exit code 126 and an output that says why (startable.go).
 func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 	var lang *language
 	for i := range languages {
@@ -349,16 +360,24 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 	}
 	inline := lang.ext == "" && len(req.Code) <= maxInlineCode
 
+	// Whatever the last run did, this one can start: its working directory is usable, and
+	// pids are free (startable.go). What was put back is said at the start of its output.
+	notes, stale := a.prepare()
+
 	// A warm interpreter, when one is idle, was started (and its binary looked up) after the
 	// last run ended, or is of a lasting language, so it is what a cold start would find now
 	// (see warm.go).
-	if p := a.warm.Load(); p != nil {
+	p := a.warm.Load()
+	if p != nil {
+		if stale {
+			p.discardIdle() // they started in a working directory that is gone
+		}
 		w := p.begin(lang.name, inline && warmable(req.Env, req.Code))
 		defer p.end(lang.name)
 		if w != nil {
 			if proc := w.handoff(req.Env, req.Code); proc != nil {
 				a.warmRuns.Add(1)
-				return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput)
+				return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes)
 			}
 		}
 	}
@@ -377,18 +396,34 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 		}
 		file = filepath.Join(dir, ".codefleet-"+safeName(req.ID)+ext)
 		if err := os.WriteFile(file, []byte(req.Code), 0o600); err != nil {
-			return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeStartFailed, Error: "write code file: " + err.Error()}
+			return a.startFailed(req.ID, notes, "cannot write the code to "+file, err)
 		}
 		defer os.Remove(file)
 		if lang.ext == ".ts" {
 			defer os.Remove(strings.TrimSuffix(file, ".ts") + ".js")
 		}
 	}
-	proc, err := a.spawn(lang.argv(bins, req.Code, file), mergeEnviron(a.Environ, req.Env), nil)
-	if err != nil {
-		return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeStartFailed, Error: err.Error()}
+	argv, env := lang.argv(bins, req.Code, file), mergeEnviron(a.Environ, req.Env)
+	proc, err := a.spawn(argv, env, nil)
+	if err != nil && outOfResources(err) && a.EndLeftovers {
+		// No pid or no memory for it: what earlier runs left running goes (or, when there is
+		// none, the idle interpreters), and the start is tried once more.
+		n := a.endLeftovers()
+		ended := plural(n, "process", "processes") + " that earlier runs left running"
+		if n == 0 && p != nil {
+			n = p.discardIdle()
+			ended = plural(n, "process", "processes") + " (idle interpreters kept for the next runs)"
+		}
+		if n == 0 {
+			ended = "nothing: no process was left by earlier runs"
+		}
+		notes += fmt.Sprintf(note+"could not start %s (%s): ended %s, and tried again\n", filepath.Base(argv[0]), errText(err), ended)
+		proc, err = a.spawn(argv, env, nil)
 	}
-	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput)
+	if err != nil {
+		return a.startFailed(req.ID, notes, fmt.Sprintf("cannot start %s in %s", filepath.Base(argv[0]), a.Dir), err)
+	}
+	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes)
 }
 
 // process is a started snippet: a cold one (spawn) or a warm interpreter that was handed its run.
@@ -434,10 +469,13 @@ func (a *Agent) spawn(argv, env []string, extra *os.File) (*process, error) {
 }
 
 // wait collects p's output until it exits, enforcing the timeout and cancellation, and returns
-// the run's result.
-func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int) *wire.Response {
+// the run's result; the output starts with notes (the agent's own lines, see startable.go).
+func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int, notes string) *wire.Response {
 	defer p.out.Close()
 	buf := output.NewBuffer(maxOutput)
+	if notes != "" {
+		buf.Write([]byte(notes))
+	}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)

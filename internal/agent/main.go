@@ -33,6 +33,9 @@ func Main() {
 	defer stop()
 	a := New(dir, os.Environ(), NewReaper())
 	a.WorkerOutside = true // PID 1 of the sandbox's own pid namespace; the worker is outside it
+	// Every process it sees is then the sandbox's, so it may end what earlier runs left behind
+	// when the sandbox runs out of pids (startable.go); never elsewhere.
+	a.EndLeftovers = os.Getpid() == 1
 	go func() {
 		<-ctx.Done()
 		os.Exit(0)

@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -59,7 +60,8 @@ func KillGroup(pgid int) {
 // A Reaper made with NewChildWaiter instead waits for each child by its pid, touches no other
 // process's status, and is what a program that is not PID 1 (a test, a fake backend) uses.
 type Reaper struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// waiting holds the processes started and not collected yet, with their status channels.
 	waiting map[int]chan syscall.WaitStatus
 	// perPid: wait for each child by pid instead of reaping every child.
 	perPid bool
@@ -89,11 +91,31 @@ func NewReaper() *Reaper {
 func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr) (int, <-chan syscall.WaitStatus, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pid, err := syscall.ForkExec(argv0, argv, attr)
+	// A snippet can stop every process of the sandbox but the agent (`kill -STOP -1`), and so
+	// the child between fork and exec: the fork (a vfork) then does not return, and the lock
+	// held would stall every run. A child that is slow to exec is looked for and continued.
+	// This works unless a garbage collection begins meanwhile (the runtime cannot stop the
+	// forking thread, so nothing else runs): the warm pool therefore forks nothing while a
+	// run's code runs (pool.begin).
+	done := make(chan struct{})
+	watch := time.AfterFunc(forkStall, func() {
+		for {
+			continueStoppedForks()
+			select {
+			case <-done:
+				return
+			case <-time.After(forkStall):
+			}
+		}
+	})
+	pid, err := forkExec(argv0, argv, attr)
+	close(done)
+	watch.Stop()
 	if err != nil {
 		return 0, nil, err
 	}
 	ch := make(chan syscall.WaitStatus, 1)
+	r.waiting[pid] = ch
 	if r.perPid {
 		go func() {
 			var ws syscall.WaitStatus
@@ -103,12 +125,25 @@ func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr) (int
 					break
 				}
 			}
+			r.mu.Lock()
+			delete(r.waiting, pid)
+			r.mu.Unlock()
 			ch <- ws
 		}()
-		return pid, ch, nil
 	}
-	r.waiting[pid] = ch
 	return pid, ch, nil
+}
+
+// running returns the processes started through r whose status was not collected yet (a fork
+// in progress is waited for).
+func (r *Reaper) running() map[int]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pids := make(map[int]bool, len(r.waiting))
+	for pid := range r.waiting {
+		pids[pid] = true
+	}
+	return pids
 }
 
 func (r *Reaper) reap() {
@@ -127,5 +162,29 @@ func (r *Reaper) reap() {
 			delete(r.waiting, pid)
 		}
 		r.mu.Unlock()
+	}
+}
+
+// forkExec is syscall.ForkExec (a test makes it fail).
+var forkExec = syscall.ForkExec
+
+// forkStall is how long a fork may take before its child is looked for stopped.
+const forkStall = 50 * time.Millisecond
+
+// continueStoppedForks continues the children of the process that are stopped before their
+// exec: they are still copies of it (same command name).
+func continueStoppedForks() {
+	self := os.Getpid()
+	comm, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		return
+	}
+	for pid, info := range scanProcs() {
+		if info.ppid != self || (info.state != 'T' && info.state != 't') {
+			continue
+		}
+		if c, err := os.ReadFile(procDir + "/" + strconv.Itoa(pid) + "/comm"); err == nil && string(c) == string(comm) {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
 	}
 }

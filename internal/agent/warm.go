@@ -33,10 +33,15 @@ package agent
 // A run starts cold instead when its code goes to a file (javascript, typescript, big code),
 // when its code or variables cannot go to a warm interpreter unchanged (warmable), when no
 // interpreter of its language is idle or being forked (an interpreter that is still
-// initialising is handed the run at once, never waited for), or when the idle one is dead
-// (killed from outside the runs, say). The interpreter was looked up in PATH when it was
-// started, after the last run ended (or, lasting, at any time: see above), so it is the one a
-// cold start would find.
+// initialising is handed the run at once, never waited for), or when the idle ones are unfit:
+// dead (killed from outside the runs, say), or stopped or traced (`kill -STOP -1` from a
+// snippet stops every process of the sandbox but the agent). Before an idle interpreter is
+// handed a run its state is read (/proc/<pid>/stat, microseconds); an unfit one is killed and
+// forgotten, so that it neither takes the run (which would then never start) nor stays in the
+// pool. Nor is one handed a run after the working directory was made again or replaced (it
+// still works in the old one): the idle ones are then discarded (startable.go). The
+// interpreter was looked up in PATH when it was started, after the last run ended (or,
+// lasting, at any time: see above), so it is the one a cold start would find.
 //
 // Known differences from a cold start, none of which a snippet normally sees: the process's
 // command line (/proc/self/cmdline, python's sys.orig_argv) is the bootstrap's; bash's
@@ -78,7 +83,9 @@ type pool struct {
 	active   int                    // runs going on
 	ended    uint64                 // runs ended so far: an interpreter started before the last one is stale
 	timer    *time.Timer            // starts the other languages once idle
-	wg       sync.WaitGroup         // starts and kills in flight
+	// discarded counts the idle interpreters found stopped or dead when a run came (tests).
+	discarded int
+	wg        sync.WaitGroup // starts and kills in flight
 }
 
 func newPool(a *Agent) *pool {
@@ -138,26 +145,74 @@ func (p *pool) refillUsed() { p.refill(true) }
 // begin marks a run of lang as going on and, when want is set, takes lang's oldest idle
 // interpreter (nil when there is none). end must follow.
 //
-// A start of lang in flight is waited for: it is a fork and exec, which a cold start would do
-// itself, and a second process starting beside it would only halve the CPU each gets. Its
-// interpreter is handed the run while it initialises, which is never waited for.
+// The starts in flight are waited for, of every language: each is a fork and exec (which a cold
+// start would do itself, and a second process starting beside it would only halve the CPU each
+// gets), and no fork may be in flight once the run's code runs. A snippet can stop every
+// process of the sandbox but the agent (`kill -STOP -1`), and so a child between its fork and
+// its exec; the fork, a vfork, then does not return, and the Go runtime cannot stop the world
+// for a garbage collection while it waits: the whole agent would hang. (Reaper.Start also
+// continues such a child, which helps unless a collection has begun.) No start begins while a
+// run is going on (refill, end). An interpreter is handed the run while it initialises, which
+// is never waited for.
 func (p *pool) begin(lang string, want bool) *warmProc {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.active++
 	p.used[lang] = true
+	for p.forking() {
+		p.cond.Wait()
+	}
 	if !want {
 		return nil
 	}
-	for len(p.idle[lang]) == 0 && p.starting[lang] > 0 {
+	for len(p.idle[lang]) > 0 {
+		w := p.idle[lang][0]
+		p.idle[lang] = p.idle[lang][1:]
+		if !w.unfit() {
+			return w
+		}
+		// Stopped (a snippet's `kill -STOP -1`), traced or dead: a run handed to it would
+		// never start. It goes, and the run takes the next one or starts cold.
+		p.discarded++
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			w.kill()
+		}()
+	}
+	return nil
+}
+
+// forking reports whether a start is in flight. p.mu is held.
+func (p *pool) forking() bool {
+	for _, n := range p.starting {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// discardIdle kills every idle interpreter, waits until they are gone and returns how many there
+// were. They are started again when the runs going on have ended. The starts in flight are
+// waited for first: they were decided before the caller's reason to discard (a working
+// directory made again), and would otherwise become idle just after.
+func (p *pool) discardIdle() int {
+	p.mu.Lock()
+	for p.forking() {
 		p.cond.Wait()
 	}
-	idle := p.idle[lang]
-	if len(idle) == 0 {
-		return nil
+	idle := p.idle
+	p.idle = map[string][]*warmProc{}
+	p.mu.Unlock()
+	n := 0
+	for _, ws := range idle {
+		for _, w := range ws {
+			w.kill()
+			n++
+		}
 	}
-	p.idle[lang] = idle[1:]
-	return idle[0]
+	return n
 }
 
 // end marks a run of lang as ended: the idle interpreters are stale and killed (lasting ones
@@ -297,6 +352,12 @@ func (w *warmProc) handoff(env map[string]string, code string) *process {
 		w.boot.Close()
 	}
 	return &proc
+}
+
+// unfit reports whether w cannot take a run: it has exited, or it is a zombie, stopped or
+// traced (one read of /proc/<pid>/stat).
+func (w *warmProc) unfit() bool {
+	return len(w.exited) > 0 || stoppedOrDead(w.pid)
 }
 
 // kill kills an interpreter that was not handed a run (or is dead), and waits for it.
