@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,6 +114,43 @@ func TestWhenASandboxIsGivenUp(t *testing.T) {
 		next := c.ok("fate", "bash", "x")
 		if replaced := next.Sandbox.ID != first; replaced != tc.replaced || next.Sandbox.Recreated != tc.replaced {
 			t.Fatalf("%v: next run in %s (recreated %v), first sandbox %s: want replaced %v", tc.err, next.Sandbox.ID, next.Sandbox.Recreated, first, tc.replaced)
+		}
+	}
+}
+
+// TestOwnSnippetsKeepTheSandbox: the three ways a conversation's own snippets broke its sandbox
+// (issue 11), through the worker on real Docker: afterwards the ordinary runs of both languages
+// succeed in the same sandbox, the conversation's file is intact, and no result is an error or
+// says created or recreated.
+func TestOwnSnippetsKeepTheSandbox(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	w := startWorker(t, ns, newDocker(t), worker.Config{})
+	c := newClient(t, ns, w)
+	for name, hostile := range map[string]string{
+		"chmod":  "chmod 000 /workspace",
+		"setsid": "for i in $(seq 300); do setsid sleep 1000 >/dev/null 2>&1 < /dev/null & done 2>/dev/null; true",
+		"stop":   "kill -STOP -1",
+	} {
+		conv := "own-" + name
+		first := c.ok(conv, "bash", "echo kept > f")
+		runs := []protocol.RunRequest{
+			{Language: "bash", Code: hostile, TimeoutMS: 30_000},
+			{Language: "bash", Code: "echo r1", TimeoutMS: 30_000},
+			{Language: "bash", Code: "echo r2", TimeoutMS: 30_000},
+			{Language: "python", Code: "print('p1')", TimeoutMS: 30_000},
+			{Language: "bash", Code: "cat f", TimeoutMS: 30_000},
+		}
+		for i, req := range runs {
+			res := c.run(conv, req)
+			if res.Error != nil || res.Sandbox == nil || res.Sandbox.ID != first.Sandbox.ID || res.Sandbox.Created || res.Sandbox.Recreated || res.TimedOut {
+				t.Fatalf("%s: run %d (%q): %+v sandbox %+v, want a result in sandbox %s", name, i, req.Code, res, res.Sandbox, first.Sandbox.ID)
+			}
+			if i == 0 {
+				continue // the hostile run itself: its exit code is its own
+			}
+			if want := map[int]string{1: "r1", 2: "r2", 3: "p1", 4: "kept"}[i]; res.ExitCode != 0 || !strings.HasSuffix(res.Output, want+"\n") {
+				t.Fatalf("%s: run %d (%q): exit %d, output %q, want it to end with %q", name, i, req.Code, res.ExitCode, res.Output, want)
+			}
 		}
 	}
 }

@@ -296,3 +296,30 @@ func TestSandboxGone(t *testing.T) {
 	_, err = env.Open(context.Background(), sb.Info().ID)
 	wantErr(t, err, envs.ErrNotFound)
 }
+
+// TestSandboxStateIsTheRunsResult: what a sandbox's own state makes the toolbox fail is the
+// run's result or an error that keeps the sandbox; only a sandbox the toolbox does not know is
+// gone (the worker then gives it up).
+func TestSandboxStateIsTheRunsResult(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	env := newEnv(t, fake, nil)
+	sb := mustCreate(t, env, spec("own-state"))
+	// A snippet removes its working directory: the toolbox cannot start a shell there.
+	runBash(t, sb, `rm -rf "$PWD"`)
+	res := runBash(t, sb, "echo hi")
+	if res.ExitCode != 126 || !strings.HasPrefix(res.Output, "codefleet: the sandbox could not start a shell") {
+		t.Fatalf("run without a working directory: %+v, want exit 126 saying why", res)
+	}
+	// The toolbox refuses one run (400) or the sandbox is changing state (409): kept.
+	for _, status := range []int{http.StatusBadRequest, http.StatusConflict} {
+		fake.Inject(daytonafake.Fault{Op: "execute", Status: status})
+		_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "true"})
+		if !errors.Is(err, envs.ErrSandboxFailed) || errors.Is(err, envs.ErrSandboxGone) {
+			t.Fatalf("toolbox %d: %v, want ErrSandboxFailed, not ErrSandboxGone", status, err)
+		}
+	}
+	// Unknown to the toolbox: gone.
+	fake.Inject(daytonafake.Fault{Op: "execute", Status: http.StatusNotFound})
+	_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "true"})
+	wantErr(t, err, envs.ErrSandboxGone, "gone")
+}
