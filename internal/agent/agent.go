@@ -59,6 +59,9 @@ type Agent struct {
 	warm atomic.Pointer[pool]
 	// warmRuns counts the runs handed to a warm interpreter (tests check the path is taken).
 	warmRuns atomic.Int64
+	// runs counts the runs going on; lastRun is when one last began or ended (UnixNano).
+	runs    atomic.Int64
+	lastRun atomic.Int64
 
 	// sockMu guards sock, the socket session's connection (one at a time: a worker that
 	// connects again replaces the old one, whose runs are killed).
@@ -76,6 +79,7 @@ func New(dir string, environ []string, reaper *Reaper) *Agent {
 // python and bash interpreters are kept started ahead of runs (see warm.go); they are killed
 // before it returns.
 func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
+	defer a.closeDir() // last: runs still going are answered first
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := newPool(a)
@@ -359,6 +363,12 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 		timeout = 60 * time.Second
 	}
 	inline := lang.ext == "" && len(req.Code) <= maxInlineCode
+	a.runs.Add(1)
+	a.lastRun.Store(time.Now().UnixNano())
+	defer func() {
+		a.lastRun.Store(time.Now().UnixNano())
+		a.runs.Add(-1)
+	}()
 
 	// Whatever the last run did, this one can start: its working directory is usable, and
 	// pids are free (startable.go). What was put back is said at the start of its output.
@@ -382,6 +392,14 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 		}
 	}
 
+	// A cold start: the working directory is looked up by its path (it may have been moved
+	// away or replaced; warm runs only check the one open, see checkDir).
+	if more, stale := a.checkDirPath(); more != "" || stale {
+		notes += more
+		if stale && p != nil {
+			p.discardIdle()
+		}
+	}
 	bins, ok := a.resolve(lang)
 	if !ok {
 		return &wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeUnsupportedLanguage, Error: fmt.Sprintf("%s is not available in this sandbox (no %s in PATH)", lang.name, strings.Join(lang.bins[0], " or "))}

@@ -17,7 +17,8 @@
 // purpose, are ended when the sandbox is nearly out of pids or a run's process cannot be
 // created; the run's output says so in lines starting with "codefleet:". A run whose process
 // cannot be started all the same is answered with exit code 126 and what went wrong, never
-// with an error frame, which is only for the protocol.
+// with an error frame, which is only for the protocol. Nor can a snippet end the agent with a
+// signal (Main, endingSignals).
 //
 // It imports nothing of codefleet but wire and internal/output, and neither net nor os/user,
 // so cmd/sandbox-agent is a static binary even when built with cgo. The worker side

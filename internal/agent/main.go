@@ -15,7 +15,11 @@ const ExecutableName = "sandbox-agent"
 
 // Main runs the agent as PID 1 of a sandbox: it serves the worker on stdin and stdout until
 // stdin ends, then stays (the container and its files live until the worker removes it or
-// re-attaches after a restart), and exits on SIGTERM or SIGINT. It never returns.
+// re-attaches after a restart). As PID 1 it drops every signal a snippet could end it with
+// (see endingSignals), but for SIGTERM and SIGINT when no snippet can have sent them (quiet:
+// `docker stop` of an idle sandbox; otherwise `docker stop` takes its grace period, then
+// SIGKILL; the worker removes sandboxes with a forced remove). Elsewhere (not PID 1) it exits on
+// SIGTERM or SIGINT. It never returns.
 func Main() {
 	// Not dumpable: snippets run as the same user, and must not reach the agent's stdin and
 	// stdout (the worker's channel) through /proc/1/fd.
@@ -29,9 +33,29 @@ func Main() {
 	if err != nil {
 		dir = "/"
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	a := New(dir, os.Environ(), NewReaper())
+	ctx, stop := context.WithCancel(context.Background())
+	if os.Getpid() == 1 {
+		// Handled and dropped, not ignored: an ignored signal stays ignored in the processes
+		// the agent starts (a snippet's `yes | head` would then complain of a broken pipe, its
+		// children would ignore SIGTERM), while a handled one is reset to its default there.
+		// SIGTERM and SIGINT end the agent when no snippet can have sent them (quiet): that is
+		// `docker stop` of an idle sandbox.
+		sigs := make(chan os.Signal, 16)
+		signal.Notify(sigs, endingSignals...)
+		go func() {
+			for sig := range sigs {
+				if (sig == syscall.SIGTERM || sig == syscall.SIGINT) && a.quiet() {
+					stop()
+				}
+			}
+		}()
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer cancel()
+	}
+	defer stop()
 	a.WorkerOutside = true // PID 1 of the sandbox's own pid namespace; the worker is outside it
 	// Every process it sees is then the sandbox's, so it may end what earlier runs left behind
 	// when the sandbox runs out of pids (startable.go); never elsewhere.
@@ -47,4 +71,18 @@ func Main() {
 	// until the worker removes it or re-attaches after a restart.
 	<-ctx.Done()
 	os.Exit(0)
+}
+
+// endingSignals are the signals that end a Go program that does not handle them (os/signal:
+// SIGHUP, SIGINT and SIGTERM exit, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGSTKFLT and SIGSYS exit
+// with a stack dump; SIGBUS, SIGFPE and SIGSEGV sent with kill crash it too). Snippets run as the
+// agent's user, and PID 1 of a pid namespace receives from inside it exactly the signals it
+// handles, which the Go runtime does for all: so `kill 1`, `kill -HUP 1`, ... from a snippet
+// would end the agent and with it the sandbox. Main handles them and drops them. (For SIGBUS,
+// SIGFPE and SIGSEGV only those sent with kill are handled so: a fault of the agent's own still
+// panics.)
+var endingSignals = []os.Signal{
+	syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGILL, syscall.SIGTRAP,
+	syscall.SIGABRT, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGSEGV, syscall.SIGTERM,
+	syscall.SIGSTKFLT, syscall.SIGSYS, syscall.SIGPIPE, syscall.SIGXCPU, syscall.SIGXFSZ,
 }

@@ -5,6 +5,7 @@ import (
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -65,6 +66,8 @@ type Reaper struct {
 	waiting map[int]chan syscall.WaitStatus
 	// perPid: wait for each child by pid instead of reaping every child.
 	perPid bool
+	// lastReap is when a child was last collected (UnixNano).
+	lastReap atomic.Int64
 }
 
 // NewChildWaiter returns a Reaper that waits for the children it starts and nothing else.
@@ -125,6 +128,7 @@ func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr) (int
 					break
 				}
 			}
+			r.lastReap.Store(time.Now().UnixNano())
 			r.mu.Lock()
 			delete(r.waiting, pid)
 			r.mu.Unlock()
@@ -156,6 +160,7 @@ func (r *Reaper) reap() {
 		if pid <= 0 || err != nil {
 			return
 		}
+		r.lastReap.Store(time.Now().UnixNano())
 		r.mu.Lock()
 		if ch, ok := r.waiting[pid]; ok {
 			ch <- ws

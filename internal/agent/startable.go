@@ -14,9 +14,12 @@ package agent
 //   - The working directory (Agent.Dir, nothing below it): when it is missing, it is made again
 //     (0755); when the agent owns it and it lacks u+rwx, those bits are added (the others are
 //     kept). A directory below it that a snippet made unusable is the snippet's business: `cd
-//     sub` then fails inside the run, with the shell's own message. Cost: one stat per run.
+//     sub` then fails inside the run, with the shell's own message. Cost: one fstat per run
+//     (checkDir), and a stat by path before a cold start.
 //   - Idle interpreters: one that is stopped (SIGSTOP), traced, or dead is discarded when a run
-//     would be handed to it (one read of /proc/<pid>/stat), and the run starts cold (warm.go).
+//     would be handed to it (one read of its /proc/<pid>/stat, kept open), and the run takes
+//     the next one or starts cold (warm.go). No interpreter is being forked while a run's code
+//     runs (pool.begin): a child stopped between its fork and its exec would hang the agent.
 //   - Pids: when fewer than max(8, 5%) of the sandbox's pids limit are free before a run (the
 //     pids cgroup: one read of pids.current and pids.max each), or when the run's process
 //     cannot be created for want of pids or memory (EAGAIN, ENOMEM), the processes that earlier
@@ -87,26 +90,58 @@ func plural(n int, one, many string) string {
 	return strconv.Itoa(n) + " " + many
 }
 
-// dirState is what the last check of the working directory found.
+// dirState is what the last check of the working directory found, and, while Serve runs, the
+// directory open (O_PATH): a path lookup costs tens of microseconds on some storage drivers
+// (fuse-overlayfs), a stat of the open directory a fraction of one.
 type dirState struct {
 	mu       sync.Mutex
 	dev, ino uint64
 	known    bool
+	fd       int // the directory open (O_PATH), when open is set
+	open     bool
 }
+
+// oPath is O_PATH (package syscall lacks it): an fd that only names a file, which a directory of
+// mode 000 may be opened as.
+const oPath = 0o10000000
 
 // checkDir makes the working directory usable by the runs again (see the top of the file) and
 // says what it did. It reports stale when the directory is not the one the last check found
-// (the idle interpreters started in the old one).
+// (the idle interpreters started in the old one). While Serve runs, the directory checked is the
+// one open since the last check (one fstat): its mode, and whether it was removed. That it was
+// moved away or replaced by another (which only root can do to /workspace) is seen by the check
+// of a cold start (checkDirPath), which every run that is not handed a warm interpreter does.
 func (a *Agent) checkDir() (notes string, stale bool) {
+	d := &a.dir
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.open {
+		var st syscall.Stat_t
+		if syscall.Fstat(d.fd, &st) == nil && st.Nlink > 0 && st.Mode&syscall.S_IFMT == syscall.S_IFDIR &&
+			(st.Mode&0o700 == 0o700 || int(st.Uid) != os.Geteuid()) {
+			return "", false
+		}
+	}
+	return a.checkDirPathLocked(a.warm.Load() != nil)
+}
+
+// checkDirPath is checkDir by the directory's path.
+func (a *Agent) checkDirPath() (notes string, stale bool) {
+	a.dir.mu.Lock()
+	defer a.dir.mu.Unlock()
+	return a.checkDirPathLocked(a.dir.open)
+}
+
+// checkDirPathLocked is checkDirPath with a.dir.mu held; keepOpen opens the directory for the
+// next checks (see dirState).
+func (a *Agent) checkDirPathLocked(keepOpen bool) (notes string, stale bool) {
 	var st syscall.Stat_t
 	err := syscall.Stat(a.Dir, &st)
 	if err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
-		if int(st.Uid) == os.Geteuid() {
-			if st.Mode&0o700 != 0o700 {
-				notes = a.restoreMode(&st)
-			}
+		if int(st.Uid) == os.Geteuid() && st.Mode&0o700 != 0o700 {
+			notes = a.restoreMode(&st)
 		}
-		return notes, a.sameDir(&st)
+		return notes, a.sameDirLocked(&st, keepOpen)
 	}
 	if !errors.Is(err, syscall.ENOENT) {
 		return "", false // not a directory, or unreadable: nothing to restore; the start says why
@@ -115,7 +150,7 @@ func (a *Agent) checkDir() (notes string, stale bool) {
 		return fmt.Sprintf(note+"the working directory %s was gone and could not be made again: %v\n", a.Dir, errText(err)), true
 	}
 	if syscall.Stat(a.Dir, &st) == nil {
-		a.sameDir(&st)
+		a.sameDirLocked(&st, keepOpen)
 	}
 	return fmt.Sprintf(note+"the working directory %s was gone: made it again (empty)\n", a.Dir), true
 }
@@ -130,15 +165,39 @@ func (a *Agent) restoreMode(st *syscall.Stat_t) string {
 	return fmt.Sprintf(note+"the working directory %s had mode %03o: restored it to %03o (u+rwx)\n", a.Dir, old, mode)
 }
 
-// sameDir records the working directory's identity and reports whether it changed since the
-// last check (the first check records it).
-func (a *Agent) sameDir(st *syscall.Stat_t) (changed bool) {
+// sameDirLocked records the working directory's identity (st, found by its path) and reports
+// whether it changed since the last check (the first check records it); with keepOpen, the
+// directory is (re)opened for the next checks. a.dir.mu is held.
+func (a *Agent) sameDirLocked(st *syscall.Stat_t, keepOpen bool) (changed bool) {
+	d := &a.dir
+	changed = d.known && (d.dev != uint64(st.Dev) || d.ino != st.Ino)
+	d.dev, d.ino, d.known = uint64(st.Dev), st.Ino, true
+	if d.open && (changed || !keepOpen) {
+		syscall.Close(d.fd)
+		d.open = false
+	}
+	if keepOpen && !d.open {
+		if fd, err := syscall.Open(a.Dir, oPath|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0); err == nil {
+			var now syscall.Stat_t
+			if syscall.Fstat(fd, &now) == nil && uint64(now.Dev) == d.dev && now.Ino == d.ino {
+				d.fd, d.open = fd, true
+			} else {
+				syscall.Close(fd) // replaced between the stat and the open: the next check will see
+			}
+		}
+	}
+	return changed
+}
+
+// closeDir closes the working directory kept open for the checks (when Serve returns).
+func (a *Agent) closeDir() {
 	d := &a.dir
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	changed = d.known && (d.dev != uint64(st.Dev) || d.ino != st.Ino)
-	d.dev, d.ino, d.known = uint64(st.Dev), st.Ino, true
-	return changed
+	if d.open {
+		syscall.Close(d.fd)
+		d.open = false
+	}
 }
 
 // startFailed is the result of a run whose process could not be started: what is wrong, and
@@ -319,10 +378,13 @@ func parseStat(b []byte) (procInfo, bool) {
 // traced.
 func stoppedOrDead(pid int) bool {
 	info, ok := readProc(pid)
-	if !ok {
-		return true
-	}
-	switch info.state {
+	return !ok || unfitState(info.state)
+}
+
+// unfitState reports whether a process in state can take no run: stopped, traced, a zombie, or
+// dead.
+func unfitState(state byte) bool {
+	switch state {
 	case 'T', 't', 'Z', 'X', 'x':
 		return true
 	}
@@ -445,4 +507,34 @@ func (a *Agent) endLeftovers() int {
 		time.Sleep(2 * time.Millisecond)
 	}
 	return len(ended)
+}
+
+// quietFor is how long after the last run, or the last process that ended, a signal may still
+// have come from a snippet.
+const quietFor = time.Second
+
+// quiet reports whether no snippet can have sent the agent a signal that just came: no run is
+// going on or ended within quietFor, no process ended within quietFor, and every process of the
+// sandbox besides the agent is one it started and still runs (an idle interpreter, which runs
+// nothing but its bootstrap). A sender that has exited since was collected by the agent (it
+// descends from it), recently: the times are checked again after the scan, since it may have
+// been collected while the scan went on. Main ends the agent on SIGTERM only then.
+func (a *Agent) quiet() bool {
+	calm := func() bool {
+		recent := time.Now().Add(-quietFor).UnixNano()
+		return a.runs.Load() == 0 && a.lastRun.Load() <= recent && a.reaper.lastReap.Load() <= recent
+	}
+	if !calm() {
+		return false
+	}
+	reaped := a.reaper.lastReap.Load()
+	self := os.Getpid()
+	procs := scanProcs()
+	started := a.reaper.running()
+	for pid := range procs {
+		if pid != self && !started[pid] {
+			return false
+		}
+	}
+	return calm() && a.reaper.lastReap.Load() == reaped
 }

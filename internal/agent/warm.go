@@ -302,6 +302,9 @@ type warmProc struct {
 	process
 	// boot is the write end of the interpreter's fd 3.
 	boot *os.File
+	// stat is its /proc/<pid>/stat open (-1 if it could not be opened): read before the
+	// interpreter is handed a run (unfit), without a path lookup.
+	stat int
 }
 
 // startWarm starts an interpreter of lang with the base environment.
@@ -321,7 +324,11 @@ func (a *Agent) startWarm(lang *language) (*warmProc, error) {
 		bw.Close()
 		return nil, err
 	}
-	return &warmProc{process: *proc, boot: bw}, nil
+	stat, err := syscall.Open("/proc/"+strconv.Itoa(proc.pid)+"/stat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		stat = -1
+	}
+	return &warmProc{process: *proc, boot: bw, stat: stat}, nil
 }
 
 // pipeBuf is what an empty pipe always takes without blocking (PIPE_BUF).
@@ -332,6 +339,7 @@ const pipeBuf = 4096
 // with EPIPE); the rest of a bigger payload is written in the background, since the interpreter
 // reads it only once it has finished starting.
 func (w *warmProc) handoff(env map[string]string, code string) *process {
+	w.closeStat()
 	payload := warmPayload(env, code)
 	start := time.Now()
 	first := payload[:min(len(payload), pipeBuf)]
@@ -357,7 +365,27 @@ func (w *warmProc) handoff(env map[string]string, code string) *process {
 // unfit reports whether w cannot take a run: it has exited, or it is a zombie, stopped or
 // traced (one read of /proc/<pid>/stat).
 func (w *warmProc) unfit() bool {
-	return len(w.exited) > 0 || stoppedOrDead(w.pid)
+	if len(w.exited) > 0 {
+		return true
+	}
+	if w.stat < 0 {
+		return stoppedOrDead(w.pid)
+	}
+	var buf [256]byte
+	n, err := syscall.Pread(w.stat, buf[:], 0) // fails once the process is gone
+	if err != nil || n <= 0 {
+		return true
+	}
+	info, ok := parseStat(buf[:n])
+	return !ok || unfitState(info.state)
+}
+
+// closeStat closes w's stat file.
+func (w *warmProc) closeStat() {
+	if w.stat >= 0 {
+		syscall.Close(w.stat)
+		w.stat = -1
+	}
 }
 
 // kill kills an interpreter that was not handed a run (or is dead), and waits for it.
@@ -370,6 +398,7 @@ func (w *warmProc) kill() {
 	}
 	w.boot.Close()
 	w.out.Close()
+	w.closeStat()
 }
 
 // warmPayload is what a warm interpreter reads on fd 3: each variable as KEY=VALUE and a NUL,

@@ -7,9 +7,13 @@ package docker_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/container"
+	dockerclient "github.com/docker/docker/client"
 
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
@@ -215,4 +219,69 @@ func TestHostileStoppedPython(t *testing.T) {
 		t.Fatalf("the delayed stop found no idle python to stop: exit %d output %q", res.ExitCode, res.Output)
 	}
 	afterward(t, sb)
+}
+
+// TestHostileSignalsToAgent: the agent runs as the snippets' user, and a snippet can send it
+// any signal (`kill 1`, `kill -HUP 1`, `kill -SEGV 1`, ...): none ends it, and the snippets'
+// own processes still start with every signal at its default (none ignored or blocked).
+func TestHostileSignalsToAgent(t *testing.T) {
+	sb := hostileSandbox(t)
+	wantRun(t, sb, "bash", "echo kept > f", "")
+	wantRun(t, sb, "bash", `grep -E '^Sig(Ign|Blk)' /proc/self/status | tr -d '\t'`, "SigBlk:0000000000000000\nSigIgn:0000000000000000\n")
+	wantRun(t, sb, "python", `print([l.split()[1] for l in open('/proc/self/status') if l.startswith('SigBlk')])`, "['0000000000000000']\n")
+	for sig := 1; sig <= 64; sig++ {
+		code := fmt.Sprintf("kill -%d 1; echo sent %d", sig, sig)
+		res := hostileRun(t, sb, "bash", code)
+		if res.ExitCode != 0 || res.Output != fmt.Sprintf("sent %d\n", sig) {
+			t.Errorf("%q: exit %d output %q", code, res.ExitCode, res.Output)
+		}
+	}
+	wantRun(t, sb, "bash", `grep -E '^Sig(Ign|Blk)' /proc/self/status | tr -d '\t'`, "SigBlk:0000000000000000\nSigIgn:0000000000000000\n")
+	wantRun(t, sb, "bash", "yes | head -1", "y\n") // SIGPIPE at its default: no complaint from yes
+	afterward(t, sb)
+}
+
+// TestHostileSignalFromLeftover: a process that left its run and signals the agent later, when
+// no run is going on, does not end it either.
+func TestHostileSignalFromLeftover(t *testing.T) {
+	sb := hostileSandbox(t)
+	wantRun(t, sb, "bash", "echo kept > f", "")
+	wantRun(t, sb, "bash", "setsid bash -c 'touch up; sleep 2; kill 1; kill -INT 1; kill -HUP 1' >/dev/null 2>&1 </dev/null & "+awaitUp, "")
+	time.Sleep(3 * time.Second)
+	afterward(t, sb)
+}
+
+// TestHostileStopSandbox: `docker stop` of an idle sandbox ends the agent at once (exit 0);
+// with a process of a snippet still there (which could have sent the SIGTERM), the agent stays,
+// and the stop ends it with SIGKILL after its grace period.
+func TestHostileStopSandbox(t *testing.T) {
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	stopped := func(sb envs.Sandbox) int {
+		t.Helper()
+		grace := 2
+		if err := cli.ContainerStop(context.Background(), sb.Info().ID, container.StopOptions{Timeout: &grace}); err != nil {
+			t.Fatal(err)
+		}
+		insp, err := cli.ContainerInspect(context.Background(), sb.Info().ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return insp.State.ExitCode
+	}
+	idle := hostileSandbox(t)
+	wantRun(t, idle, "bash", "echo kept > f", "")
+	time.Sleep(1500 * time.Millisecond) // quiet: no run for a second
+	if code := stopped(idle); code != 0 {
+		t.Fatalf("docker stop of an idle sandbox: exit code %d, want 0 (the agent ended on SIGTERM)", code)
+	}
+	busy := hostileSandbox(t)
+	wantRun(t, busy, "bash", "setsid bash -c 'touch up; exec sleep 1000' >/dev/null 2>&1 </dev/null & "+awaitUp+"echo started", "started\n")
+	time.Sleep(1500 * time.Millisecond)
+	if code := stopped(busy); code != 137 {
+		t.Fatalf("docker stop of a sandbox with a snippet's process: exit code %d, want 137 (SIGKILL after the grace period)", code)
+	}
 }
