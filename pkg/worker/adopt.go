@@ -12,11 +12,11 @@ import (
 // adopt re-attaches the sandboxes a previous process with this worker id left, so their
 // conversations go on with their files. Sandboxes that cannot be re-attached are destroyed.
 func (m *manager) adopt(ctx context.Context) (int, error) {
-	list, err := m.sandboxes(ctx)
+	list, unlabelled, err := m.sandboxes(ctx)
 	if err != nil {
 		return 0, err
 	}
-	m.warnUnlabelled(ctx)
+	m.warnUnlabelled(unlabelled)
 	// Newest first: if a conversation somehow has two sandboxes, the newest wins.
 	sort.Slice(list, func(i, j int) bool { return list[i].Created.After(list[j].Created) })
 	adopted := 0
@@ -53,43 +53,33 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 	return adopted, nil
 }
 
-// sandboxes lists the sandboxes this worker made: labelled with its id, in its fleet. Another
+// sandboxes lists the sandboxes this worker made: labelled with its id, in its fleet; it also
+// counts those with its id and no fleet label. Another
 // fleet on the same backend may have a worker of the same id (the default id is the host
 // name); its sandboxes are left alone.
-func (m *manager) sandboxes(ctx context.Context) ([]envs.Info, error) {
+func (m *manager) sandboxes(ctx context.Context) (ours []envs.Info, unlabelled int, err error) {
 	list, err := m.env.List(ctx, map[string]string{envs.LabelWorker: m.worker})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	ours := list[:0]
 	for _, info := range list {
+		if _, ok := info.Labels[envs.LabelFleet]; !ok {
+			unlabelled++
+		}
 		if envs.InFleet(info.Labels, m.cfg.Prefix) {
 			ours = append(ours, info)
 		}
 	}
-	return ours, nil
+	return ours, unlabelled, nil
 }
 
-// warnUnlabelled says when a worker of a fleet with another prefix than the default finds
+// warnUnlabelled says when a worker of a fleet with another prefix than the default found
 // sandboxes with its id and no fleet label: made before sandboxes named their fleet, they count
 // as the default fleet's, so this worker neither re-adopts nor reaps them. If this fleet made
 // them before the upgrade, they are stale (its conversations moved to its own buckets too) and
 // can be removed (docs/operations.md, "Upgrading").
-func (m *manager) warnUnlabelled(ctx context.Context) {
-	if m.cfg.Prefix == protocol.DefaultPrefix {
-		return
-	}
-	list, err := m.env.List(ctx, map[string]string{envs.LabelWorker: m.worker})
-	if err != nil {
-		return
-	}
-	n := 0
-	for _, info := range list {
-		if _, ok := info.Labels[envs.LabelFleet]; !ok {
-			n++
-		}
-	}
-	if n > 0 {
+func (m *manager) warnUnlabelled(n int) {
+	if n > 0 && m.cfg.Prefix != protocol.DefaultPrefix {
 		m.log.Warn().Int("sandboxes", n).Str("label", envs.LabelFleet).
 			Msg("sandboxes with this worker's id and no fleet label belong to the default prefix's fleet and are left alone; if this fleet made them before it upgraded, remove them")
 	}

@@ -106,7 +106,7 @@ func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
 	}
 	m.mu.Unlock()
 
-	list, err := m.sandboxes(ctx)
+	list, _, err := m.sandboxes(ctx)
 	if err != nil {
 		m.log.Warn().Err(err).Msg("list sandboxes for reconciliation")
 		return

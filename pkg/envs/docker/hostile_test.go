@@ -15,7 +15,6 @@ import (
 	"github.com/docker/docker/api/types/container"
 	dockerclient "github.com/docker/docker/client"
 
-	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
 )
 
@@ -23,17 +22,7 @@ import (
 // none) that the test destroys.
 func hostileSandbox(t *testing.T) envs.Sandbox {
 	t.Helper()
-	env := newEnv(t, nil)
-	spec := envs.Spec{Tenant: "hostiletest", Conversation: strings.ReplaceAll(t.Name(), "/", "_"), Labels: testutil.TestLabels()}
-	sb, err := env.Create(context.Background(), spec)
-	if err != nil {
-		t.Fatalf("create: %v", err)
-	}
-	t.Cleanup(func() {
-		sb.Close()
-		env.Destroy(context.Background(), sb.Info().ID)
-	})
-	return sb
+	return create(t, newEnv(t, nil), envs.Spec{})
 }
 
 // hostileRun runs code with a timeout of 30 s; a Go error (the sandbox taken for dead) fails
