@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -34,6 +35,7 @@ import (
 	"github.com/codefleet/codefleet/internal/backend"
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/daemon"
+	"github.com/codefleet/codefleet/internal/ops"
 	"github.com/codefleet/codefleet/pkg/client"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -42,6 +44,9 @@ import (
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
+
+// DevHTTPAddr is where `codefleet dev` serves its metrics and probes by default.
+const DevHTTPAddr = "127.0.0.1:9464"
 
 // exitFleetError is the exit status of `run` when the fleet could not run the code.
 const exitFleetError = 125
@@ -109,11 +114,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // common are the flags every client command has.
 type common struct {
 	natsURL, tenant, conversation, prefix string
+	auth                                  config.NATSAuth // --nats-creds, --nats-user, --nats-tls-ca, ...
+
+	mu      sync.Mutex
+	refusal error // the server's first permissions violation on the connection
 }
 
 func (c *common) register(fs *config.FlagSet, conversation bool) {
 	fs.StringVar(&c.natsURL, "nats-url", nats.DefaultURL, "NATS server URL(s)")
 	fs.Alias("nats-url", "NATS_URL")
+	c.auth.Register(fs)
 	fs.StringVar(&c.prefix, "prefix", protocol.DefaultPrefix, "the fleet to talk to: its subject prefix (the --prefix of its workers and dispatchers)")
 	if conversation {
 		fs.StringVar(&c.tenant, "tenant", protocol.DefaultTenant, "tenant")
@@ -135,11 +145,43 @@ func (c *common) dial(fs *config.FlagSet, args []string, conversation bool) (*na
 }
 
 func (c *common) connect() (*nats.Conn, error) {
-	nc, err := nats.Connect(c.natsURL, nats.Name("codefleet-cli"))
+	opts, err := c.auth.Options()
 	if err != nil {
+		return nil, err
+	}
+	// A request the server refuses to pass on (a locked-down server: docs/security.md) gets no
+	// answer: instead of waiting out its timeouts, the connection is closed, which ends it, and
+	// refused tells why.
+	opts = append(opts, nats.Name("codefleet-cli"), nats.ErrorHandler(func(nc *nats.Conn, _ *nats.Subscription, err error) {
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			return
+		}
+		c.mu.Lock()
+		if c.refusal == nil {
+			c.refusal = err
+		}
+		c.mu.Unlock()
+		nc.Close()
+	}))
+	nc, err := nats.Connect(c.natsURL, opts...)
+	if errors.Is(err, nats.ErrNoServers) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (is a fleet running? try `codefleet dev`)", c.natsURL, err)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", c.natsURL, err)
+	}
 	return nc, nil
+}
+
+// refused returns the permissions violation that ended the connection instead of err, the
+// failure it caused; otherwise err.
+func (c *common) refused(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil || c.refusal == nil {
+		return err
+	}
+	return fmt.Errorf("%w (check --tenant, --prefix and the NATS user's permissions)", c.refusal)
 }
 
 // open parses the command line of a conversation's command (run, close), connects and returns
@@ -179,7 +221,7 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	res, err := conv.Run(ctx, code, *lang, &client.RunOptions{RequestID: *requestID, Timeout: *timeout})
 	if err != nil {
-		return 0, err
+		return 0, c.refused(err)
 	}
 	io.WriteString(stdout, res.Output)
 	if res.TimedOut {
@@ -200,7 +242,7 @@ func cmdClose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer nc.Close()
 	res, err := conv.Close(ctx)
 	if err != nil {
-		return err
+		return c.refused(err)
 	}
 	if res.Closed {
 		fmt.Fprintf(stdout, "closed %s (sandbox %s on %s)\n", c.conversation, res.Sandbox.ID, res.Sandbox.Worker)
@@ -218,10 +260,14 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	host := fs.String("host", "127.0.0.1", "address the embedded NATS server listens on")
 	port := fs.Int("port", 4222, "port of the embedded NATS server")
 	storeDir := fs.String("store-dir", "", "JetStream storage directory (default: a temporary one, removed at exit)")
+	natsConfig := fs.String("nats-config", "", "nats-server configuration file of the embedded server (accounts, users, TLS, ...); --host, --port and --store-dir win over the file's, and JetStream is always on")
+	var auth config.NATSAuth // how dev's own worker and dispatcher connect to the embedded server
+	auth.Register(fs)
 	workerID := fs.String("worker-id", "dev", "id of the worker")
 	capacity := fs.Int("capacity", worker.DefaultCapacity, "most sandboxes at once")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", config.LogFormatConsole, "log format: json or console")
+	httpAddr := fs.String("http-addr", DevHTTPAddr, "address to serve the worker's and the dispatcher's /metrics, /healthz and /readyz on (empty: none)")
 	var b backend.Options
 	b.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -233,9 +279,21 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := b.Check(); err != nil {
 		return err
 	}
+	authOpts, err := auth.Options()
+	if err != nil {
+		return err
+	}
 	log, err := config.NewLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	// Bound first: a taken port fails before anything starts.
+	srv, err := daemon.Serve(daemon.Options{HTTPAddr: *httpAddr}, log)
+	if err != nil {
+		return err
+	}
+	if srv != nil {
+		defer srv.Shutdown(context.Background())
 	}
 	env, err := b.New(log)
 	if err != nil {
@@ -249,7 +307,11 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer os.RemoveAll(dir)
 	}
-	ns, err := server.NewServer(&server.Options{Host: *host, Port: *port, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
+	sopts, err := devServerOptions(*natsConfig, *host, *port, dir)
+	if err != nil {
+		return err
+	}
+	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
 	}
@@ -263,28 +325,40 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	url := ns.ClientURL()
 
-	wnc, err := nats.Connect(url, nats.Name("codefleet-dev worker"))
+	wnc, err := nats.Connect(url, append([]nats.Option{nats.Name("codefleet-dev worker")}, authOpts...)...)
+	if err != nil {
+		return devConnectError("worker", url, err)
+	}
+	defer wnc.Close()
+	w, err := worker.New(worker.Config{ID: *workerID, Image: b.Image, Capacity: *capacity, DestroyOnShutdown: true, Version: config.SemVer(version), Metrics: daemon.Metrics(srv)}, wnc, env, log)
 	if err != nil {
 		return err
 	}
-	defer wnc.Close()
-	w, err := worker.New(worker.Config{ID: *workerID, Image: b.Image, Capacity: *capacity, DestroyOnShutdown: true, Version: config.SemVer(version)}, wnc, env, log)
-	if err != nil {
-		return err
+	if srv != nil {
+		if err := ops.RegisterNATS(srv.Registry, wnc, "worker"); err != nil {
+			return err
+		}
+		srv.Check("worker", w.Ready)
 	}
 	// A failed start is undone; one that a signal cut short is a clean stop.
 	if started, err := daemon.Start(ctx, daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown}, log); !started {
 		return err
 	}
 	defer w.Shutdown(context.Background())
-	dnc, err := nats.Connect(url, nats.Name("codefleet-dev dispatcher"))
+	dnc, err := nats.Connect(url, append([]nats.Option{nats.Name("codefleet-dev dispatcher")}, authOpts...)...)
+	if err != nil {
+		return devConnectError("dispatcher", url, err)
+	}
+	defer dnc.Close()
+	d, err := dispatcher.New(dispatcher.Config{Name: "dev", Version: config.SemVer(version), Metrics: daemon.Metrics(srv)}, dnc, log)
 	if err != nil {
 		return err
 	}
-	defer dnc.Close()
-	d, err := dispatcher.New(dispatcher.Config{Name: "dev", Version: config.SemVer(version)}, dnc, log)
-	if err != nil {
-		return err
+	if srv != nil {
+		if err := ops.RegisterNATS(srv.Registry, dnc, "dispatcher"); err != nil {
+			return err
+		}
+		srv.Check("dispatcher", d.Ready)
 	}
 	if started, err := daemon.Start(ctx, d, log); !started {
 		return err

@@ -23,7 +23,8 @@ func startDev(t *testing.T, after func(), args ...string) string {
 	devDone := make(chan int, 1)
 	var devErr testutil.SyncBuffer
 	go func() {
-		devDone <- run(ctx, append([]string{"dev", "--port", strconv.Itoa(port), "--log-level", "warn"}, args...), nil, &bytes.Buffer{}, &devErr)
+		// Metrics and probes on a port of their own (args may name one): tests start fleets side by side.
+		devDone <- run(ctx, append([]string{"dev", "--port", strconv.Itoa(port), "--log-level", "warn", "--http-addr", "127.0.0.1:0"}, args...), nil, &bytes.Buffer{}, &devErr)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -28,7 +28,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	workers, err := registry.List(ctx, js, protocol.Subjects{Prefix: c.prefix})
 	if err != nil {
-		return err
+		return c.refused(err)
 	}
 	if len(workers) == 0 {
 		fmt.Fprintf(stdout, "no live workers with prefix %s\n", c.prefix)

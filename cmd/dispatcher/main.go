@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/daemon"
@@ -98,7 +99,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadyFields: map[string]any{"name": o.dispatcher.Name, "prefix": o.dispatcher.Prefix},
 		StopTimeout: shutdownTimeout,
 	}
-	return daemon.Run(ctx, o.daemon, log, spec, func(nc *nats.Conn) (daemon.Service, error) {
-		return dispatcher.New(o.dispatcher, nc, log)
+	return daemon.Run(ctx, o.daemon, log, spec, func(nc *nats.Conn, reg prometheus.Registerer) (daemon.Service, error) {
+		cfg := o.dispatcher
+		cfg.Metrics = reg
+		return dispatcher.New(cfg, nc, log)
 	})
 }

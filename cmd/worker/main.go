@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/internal/agent"
 	"github.com/codefleet/codefleet/internal/backend"
@@ -152,11 +153,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		StopName:       "shutdown",
 		StopTimeout:    o.worker.DrainTimeout + shutdownSlack,
 	}
-	return daemon.Run(ctx, o.daemon, log, spec, func(nc *nats.Conn) (daemon.Service, error) {
-		w, err := worker.New(o.worker, nc, env, log)
+	return daemon.Run(ctx, o.daemon, log, spec, func(nc *nats.Conn, reg prometheus.Registerer) (daemon.Service, error) {
+		cfg := o.worker
+		cfg.Metrics = reg
+		w, err := worker.New(cfg, nc, env, log)
 		if err != nil {
 			return nil, err
 		}
-		return daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown}, nil
+		return daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown, ReadyFunc: w.Ready}, nil
 	})
 }

@@ -7,7 +7,7 @@
 //
 //	func run(ctx context.Context, args []string, stderr io.Writer) error {
 //		var o daemon.Options
-//		fs := o.FlagSet("dispatcher", "codefleet dispatcher: ...", stderr) // --nats-url, --nats-creds, --log-*
+//		fs := o.FlagSet("dispatcher", "codefleet dispatcher: ...", stderr) // --nats-url, --nats-creds, ..., --log-*
 //		... // the service's own flags
 //		if err := daemon.Parse(fs, args); err != nil {
 //			return err // config.ErrHelp after --help: Main exits 0
@@ -30,13 +30,16 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/ops"
 )
 
 // StartUndoTimeout bounds the Stop that undoes a failed Start.
@@ -44,10 +47,12 @@ const StartUndoTimeout = 10 * time.Second
 
 // Options are the flags every daemon has: its NATS connection and its logs.
 type Options struct {
-	NATSURL   string // --nats-url (or $NATS_URL)
-	NATSCreds string // --nats-creds
-	LogLevel  string // --log-level
-	LogFormat string // --log-format
+	NATSURL   string          // --nats-url (or $NATS_URL)
+	NATSAuth  config.NATSAuth // --nats-creds, --nats-nkey, --nats-user, --nats-tls-ca, ...: the connection's security
+	LogLevel  string          // --log-level
+	LogFormat string          // --log-format
+	// HTTPAddr is where /metrics, /healthz and /readyz are served (--http-addr); empty: nowhere.
+	HTTPAddr string
 }
 
 // FlagSet returns the flag set of the daemon name (the usage starts with summary), with the
@@ -67,21 +72,26 @@ func Parse(fs *config.FlagSet, args []string) error {
 	return fs.NoArgs(fs.Name())
 }
 
-// Register declares the flags on fs: --nats-url (also read from NATS_URL), --nats-creds,
+// Register declares the flags on fs: --nats-url (also read from NATS_URL), the security flags
+// of the connection (config.NATSAuth: --nats-creds, --nats-user, --nats-tls-ca, ...),
 // --log-level and --log-format (json by default).
 func (o *Options) Register(fs *config.FlagSet) {
 	fs.StringVar(&o.NATSURL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	fs.Alias("nats-url", "NATS_URL")
-	fs.StringVar(&o.NATSCreds, "nats-creds", "", "NATS credentials file (.creds) to connect with")
+	o.NATSAuth.Register(fs)
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&o.LogFormat, "log-format", config.LogFormatJSON, "log format: json or console")
+	fs.StringVar(&o.HTTPAddr, "http-addr", "", "address (host:port) to serve /metrics (Prometheus), /healthz and /readyz on, e.g. :9464 (default: none)")
 }
 
-// Check validates what can be checked without connecting: a NATS URL is given, and the log
-// level and format are known.
+// Check validates what can be checked without connecting: a NATS URL is given, the security
+// options hold together (config.NATSAuth.Check), and the log level and format are known.
 func (o *Options) Check() error {
 	if o.NATSURL == "" {
 		return errors.New("--nats-url is empty")
+	}
+	if err := o.NATSAuth.Check(); err != nil {
+		return err
 	}
 	_, err := config.NewLogger(io.Discard, o.LogLevel, o.LogFormat)
 	return err
@@ -102,11 +112,13 @@ type Service interface {
 	Start(ctx context.Context) error
 	// Stop stops the service within ctx's deadline. It also undoes a Start that failed.
 	Stop(ctx context.Context) error
+	// Ready returns nil when the service can do its job now (/readyz), else why not.
+	Ready(ctx context.Context) error
 }
 
-// Funcs makes a Service of two functions.
+// Funcs makes a Service of functions.
 type Funcs struct {
-	StartFunc, StopFunc func(ctx context.Context) error
+	StartFunc, StopFunc, ReadyFunc func(ctx context.Context) error
 }
 
 // Start calls StartFunc.
@@ -114,6 +126,34 @@ func (f Funcs) Start(ctx context.Context) error { return f.StartFunc(ctx) }
 
 // Stop calls StopFunc.
 func (f Funcs) Stop(ctx context.Context) error { return f.StopFunc(ctx) }
+
+// Ready calls ReadyFunc.
+func (f Funcs) Ready(ctx context.Context) error { return f.ReadyFunc(ctx) }
+
+// Serve starts the HTTP endpoint of o.HTTPAddr (ops.Server: metrics and probes) when one is
+// given, else returns nil, and a nil Server's methods are not called: callers check. The
+// caller shuts it down.
+func Serve(o Options, log zerolog.Logger) (*ops.Server, error) {
+	if o.HTTPAddr == "" {
+		return nil, nil
+	}
+	srv, err := ops.Listen(o.HTTPAddr, log)
+	if err != nil {
+		return nil, err
+	}
+	srv.Serve()
+	log.Info().Str("addr", srv.Addr()).Msg("serving " + ops.PathMetrics + ", " + ops.PathHealthz + " and " + ops.PathReadyz)
+	return srv, nil
+}
+
+// Metrics returns the registerer of srv's metrics, nil without a server (metrics are then
+// counted but not registered).
+func Metrics(srv *ops.Server) prometheus.Registerer {
+	if srv == nil {
+		return nil
+	}
+	return srv.Registry
+}
 
 // Spec describes a daemon to Run.
 type Spec struct {
@@ -137,22 +177,49 @@ type Spec struct {
 	StopTimeout time.Duration
 }
 
-// Run is a daemon's life after its flags: it connects to NATS, makes the service on the
-// connection with newService, starts it (see Start: a failed start is undone, and one a signal
-// cut short is a clean stop, nil) and waits for ctx to end (SIGTERM, SIGINT). Then it stops
-// the service and drains the connection, both within spec.StopTimeout, and returns nil, or the
-// Stop's error.
-func Run(ctx context.Context, o Options, log zerolog.Logger, spec Spec, newService func(nc *nats.Conn) (Service, error)) error {
-	nc, closed, err := config.ConnectNATS(o.NATSURL, o.NATSCreds, "codefleet-"+spec.Name+" "+spec.Instance, log)
+// Run is a daemon's life after its flags: it serves its HTTP endpoint (o.HTTPAddr: /healthz
+// from now on, /readyz once the service says it is ready), connects to NATS, makes the service
+// on the connection with newService (its metrics go to reg: nil without an HTTP endpoint),
+// starts it (see Start: a failed start is undone, and one a signal cut short is a clean stop,
+// nil) and waits for ctx to end (SIGTERM, SIGINT). Then it stops the service and drains the
+// connection, both within spec.StopTimeout, and returns nil, or the Stop's error.
+func Run(ctx context.Context, o Options, log zerolog.Logger, spec Spec, newService func(nc *nats.Conn, reg prometheus.Registerer) (Service, error)) error {
+	srv, err := Serve(o, log)
+	if err != nil {
+		return err
+	}
+	// Until the service exists, /readyz says what the daemon is doing.
+	var ready atomic.Pointer[Service]
+	if srv != nil {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+		srv.Check(spec.Name, func(ctx context.Context) error {
+			if svc := ready.Load(); svc != nil {
+				return (*svc).Ready(ctx)
+			}
+			return errors.New("connecting to NATS")
+		})
+	}
+
+	nc, closed, err := config.ConnectNATS(o.NATSURL, o.NATSAuth, "codefleet-"+spec.Name+" "+spec.Instance, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 
-	svc, err := newService(nc)
+	svc, err := newService(nc, Metrics(srv))
 	if err != nil {
 		return err
 	}
+	if srv != nil {
+		if err := ops.RegisterNATS(srv.Registry, nc, spec.Name); err != nil {
+			return err
+		}
+	}
+	ready.Store(&svc)
 	if started, err := Start(ctx, svc, log); !started {
 		return err
 	}

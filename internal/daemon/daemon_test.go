@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/codefleet/codefleet/internal/config"
@@ -58,7 +59,7 @@ func TestOptions(t *testing.T) {
 	if err := Parse(fs, []string{"--log-level", "debug"}); err != nil {
 		t.Fatal(err)
 	}
-	if o.NATSURL != "nats://alias:4222" || o.NATSCreds != "" || o.LogLevel != "debug" || o.LogFormat != "json" {
+	if o.NATSURL != "nats://alias:4222" || o.NATSAuth != (config.NATSAuth{}) || o.LogLevel != "debug" || o.LogFormat != "json" {
 		t.Errorf("options %+v", o)
 	}
 	if err := o.Check(); err != nil {
@@ -136,6 +137,8 @@ func (s *service) Stop(ctx context.Context) error {
 	return s.stopErr
 }
 
+func (s *service) Ready(context.Context) error { return nil }
+
 func (s *service) history() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -158,7 +161,7 @@ func runService(t *testing.T, sp Spec, svc *service, url string, cancelAfterStar
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{NATSURL: url}, log, sp, func(nc *nats.Conn) (Service, error) {
+		done <- Run(ctx, Options{NATSURL: url}, log, sp, func(nc *nats.Conn, _ prometheus.Registerer) (Service, error) {
 			svc.nc = nc
 			return svc, nil
 		})
@@ -253,7 +256,7 @@ func TestRunStartFails(t *testing.T) {
 
 func TestRunErrors(t *testing.T) {
 	url := "nats://127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
-	err := Run(context.Background(), Options{NATSURL: url}, zerolog.Nop(), spec(), func(*nats.Conn) (Service, error) {
+	err := Run(context.Background(), Options{NATSURL: url}, zerolog.Nop(), spec(), func(*nats.Conn, prometheus.Registerer) (Service, error) {
 		t.Fatal("newService without a connection")
 		return nil, nil
 	})
@@ -261,7 +264,7 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("Run without NATS = %v", err)
 	}
 	srv := testutil.StartNATS(t)
-	err = Run(context.Background(), Options{NATSURL: srv.ClientURL()}, zerolog.Nop(), spec(), func(*nats.Conn) (Service, error) {
+	err = Run(context.Background(), Options{NATSURL: srv.ClientURL()}, zerolog.Nop(), spec(), func(*nats.Conn, prometheus.Registerer) (Service, error) {
 		return nil, errors.New("bad config")
 	})
 	if err == nil || err.Error() != "bad config" {

@@ -20,8 +20,9 @@ import (
 // This file holds the helpers of the commands' tests (cmd/...).
 
 // ClearEnv unsets, for the test, every variable that configures a codefleet command
-// (CODEFLEET_*, DAYTONA_*, NATS_URL), so that the environment `go test` runs in cannot change
-// what the test sees; t.Setenv restores them afterwards. CODEFLEET_TEST_LOG stays. Call
+// (CODEFLEET_*, DAYTONA_*, NATS_*: NATS_URL and the nats CLI's NATS_USER, NATS_CA, ...), so
+// that the environment `go test` runs in cannot change what the test sees; t.Setenv restores
+// them afterwards. CODEFLEET_TEST_LOG stays. Call
 // SandboxImage and AgentBinary before it: they read CODEFLEET_IMAGE and CODEFLEET_AGENT.
 func ClearEnv(t testing.TB) {
 	t.Helper()
@@ -30,7 +31,7 @@ func ClearEnv(t testing.TB) {
 		if k == "CODEFLEET_TEST_LOG" {
 			continue
 		}
-		if strings.HasPrefix(k, config.DefaultEnvPrefix) || strings.HasPrefix(k, "DAYTONA_") || k == "NATS_URL" {
+		if strings.HasPrefix(k, config.DefaultEnvPrefix) || strings.HasPrefix(k, "DAYTONA_") || strings.HasPrefix(k, "NATS_") {
 			t.Setenv(k, "")
 			os.Unsetenv(k)
 		}

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -64,4 +65,49 @@ func Context(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// NATSServer is a NATS server with JetStream on a fixed loopback port and store directory that
+// a test stops and starts again, as an operator restarts one: clients reconnect to the same URL
+// and find their streams.
+type NATSServer struct {
+	t    testing.TB
+	port int
+	dir  string
+	s    *server.Server
+}
+
+// StartRestartableNATS starts a NATSServer, stopped when the test ends.
+func StartRestartableNATS(t testing.TB) *NATSServer {
+	t.Helper()
+	n := &NATSServer{t: t, port: FreePort(t), dir: t.TempDir()}
+	n.Start()
+	t.Cleanup(n.Stop)
+	return n
+}
+
+// URL is the server's client URL, the same across restarts.
+func (n *NATSServer) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
+
+// Start starts the server (again).
+func (n *NATSServer) Start() {
+	n.t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: n.port, JetStream: true, StoreDir: n.dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		n.t.Fatalf("nats server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		n.t.Fatal("nats server not ready")
+	}
+	n.s = s
+}
+
+// Stop stops the server; its clients see their connection drop.
+func (n *NATSServer) Stop() {
+	if n.s != nil {
+		n.s.Shutdown()
+		n.s.WaitForShutdown()
+		n.s = nil
+	}
 }

@@ -85,11 +85,8 @@ type slot struct {
 // Reads come from the cache (Get falls back to the KV on a miss); writes go to the KV with
 // compare-and-set and update the cache at once, so a process reads its own writes.
 type Store struct {
-	kv     jetstream.KeyValue
-	w      jetstream.KeyWatcher
-	cancel context.CancelFunc
-	done   chan struct{}
-	once   sync.Once
+	kv jetstream.KeyValue
+	f  *jskv.Follower
 
 	mu      sync.RWMutex
 	cache   map[string]slot
@@ -105,27 +102,46 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store,
 	if err != nil {
 		return nil, fmt.Errorf("affinity: bucket %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
-	s := &Store{kv: kv, done: make(chan struct{}), cache: make(map[string]slot)}
-	w, cancel, err := jskv.Watch(ctx, kv, s.done, s.apply)
+	s := &Store{kv: kv, cache: make(map[string]slot)}
+	// A watch that ends (its bucket deleted, or lost by a NATS server without storage) is
+	// started anew, the bucket made again first; meanwhile Get reads the KV.
+	ensure := func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateKeyValue(ctx, BucketConfig(cfg.Fleet, cfg.Replicas))
+		return err
+	}
+	s.f, err = jskv.Follow(ctx, kv, ensure, s.reset, s.apply)
 	if err != nil {
 		return nil, fmt.Errorf("affinity: watch %s: %w", cfg.Fleet.AffinityBucket(), err)
 	}
-	s.w, s.cancel = w, cancel
 	return s, nil
 }
 
 // Stop stops the watch. The Store must not be used afterwards.
-func (s *Store) Stop() {
-	s.once.Do(func() {
-		s.cancel()
-		_ = s.w.Stop()
-		<-s.done
-	})
+func (s *Store) Stop() { s.f.Stop() }
+
+// Done is closed once Stop has stopped the watch.
+func (s *Store) Done() <-chan struct{} { return s.f.Done() }
+
+// reset forgets the cache before a new watch fills it again: keys deleted while no watch ran
+// are not delivered again, and a bucket made again numbers its revisions from 1.
+func (s *Store) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.cache)
+	s.live, s.watched = 0, 0
 }
 
-// Done is closed when the watch has ended: after Stop, or when the NATS connection closed.
-// After that Get always reads the KV.
-func (s *Store) Done() <-chan struct{} { return s.done }
+// Check reports whether the bucket answers (its stream's info, within ctx) and the watch runs,
+// for readiness.
+func (s *Store) Check(ctx context.Context) error {
+	if !s.f.Watching() {
+		return fmt.Errorf("affinity bucket %s: not watching it (starting it again)", s.kv.Bucket())
+	}
+	if _, err := s.kv.Status(ctx); err != nil {
+		return fmt.Errorf("affinity bucket %s: %w", s.kv.Bucket(), err)
+	}
+	return nil
+}
 
 // Len returns the number of cached ownerships.
 func (s *Store) Len() int {
@@ -241,14 +257,8 @@ func (s *Store) Get(ctx context.Context, tenant, conv string) (Owner, bool, erro
 	return s.fetch(ctx, k)
 }
 
-func (s *Store) stopped() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
+// stopped reports whether no watch keeps the cache fresh (stopped, or between two watches).
+func (s *Store) stopped() bool { return !s.f.Watching() }
 
 // fetch reads key from the KV and caches what it finds.
 func (s *Store) fetch(ctx context.Context, k string) (Owner, bool, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
@@ -42,6 +43,9 @@ type Config struct {
 	CloseTimeout time.Duration
 	// Version is reported by `nats micro info`.
 	Version string
+	// Metrics, when set, is where the dispatcher registers its Prometheus metrics
+	// (codefleet_dispatcher_*).
+	Metrics prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {

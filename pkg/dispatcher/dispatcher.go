@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,11 @@ type Dispatcher struct {
 
 	relayed  atomic.Int64
 	arrivals atomic.Uint64
+
+	metrics *metrics
+	// serving is set once Start has returned nil (Ready reads what Start set only after it),
+	// stopping once Stop is called.
+	serving, stopping atomic.Bool
 }
 
 // New returns a dispatcher; it does no I/O.
@@ -77,12 +83,36 @@ func New(cfg Config, nc *nats.Conn, log zerolog.Logger) (*Dispatcher, error) {
 	if nc == nil {
 		return nil, fmt.Errorf("%w: a NATS connection is required", ErrInvalidConfig)
 	}
-	return &Dispatcher{
+	d := &Dispatcher{
 		cfg: cfg, nc: nc, subjects: protocol.Subjects{Prefix: cfg.Prefix},
 		log:     log.With().Str("component", "dispatcher").Str("dispatcher", cfg.Name).Logger(),
 		flights: newFlights(),
 		placing: map[string]*placement{},
-	}, nil
+		metrics: newMetrics(),
+	}
+	if cfg.Metrics != nil {
+		if err := d.registerMetrics(cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("dispatcher: metrics: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// Ready reports whether the dispatcher can route requests now: it serves, its NATS connection
+// is up, and both KV buckets answer with their watches running.
+func (d *Dispatcher) Ready(ctx context.Context) error {
+	switch {
+	case !d.serving.Load():
+		return errors.New("starting")
+	case d.stopping.Load():
+		return errors.New("stopping")
+	case !d.nc.IsConnected():
+		return fmt.Errorf("NATS not connected (%s)", strings.ToLower(d.nc.Status().String()))
+	}
+	if err := d.reg.Check(ctx); err != nil {
+		return err
+	}
+	return d.store.Check(ctx)
 }
 
 // Start opens the affinity store and the worker registry and starts answering requests.
@@ -126,6 +156,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.nc.FlushTimeout(10 * time.Second); err != nil {
 		return fmt.Errorf("dispatcher: flush subscriptions: %w", err)
 	}
+	d.serving.Store(true)
 	d.log.Info().Msg("dispatcher started")
 	return nil
 }
@@ -133,6 +164,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 // Stop stops taking requests (in-flight relays are answered first, up to ctx) and closes the
 // watches.
 func (d *Dispatcher) Stop(ctx context.Context) error {
+	d.stopping.Store(true)
 	var errs []error
 	if d.svc != nil {
 		if err := d.svc.Stop(); err != nil {
@@ -171,6 +203,7 @@ func (d *Dispatcher) Workers() []protocol.WorkerInfo { return d.reg.Live() }
 
 // handleRun validates a run request and relays it to its conversation's worker.
 func (d *Dispatcher) handleRun(req micro.Request) {
+	arrived := time.Now()
 	_, tenant, conv, err := d.subjects.ParseConversation(req.Subject())
 	if err != nil {
 		d.replyError(req, asProtocolError(err))
@@ -182,7 +215,7 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 		return
 	}
 	r := &relay{
-		verb: verbRun, req: req, tenant: tenant, conv: conv, data: req.Data(), seq: d.arrivals.Add(1),
+		verb: verbRun, req: req, tenant: tenant, conv: conv, data: req.Data(), seq: d.arrivals.Add(1), arrived: arrived,
 		timeout: min(run.Timeout(), d.cfg.MaxTimeout) + d.cfg.RelayOverhead,
 	}
 	if run.Sandbox != nil {
@@ -193,6 +226,7 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 
 // handleClose relays a close to the owner and drops the ownership.
 func (d *Dispatcher) handleClose(req micro.Request) {
+	arrived := time.Now()
 	_, tenant, conv, err := d.subjects.ParseConversation(req.Subject())
 	if err != nil {
 		d.replyClose(req, &protocol.CloseResult{Error: asProtocolError(err)})
@@ -210,7 +244,7 @@ func (d *Dispatcher) handleClose(req micro.Request) {
 			d.replyClose(req, &protocol.CloseResult{Closed: false})
 			return
 		}
-		r := &relay{verb: verbClose, req: req, tenant: tenant, conv: conv, data: []byte("{}"), timeout: d.cfg.CloseTimeout, owner: owner}
+		r := &relay{verb: verbClose, req: req, tenant: tenant, conv: conv, data: []byte("{}"), timeout: d.cfg.CloseTimeout, owner: owner, arrived: arrived}
 		if !d.live(owner.Worker) {
 			d.release(r)
 			d.replyClose(req, &protocol.CloseResult{Closed: false})
@@ -224,12 +258,14 @@ func (d *Dispatcher) handleClose(req micro.Request) {
 
 // replyError answers a run with an error result carrying the client's request id.
 func (d *Dispatcher) replyError(req micro.Request, perr *protocol.Error) {
+	d.metrics.answered(verbRun, outcomeOf(perr))
 	if err := reply.Send(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr); err != nil {
 		d.log.Warn().Err(err).Msg("reply")
 	}
 }
 
 func (d *Dispatcher) replyClose(req micro.Request, res *protocol.CloseResult) {
+	d.metrics.answered(verbClose, outcomeOf(res.Error))
 	if err := reply.Send(req, protocol.Encode(res), res.Error); err != nil {
 		d.log.Warn().Err(err).Msg("reply")
 	}

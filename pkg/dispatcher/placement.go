@@ -56,7 +56,9 @@ func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoi
 	if avoid != "" && d.awaitWorker(ctx, avoid) {
 		avoid = "" // it was only reconnecting: the conversation stays
 	}
+	start := time.Now()
 	owner, recreated, perr := d.resolve(ctx, tenant, conv, backend, avoid)
+	d.metrics.placement.WithLabelValues(outcomeOf(perr)).Observe(time.Since(start).Seconds())
 
 	d.mu.Lock()
 	defer d.mu.Unlock()

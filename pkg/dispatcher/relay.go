@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"strconv"
@@ -31,9 +32,10 @@ type relay struct {
 	timeout      time.Duration
 	backend      string // the backend the run asks for ("" any)
 	owner        affinity.Owner
-	recreated    bool   // the conversation moved: its earlier sandbox is gone
-	retried      bool   // sent once already and answered by no responders
-	seq          uint64 // arrival order at this dispatcher
+	recreated    bool      // the conversation moved: its earlier sandbox is gone
+	retried      bool      // sent once already and answered by no responders
+	seq          uint64    // arrival order at this dispatcher
+	arrived      time.Time // when the client's request arrived
 	token        string
 	timer        *time.Timer
 }
@@ -133,6 +135,8 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 		return
 	}
 	d.relayed.Add(1)
+	d.metrics.answered(r.verb, cmp.Or(msg.Header.Get(micro.ErrorCodeHeader), outcomeOK))
+	d.metrics.relayed(r.verb, r.arrived)
 	// Only the error headers reach the client: the others are the worker's, for the dispatcher.
 	err := r.req.Respond(msg.Data, func(m *nats.Msg) {
 		if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
@@ -211,6 +215,7 @@ const lostGrace = 200 * time.Millisecond
 
 // workerLost answers, after lostGrace, every relay still in flight on a worker that is gone.
 func (d *Dispatcher) workerLost(worker string) {
+	d.metrics.lost.Inc()
 	time.AfterFunc(lostGrace, func() { d.failInFlight(worker) })
 }
 

@@ -171,6 +171,13 @@ type Sandbox interface {
 	Close() error
 }
 
+// Pinger is a backend that can tell whether it answers, for a worker's readiness.
+type Pinger interface {
+	// Ping returns nil when the backend answers within ctx, else an error wrapping
+	// ErrBackendUnavailable (or saying why the backend refused).
+	Ping(ctx context.Context) error
+}
+
 // Reattacher is implemented by backends whose sandboxes live outside the worker process (Daytona:
 // any worker reaches any sandbox through the backend's API). When a conversation comes to a
 // worker that holds no sandbox for it (it moved from a worker that died, say), the worker calls

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -56,6 +57,11 @@ type Member struct {
 	// bucket was gone.
 	mu sync.Mutex
 	kv jetstream.KeyValue
+	// bucket is a handle of the bucket for Check, which must not wait for a heartbeat in
+	// progress (Status reads the stream by name: any handle of the bucket serves); left is set
+	// by Leave.
+	bucket jetstream.KeyValue
+	left   atomic.Bool
 }
 
 // Join claims cfg.ID in the fleet's registry bucket (creating the bucket if need be). No two
@@ -97,6 +103,7 @@ func Join(ctx context.Context, js jetstream.JetStream, cfg MemberConfig) (*Membe
 	if m.kv, err = m.open(ctx); err != nil {
 		return nil, err
 	}
+	m.bucket = m.kv
 	return m, nil
 }
 
@@ -237,6 +244,18 @@ func (m *Member) Heartbeat(ctx context.Context, info protocol.WorkerInfo) error 
 	return nil
 }
 
+// Check reports whether the registry bucket answers (its stream's info, within ctx), for
+// readiness. It does not wait for a heartbeat in progress.
+func (m *Member) Check(ctx context.Context) error {
+	if m.left.Load() {
+		return errors.New("registry: the member has left")
+	}
+	if _, err := m.bucket.Status(ctx); err != nil {
+		return wrapBucket(m.bucket.Bucket(), err)
+	}
+	return nil
+}
+
 // Leave removes the worker's registration: dispatchers lose it at once. Later heartbeats fail.
 func (m *Member) Leave(ctx context.Context) error {
 	m.mu.Lock()
@@ -246,6 +265,7 @@ func (m *Member) Leave(ctx context.Context) error {
 	}
 	err := m.kv.Delete(ctx, m.cfg.ID)
 	m.kv = nil
+	m.left.Store(true)
 	if err != nil {
 		return fmt.Errorf("registry: deregister %s: %w", m.cfg.ID, err)
 	}

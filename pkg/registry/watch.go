@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -43,14 +44,13 @@ type workerState struct {
 // Registry is the set of live workers of one fleet, read from its registry bucket and kept
 // fresh by a KV watch (a dispatcher's view). Its methods are safe for concurrent use.
 type Registry struct {
-	cfg    Config
-	kv     jetstream.KeyValue
-	w      jetstream.KeyWatcher
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the watch ends
-	quit   chan struct{} // closed by Stop
-	bg     sync.WaitGroup
-	once   sync.Once
+	cfg  Config
+	js   jetstream.JetStream
+	kv   jetstream.KeyValue
+	f    *jskv.Follower
+	quit chan struct{} // closed by Stop
+	bg   sync.WaitGroup
+	once sync.Once
 
 	mu      sync.Mutex
 	workers map[string]*workerState
@@ -81,15 +81,20 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Registry, e
 		return nil, err
 	}
 	r := &Registry{
-		cfg: cfg, kv: kv, done: make(chan struct{}), quit: make(chan struct{}),
+		cfg: cfg, js: js, kv: kv, quit: make(chan struct{}),
 		workers: make(map[string]*workerState), pending: make(map[string][]time.Time),
 		notify: make(chan struct{}, 1),
 	}
-	w, cancel, err := jskv.Watch(ctx, kv, r.done, r.apply)
+	// The bucket is kept in memory: a NATS server's restart loses it (the workers' next
+	// heartbeats make it again) and ends the watch, which is then started anew.
+	ensure := func(ctx context.Context) error {
+		_, err := openBucket(ctx, js, cfg.Fleet, cfg.TTL, cfg.Replicas)
+		return err
+	}
+	r.f, err = jskv.Follow(ctx, kv, ensure, nil, r.apply)
 	if err != nil {
 		return nil, fmt.Errorf("registry: watch %s: %w", cfg.Fleet.WorkersBucket(), err)
 	}
-	r.w, r.cancel = w, cancel
 	r.bg.Add(2)
 	go r.expireLoop()
 	go r.callbackLoop()
@@ -101,16 +106,32 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Registry, e
 func (r *Registry) Stop() {
 	r.once.Do(func() {
 		close(r.quit)
-		r.cancel()
-		_ = r.w.Stop()
-		<-r.done
+		r.f.Stop()
 		r.bg.Wait()
 	})
 }
 
-// Done is closed when the watch has ended: after Stop, or when the NATS connection closed.
-// Workers are then no longer refreshed and are lost TTL after their last update.
-func (r *Registry) Done() <-chan struct{} { return r.done }
+// Check reports whether the bucket answers (its stream's info, within ctx) and the watch runs,
+// for readiness. A bucket found gone (a NATS server restarted without it) is made again, as a
+// worker's heartbeat would: the watch then goes on by itself instead of waiting for its consumer
+// to give up.
+func (r *Registry) Check(ctx context.Context) error {
+	if !r.f.Watching() {
+		return errors.New("registry: not watching the bucket (starting it again)")
+	}
+	_, err := r.kv.Status(ctx)
+	if bucketGone(err) {
+		if _, err := openBucket(ctx, r.js, r.cfg.Fleet, r.cfg.TTL, r.cfg.Replicas); err != nil {
+			return err
+		}
+		_, err = r.kv.Status(ctx)
+	}
+	return wrapBucket(r.kv.Bucket(), err)
+}
+
+// Done is closed once Stop has stopped the watch. (A watch that ends otherwise, its bucket
+// gone with a NATS server's restart, say, is started again.)
+func (r *Registry) Done() <-chan struct{} { return r.f.Done() }
 
 // apply takes one watch entry. Delete and purge operations, including the server's marker
 // when an entry expires (a KeyValuePurge with the Nats-Marker-Reason header MaxAge), lose

@@ -26,14 +26,14 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 		_, dup := m.sessions[key]
 		m.mu.Unlock()
 		if dup || !protocol.ValidID(info.Tenant) || !protocol.ValidID(info.Conversation) {
-			m.destroyQuietly(info.ID)
+			m.destroyQuietly(info.ID, reasonAdopt)
 			continue
 		}
 		sb, err := m.env.Open(ctx, info.ID)
 		if err != nil {
 			if errors.Is(err, envs.ErrSandboxFailed) {
 				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; destroying it")
-				m.destroyQuietly(info.ID)
+				m.destroyQuietly(info.ID, reasonAdopt)
 			} else {
 				// Passing (the backend unreachable): left alone; the reconciler sees it later.
 				m.log.Warn().Err(err).Str("sandbox_id", info.ID).Msg("re-adopt sandbox; keeping it for later")
@@ -48,6 +48,7 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 		m.mu.Unlock()
 		go m.loop(s)
 		adopted++
+		m.metrics.adopted.Inc()
 		s.log.Info().Str("sandbox_id", info.ID).Msg("sandbox re-adopted")
 	}
 	return adopted, nil

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
@@ -79,6 +81,9 @@ type Config struct {
 	CreateTimeout time.Duration
 	// Version is reported in the registration and in `nats micro info`.
 	Version string
+	// Metrics, when set, is where the worker registers its Prometheus metrics
+	// (codefleet_worker_*).
+	Metrics prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {

@@ -17,13 +17,13 @@ import (
 func (w *Worker) handleRun(req micro.Request) {
 	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
 	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
-		w.reply(req, protocol.ErrorResult(nuid.Next(), protocol.Errorf(protocol.CodeBadRequest,
+		w.reply(req, "", protocol.ErrorResult(nuid.Next(), protocol.Errorf(protocol.CodeBadRequest,
 			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)))
 		return
 	}
 	run, perr := protocol.DecodeRunRequest(req.Data())
 	if perr != nil {
-		w.reply(req, protocol.ErrorResult(nuid.Next(), perr))
+		w.reply(req, "", protocol.ErrorResult(nuid.Next(), perr))
 		return
 	}
 	dedupe := run.ID != ""
@@ -31,13 +31,13 @@ func (w *Worker) handleRun(req micro.Request) {
 		run.ID = nuid.Next()
 	}
 	if perr := w.checkSandboxOptions(run); perr != nil {
-		w.reply(req, protocol.ErrorResult(run.ID, perr))
+		w.reply(req, run.Language, protocol.ErrorResult(run.ID, perr))
 		return
 	}
 	recreated := req.Headers().Get(protocol.HeaderRecreated) == "true"
-	respond := func(res *protocol.RunResult) { w.reply(req, res) }
+	respond := func(res *protocol.RunResult) { w.reply(req, run.Language, res) }
 	if perr := w.m.submit(tenant, conv, run, dedupe, recreated, respond); perr != nil {
-		w.reply(req, protocol.ErrorResult(run.ID, perr))
+		respond(protocol.ErrorResult(run.ID, perr))
 	}
 }
 
@@ -69,9 +69,11 @@ func (w *Worker) handleClose(req micro.Request) {
 	}()
 }
 
-// reply sends a run result, cutting the output further if the message would not fit in the
-// connection's max payload. Errors also travel as micro error headers, for `nats micro stats`.
-func (w *Worker) reply(req micro.Request, res *protocol.RunResult) {
+// reply sends the result of a run in lang, cutting the output further if the message would not
+// fit in the connection's max payload, and counts it. Errors also travel as micro error
+// headers, for `nats micro stats`.
+func (w *Worker) reply(req micro.Request, lang string, res *protocol.RunResult) {
+	w.m.metrics.answered(lang, res)
 	body := fitPayload(res, int(w.nc.MaxPayload()))
 	var opts []micro.RespondOpt
 	if sb := res.Sandbox; sb != nil && sb.Created {

@@ -28,6 +28,9 @@ type manager struct {
 	runSem    chan struct{}
 	createSem chan struct{}
 	running   atomic.Int64
+	// pending counts accepted runs whose code has not started (queued, or waiting for a
+	// sandbox or a run slot).
+	pending atomic.Int64
 	// inflight counts accepted runs not yet answered, for draining.
 	inflight sync.WaitGroup
 
@@ -40,6 +43,8 @@ type manager struct {
 	// ownerOf returns the worker the affinity store gives a conversation to; nil when there is
 	// no affinity store to ask (a worker used without dispatchers).
 	ownerOf func(ctx context.Context, tenant, conv string) (worker string, ok bool, err error)
+
+	metrics *metrics
 }
 
 func newManager(cfg *Config, env envs.Env, log zerolog.Logger) *manager {
@@ -49,6 +54,7 @@ func newManager(cfg *Config, env envs.Env, log zerolog.Logger) *manager {
 		createSem: make(chan struct{}, cfg.MaxConcurrentCreates),
 		sessions:  map[string]*session{},
 		languages: map[string]bool{protocol.LangPython: true, protocol.LangBash: true},
+		metrics:   newMetrics(),
 	}
 }
 
@@ -91,6 +97,7 @@ func (m *manager) submit(tenant, conv string, req *protocol.RunRequest, dedupe, 
 	case s.queue <- j:
 		s.active++
 		m.inflight.Add(1)
+		m.pending.Add(1)
 		return nil
 	default:
 		if j.entry != nil {
@@ -100,9 +107,11 @@ func (m *manager) submit(tenant, conv string, req *protocol.RunRequest, dedupe, 
 	}
 }
 
-func (m *manager) destroyQuietly(id string) {
+// destroyQuietly destroys a sandbox no session holds, for reason (a reason* label).
+func (m *manager) destroyQuietly(id, reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.CreateTimeout)
 	defer cancel()
+	m.metrics.destroyed.WithLabelValues(reason).Inc()
 	if err := m.env.Destroy(ctx, id); err != nil {
 		m.log.Warn().Err(err).Str("sandbox_id", id).Msg("destroy sandbox")
 	}
@@ -121,7 +130,7 @@ func (m *manager) close(tenant, conv string) (bool, *protocol.SandboxInfo) {
 		return false, nil
 	}
 	s.mu.Lock()
-	s.destroy = true
+	s.destroy, s.reason = true, reasonClosed
 	var info *protocol.SandboxInfo
 	if s.sb != nil {
 		info = &protocol.SandboxInfo{ID: s.sb.Info().ID, Backend: m.env.Name(), Worker: m.worker}
@@ -161,7 +170,7 @@ func (m *manager) stopAll(destroy bool) {
 	var wg sync.WaitGroup
 	for _, s := range all {
 		s.mu.Lock()
-		s.destroy = destroy
+		s.destroy, s.reason = destroy, reasonShutdown
 		s.mu.Unlock()
 		wg.Add(1)
 		go func() {

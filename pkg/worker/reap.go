@@ -16,9 +16,9 @@ func (m *manager) reap(ctx context.Context) {
 	m.retire(func(s *session) (string, bool) {
 		switch {
 		case now.Sub(s.lastUsed) > m.cfg.IdleTTL:
-			return "idle", true
+			return reasonIdle, true
 		case s.sb != nil && now.Sub(s.created) > m.cfg.MaxLife:
-			return "max_life", true
+			return reasonMaxLife, true
 		}
 		return "", false
 	})
@@ -26,8 +26,8 @@ func (m *manager) reap(ctx context.Context) {
 	m.removeOrphans(ctx, now)
 }
 
-// retire ends the sessions without runs for which why returns a reason, destroying their
-// sandboxes or, when why says not to, only letting go of them.
+// retire ends the sessions without runs for which why returns a reason (a reason* label),
+// destroying their sandboxes or, when why says not to, only letting go of them.
 func (m *manager) retire(why func(*session) (reason string, destroy bool)) {
 	var ended []*session
 	m.mu.Lock()
@@ -35,7 +35,7 @@ func (m *manager) retire(why func(*session) (reason string, destroy bool)) {
 		s.mu.Lock()
 		if s.active == 0 {
 			if reason, destroy := why(s); reason != "" {
-				s.destroy = destroy
+				s.destroy, s.reason = destroy, reason
 				delete(m.sessions, s.key)
 				ended = append(ended, s)
 				s.log.Info().Str("why", reason).Bool("destroy", destroy).Msg("removing sandbox")
@@ -87,7 +87,8 @@ func (m *manager) evictMoved(ctx context.Context) {
 	_, shared := m.env.(envs.Reattacher)
 	m.retire(func(s *session) (string, bool) {
 		if owner, ok := moved[s.key]; ok {
-			return "conversation moved to worker " + owner, !shared
+			s.log.Info().Str("owner", owner).Msg("conversation moved to another worker")
+			return reasonMoved, !shared
 		}
 		return "", false
 	})
@@ -132,7 +133,7 @@ func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
 			continue
 		}
 		m.log.Info().Str("sandbox_id", info.ID).Str("conversation_id", info.Conversation).Msg("removing orphaned sandbox")
-		m.destroyQuietly(info.ID)
+		m.destroyQuietly(info.ID, reasonOrphan)
 	}
 }
 

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,8 +28,10 @@ type session struct {
 	mu sync.Mutex
 	// sb is set and replaced by the session's goroutine only; others read it under mu.
 	sb envs.Sandbox
-	// destroy says what the loop does with the sandbox when it ends: destroy or detach.
+	// destroy says what the loop does with the sandbox when it ends: destroy or detach; reason
+	// says why it is destroyed (a reason* label).
 	destroy   bool
+	reason    string
 	lost      bool // an earlier sandbox died: the next one is "recreated"
 	active    int  // runs queued or executing
 	created   time.Time
@@ -43,6 +46,7 @@ type job struct {
 	recreated bool // the dispatcher says an earlier sandbox of the conversation was lost
 	respond   func(*protocol.RunResult)
 	entry     *dedupeEntry // nil when the client gave no id
+	started   bool         // its code started: it no longer counts as pending
 }
 
 // dedupeEntry remembers a request id's result so a retry gets it instead of a second run.
@@ -106,6 +110,9 @@ func (m *manager) finish(s *session, j *job, res *protocol.RunResult, cache bool
 		}
 		close(j.entry.done)
 	}
+	if !j.started {
+		m.pending.Add(-1)
+	}
 	j.respond(res)
 	s.mu.Lock()
 	s.active--
@@ -157,7 +164,7 @@ func (m *manager) end(s *session, why string) {
 		break
 	}
 	s.mu.Lock()
-	sb, destroy := s.sb, s.destroy
+	sb, destroy, reason := s.sb, s.destroy, cmp.Or(s.reason, reasonClosed)
 	s.sb = nil
 	s.mu.Unlock()
 	if sb == nil {
@@ -167,6 +174,7 @@ func (m *manager) end(s *session, why string) {
 	if destroy {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.CreateTimeout)
 		defer cancel()
+		m.metrics.destroyed.WithLabelValues(reason).Inc()
 		if err := m.env.Destroy(ctx, sb.Info().ID); err != nil {
 			s.log.Warn().Err(err).Str("sandbox_id", sb.Info().ID).Msg("destroy sandbox")
 		}
@@ -180,8 +188,10 @@ func (m *manager) execute(s *session, j *job) bool {
 	log := s.log.With().Str("request_id", req.ID).Logger()
 	created := false
 	if s.sb == nil {
+		start := time.Now()
 		sb, reattached, err := m.create(s, req)
 		if err != nil {
+			m.metrics.createErrors.Inc()
 			log.Warn().Err(err).Msg("create sandbox")
 			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
 			return false
@@ -190,6 +200,10 @@ func (m *manager) execute(s *session, j *job) bool {
 		s.sb, s.created = sb, time.Now()
 		s.mu.Unlock()
 		created = !reattached // a re-attached sandbox kept its files: neither created nor recreated
+		if created {
+			m.metrics.created.Inc()
+			m.metrics.createDuration.Observe(time.Since(start).Seconds())
+		}
 		m.noteLanguages(sb.Languages())
 	}
 	sb := s.sb
@@ -215,6 +229,8 @@ func (m *manager) execute(s *session, j *job) bool {
 		return true
 	}
 	m.running.Add(1)
+	m.pending.Add(-1)
+	j.started = true
 	out, err := sb.Run(s.ctx, envs.Exec{Code: req.Code, Language: req.Language, Env: req.Env, Timeout: m.timeout(req)})
 	m.running.Add(-1)
 	<-m.runSem
@@ -241,6 +257,7 @@ func (m *manager) execute(s *session, j *job) bool {
 		return true
 	}
 	log.Debug().Int("exit_code", out.ExitCode).Dur("duration", out.Duration).Msg("run")
+	m.metrics.ran(req.Language, out.Duration)
 	m.finish(s, j, &protocol.RunResult{
 		ID: req.ID, Output: out.Output, ExitCode: out.ExitCode, TimedOut: out.TimedOut,
 		Truncated: out.Truncated, DurationMS: out.Duration.Milliseconds(), Sandbox: info,
@@ -271,7 +288,7 @@ func (m *manager) lose(s *session, sb envs.Sandbox, cause error) *protocol.Error
 	s.mu.Lock()
 	s.sb, s.lost = nil, true
 	s.mu.Unlock()
-	go m.destroyQuietly(id)
+	go m.destroyQuietly(id, reasonLost)
 	return errorOf(cause)
 }
 

@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,8 @@ type Worker struct {
 	// starting is set from the id's claim until Start serves, draining from Shutdown on; the
 	// registration says draining in both, so nothing is placed on the worker.
 	starting, draining atomic.Bool
+	// serving is set once Start has returned nil: Ready reads what Start set only after it.
+	serving atomic.Bool
 
 	svc micro.Service
 	// member is the worker's registration, set by Start; hbMu serializes heartbeats.
@@ -77,7 +80,35 @@ func New(cfg Config, nc *nats.Conn, env envs.Env, log zerolog.Logger) (*Worker, 
 	log = log.With().Str("component", "worker").Str("worker_id", cfg.ID).Logger()
 	w := &Worker{cfg: cfg, nc: nc, env: env, log: log, subjects: protocol.Subjects{Prefix: cfg.Prefix}}
 	w.m = newManager(&w.cfg, env, log)
+	if cfg.Metrics != nil {
+		if err := w.registerMetrics(cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("worker: metrics: %w", err)
+		}
+	}
 	return w, nil
+}
+
+// Ready reports whether the worker can run code now: it serves (not starting or draining),
+// its NATS connection is up, its registration can be read back from the registry, and its
+// backend answers (when the backend can tell: envs.Pinger).
+func (w *Worker) Ready(ctx context.Context) error {
+	switch {
+	case w.stopped.Load() || w.draining.Load():
+		return errors.New("draining")
+	case !w.serving.Load():
+		return errors.New("starting")
+	case !w.nc.IsConnected():
+		return fmt.Errorf("NATS not connected (%s)", strings.ToLower(w.nc.Status().String()))
+	}
+	if err := w.member.Check(ctx); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if p, ok := w.env.(envs.Pinger); ok {
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("%s backend: %w", w.env.Name(), err)
+		}
+	}
+	return nil
 }
 
 // ID returns the worker's id.
@@ -155,6 +186,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.bg.Add(1)
 	go w.every(bgctx, w.cfg.ReapInterval, w.m.reap)
+	w.serving.Store(true)
 	w.log.Info().Str("backend", w.env.Name()).Int("capacity", w.cfg.Capacity).Msg("worker started")
 	return nil
 }

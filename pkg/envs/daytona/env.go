@@ -51,6 +51,7 @@ type holding struct {
 var (
 	_ envs.Env        = (*Env)(nil)
 	_ envs.Reattacher = (*Env)(nil)
+	_ envs.Pinger     = (*Env)(nil)
 )
 
 // New returns a Daytona backend. It does no I/O.
@@ -79,6 +80,17 @@ func New(cfg Config, log zerolog.Logger) (*Env, error) {
 
 // Name returns "daytona".
 func (e *Env) Name() string { return Name }
+
+// Ping lists one sandbox of every account in use: it answers when the Daytona API does and
+// takes each key.
+func (e *Env) Ping(ctx context.Context) error {
+	for _, acct := range e.allAccounts() {
+		if _, err := acct.api.List(ctx, ListQuery{Labels: map[string]string{envs.LabelManagedBy: envs.ManagedByValue}, Limit: 1}); err != nil {
+			return fmt.Errorf("daytona: %s: %w", acct.APIURL, err)
+		}
+	}
+	return nil
+}
 
 // Config returns the effective configuration (defaults filled in).
 func (e *Env) Config() Config { return e.cfg }

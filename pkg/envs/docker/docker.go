@@ -137,6 +137,7 @@ type apiClient interface {
 	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
 	ImageInspect(ctx context.Context, imageID string, inspectOpts ...client.ImageInspectOption) (image.InspectResponse, error)
 	ImagePull(ctx context.Context, refStr string, options image.PullOptions) (io.ReadCloser, error)
+	Ping(ctx context.Context) (types.Ping, error)
 	DaemonHost() string
 	Close() error
 }
@@ -166,7 +167,10 @@ type pull struct {
 	err  error
 }
 
-var _ envs.Env = (*Env)(nil)
+var (
+	_ envs.Env    = (*Env)(nil)
+	_ envs.Pinger = (*Env)(nil)
+)
 
 // New returns a Docker backend. It does no I/O: the daemon is first reached by Create, Open
 // or List.
@@ -188,6 +192,14 @@ func New(cfg Config, log zerolog.Logger) (*Env, error) {
 
 // Name returns "docker".
 func (e *Env) Name() string { return Name }
+
+// Ping asks the Docker daemon whether it answers.
+func (e *Env) Ping(ctx context.Context) error {
+	if _, err := e.cli.Ping(ctx); err != nil {
+		return e.classify("ping", err)
+	}
+	return nil
+}
 
 // Config returns the effective configuration (defaults filled in).
 func (e *Env) Config() Config { return e.cfg }

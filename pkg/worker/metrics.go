@@ -1,0 +1,152 @@
+package worker
+
+import (
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// Outcomes of a run in codefleet_worker_runs_total besides the error codes: the code ran and
+// exited 0, exited otherwise, or was ended by its timeout.
+const (
+	OutcomeOK          = "ok"
+	OutcomeExitNonZero = "exit_nonzero"
+	OutcomeTimeout     = "timeout"
+)
+
+// Reasons a sandbox is destroyed, the values of codefleet_worker_sandboxes_destroyed_total's
+// reason label.
+const (
+	reasonClosed   = "closed"   // its conversation was closed
+	reasonIdle     = "idle"     // unused for IdleTTL
+	reasonMaxLife  = "max_life" // older than MaxLife
+	reasonMoved    = "moved"    // its conversation moved to another worker
+	reasonOrphan   = "orphan"   // no session held it
+	reasonLost     = "lost"     // its container or agent was gone and it could not be opened again
+	reasonShutdown = "shutdown" // the worker stopped with DestroyOnShutdown
+	reasonAdopt    = "adopt"    // left by an earlier process and not re-adoptable
+)
+
+// runBuckets are the bounds of the run duration histogram, in seconds: from a warm bash run
+// (a few milliseconds) to the longest timeout.
+var runBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
+
+// createBuckets are the bounds of the sandbox creation histogram, in seconds.
+var createBuckets = []float64{.1, .25, .5, 1, 2, 5, 10, 30, 60, 120}
+
+// metrics are the worker's Prometheus metrics. Label values are bounded: a language of
+// protocol.Languages (else "other"), an outcome (above, or a wire error code), a reason. Never
+// a tenant, conversation or request id.
+type metrics struct {
+	runs           *prometheus.CounterVec
+	runDuration    *prometheus.HistogramVec
+	created        prometheus.Counter
+	createErrors   prometheus.Counter
+	createDuration prometheus.Histogram
+	destroyed      *prometheus.CounterVec
+	adopted        prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "codefleet_worker_runs_total",
+			Help: "Run requests answered, by language and outcome: ok, exit_nonzero, timeout, or the error code of the reply.",
+		}, []string{"language", "outcome"}),
+		runDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "codefleet_worker_run_duration_seconds",
+			Help:    "Wall time of the runs whose code ran, inside the sandbox, by language.",
+			Buckets: runBuckets,
+		}, []string{"language"}),
+		created: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_sandboxes_created_total",
+			Help: "Sandboxes created for new conversations (re-attached ones not included).",
+		}),
+		createErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_sandbox_create_errors_total",
+			Help: "Sandbox creations that failed.",
+		}),
+		createDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "codefleet_worker_sandbox_create_duration_seconds",
+			Help:    "Time to get a new conversation a sandbox, the wait for a creation turn included.",
+			Buckets: createBuckets,
+		}),
+		destroyed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "codefleet_worker_sandboxes_destroyed_total",
+			Help: "Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt.",
+		}, []string{"reason"}),
+		adopted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_sandboxes_adopted_total",
+			Help: "Sandboxes of an earlier process with this worker id re-adopted at start.",
+		}),
+	}
+}
+
+// register registers the metrics, and gauges read from the worker at scrape time, on reg.
+func (w *Worker) registerMetrics(reg prometheus.Registerer) error {
+	m := w.m.metrics
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	cs := []prometheus.Collector{
+		m.runs, m.runDuration, m.created, m.createErrors, m.createDuration, m.destroyed, m.adopted,
+		gauge("codefleet_worker_capacity", "Most sandboxes the worker holds at once (--capacity).",
+			func() float64 { return float64(w.cfg.Capacity) }),
+		gauge("codefleet_worker_sandboxes", "Conversations the worker holds: sandboxes active or being created.",
+			func() float64 { n, _ := w.m.load(); return float64(n) }),
+		gauge("codefleet_worker_runs_running", "Runs whose code is running now.",
+			func() float64 { return float64(w.m.running.Load()) }),
+		gauge("codefleet_worker_runs_pending", "Runs accepted whose code has not started: queued behind their conversation's earlier runs, or waiting for a sandbox or a run slot.",
+			func() float64 { return float64(w.m.pending.Load()) }),
+		gauge("codefleet_worker_draining", "1 while the worker takes no new conversations (starting or draining).",
+			func() float64 {
+				if w.draining.Load() || w.starting.Load() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "codefleet_worker_info",
+			Help:        "Always 1; the labels say the worker's backend and version.",
+			ConstLabels: prometheus.Labels{"backend": w.env.Name(), "version": w.cfg.Version},
+		}, func() float64 { return 1 }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// languageLabel bounds the language label to the known languages.
+func languageLabel(lang string) string {
+	if slices.Contains(protocol.Languages, lang) {
+		return lang
+	}
+	return "other"
+}
+
+// outcome is a run result's outcome label.
+func outcome(res *protocol.RunResult) string {
+	switch {
+	case res.Error != nil:
+		return string(res.Error.Code)
+	case res.TimedOut:
+		return OutcomeTimeout
+	case res.ExitCode != 0:
+		return OutcomeExitNonZero
+	}
+	return OutcomeOK
+}
+
+func (m *metrics) answered(lang string, res *protocol.RunResult) {
+	m.runs.WithLabelValues(languageLabel(lang), outcome(res)).Inc()
+}
+
+func (m *metrics) ran(lang string, d time.Duration) {
+	m.runDuration.WithLabelValues(languageLabel(lang)).Observe(d.Seconds())
+}
