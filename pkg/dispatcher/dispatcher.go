@@ -204,6 +204,9 @@ func (d *Dispatcher) Workers() []protocol.WorkerInfo { return d.reg.Live() }
 // handleRun validates a run request and relays it to its conversation's worker.
 func (d *Dispatcher) handleRun(req micro.Request) {
 	arrived := time.Now()
+	if d.refuseReply(verbRun, req) {
+		return
+	}
 	_, tenant, conv, err := d.subjects.ParseConversation(req.Subject())
 	if err != nil {
 		d.replyError(req, asProtocolError(err))
@@ -227,6 +230,9 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 // handleClose relays a close to the owner and drops the ownership.
 func (d *Dispatcher) handleClose(req micro.Request) {
 	arrived := time.Now()
+	if d.refuseReply(verbClose, req) {
+		return
+	}
 	_, tenant, conv, err := d.subjects.ParseConversation(req.Subject())
 	if err != nil {
 		d.replyClose(req, &protocol.CloseResult{Error: asProtocolError(err)})
@@ -254,6 +260,20 @@ func (d *Dispatcher) handleClose(req micro.Request) {
 		d.sendLocked(r)
 		d.mu.Unlock()
 	}()
+}
+
+// refuseReply drops a request whose reply subject is a system subject ($JS.API, $KV, $SYS,
+// ...) rather than an inbox: the dispatcher answers with its own permissions, which include
+// writing the fleet's KV buckets, so such a request would have it write what the requester
+// cannot (a run sent with the reply subject of another tenant's affinity entry overwrites
+// it). It reports whether the request was dropped.
+func (d *Dispatcher) refuseReply(verb string, req micro.Request) bool {
+	if !strings.HasPrefix(req.Reply(), "$") {
+		return false
+	}
+	d.metrics.answered(verb, outcomeDropped)
+	d.log.Warn().Str("subject", req.Subject()).Str("reply", req.Reply()).Msg("request with a system subject as its reply subject dropped")
+	return true
 }
 
 // replyError answers a run with an error result carrying the client's request id.

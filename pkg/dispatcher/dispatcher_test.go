@@ -342,3 +342,46 @@ func TestCreatedSandboxRecorded(t *testing.T) {
 		t.Fatalf("a run that created nothing rewrote the ownership: revision %d, was %d", o.Revision, rev)
 	}
 }
+
+// TestSystemReplySubjectRefused: a request whose reply subject is a system subject is dropped.
+// The dispatcher answers with its own permissions: without this, a run sent with the reply
+// subject of another tenant's affinity entry would overwrite that entry with a RunResult.
+func TestSystemReplySubjectRefused(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	startWorker(t, ns, "wa", fake.New())
+	d := startDispatcher(t, ns)
+	testutil.WaitWorkers(t, 1, d)
+	c := newClient(t, ns)
+	ctx := testutil.Context(t)
+	if _, err := c.Conversation("victim").Run(ctx, "echo mine > f", "bash", nil); err != nil {
+		t.Fatal(err)
+	}
+	js := testutil.JetStream(t, ns)
+	kv, err := js.KeyValue(ctx, protocol.Subjects{}.AffinityBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := kv.Get(ctx, protocol.Key(protocol.DefaultTenant, "victim"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := testutil.Connect(t, ns)
+	run := protocol.Encode(&protocol.RunRequest{Code: "true", Language: "bash"})
+	for _, subject := range []string{protocol.Subjects{}.Run("other", "x"), protocol.Subjects{}.Close("other", "x")} {
+		reply := "$KV." + protocol.Subjects{}.AffinityBucket() + "." + protocol.Key(protocol.DefaultTenant, "victim")
+		if err := nc.PublishMsg(&nats.Msg{Subject: subject, Reply: reply, Data: run}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A request after them, answered, shows the dispatcher has handled the two before it.
+	if _, err := c.Conversation("later").Run(ctx, "true", "bash", nil); err != nil {
+		t.Fatal(err)
+	}
+	after, err := kv.Get(ctx, protocol.Key(protocol.DefaultTenant, "victim"))
+	if err != nil || after.Revision() != before.Revision() {
+		t.Fatalf("the victim's affinity entry changed: revision %d -> %v (%v)", before.Revision(), after, err)
+	}
+	if res, err := c.Conversation("victim").Run(ctx, "cat f", "bash", nil); err != nil || res.Output != "mine\n" {
+		t.Fatalf("victim after: %+v %v", res, err)
+	}
+}

@@ -12,6 +12,10 @@ import (
 // (whatever the code's exit: the workers' codefleet_worker_runs_total tells those apart).
 const outcomeOK = "ok"
 
+// outcomeDropped is the outcome label of a request left unanswered because its reply subject
+// was a system subject (refuseReply).
+const outcomeDropped = "dropped"
+
 // latencyBuckets are the bounds, in seconds, of the relay and placement histograms: a relay
 // includes the run itself, from a few milliseconds to the longest timeout.
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 600}
