@@ -20,13 +20,19 @@ TEST_TIMEOUT ?= 30m
 # of everything replaces a plain run plus a partial race run. -race needs cgo; `go env` reports
 # CGO_ENABLED=0 when there is no C compiler, and the tests then run without it. RACE= disables it.
 RACE         ?= $(if $(filter 1,$(shell $(GO) env CGO_ENABLED)),-race,)
+# The images of the daemons (build/Dockerfile): $(IMAGES_REPO)codefleet-worker:$(IMAGES_TAG) and
+# $(IMAGES_REPO)codefleet-dispatcher:$(IMAGES_TAG), e.g. make images IMAGES_REPO=registry.example/
+IMAGES_TAG   ?= $(VERSION)
+IMAGES_REPO  ?=
+IMAGES_ARCH  ?= $(shell $(GO) env GOARCH)
+REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BENCH_PKGS   ?= ./pkg/worker/
 BENCH        ?= .
 BENCHTIME    ?= 2s
 FUZZTIME     ?= 30s
 RUN_ARGS     ?=
 
-.PHONY: help build image test bench fuzz run clean lint
+.PHONY: help build image images test bench fuzz run clean lint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +42,18 @@ build: ## build every command into bin/ (static: CGO_ENABLED=0)
 
 image: ## make sure the sandbox image exists (pull, else build from Debian packages)
 	scripts/sandbox-image.sh $(IMAGE)
+
+# The binaries are built here, for linux, and the images only copy them (FROM scratch): nothing
+# is pulled, and the classic builder (no BuildKit) does it as well.
+images: ## build the images codefleet-worker and codefleet-dispatcher (IMAGES_TAG, IMAGES_REPO)
+	rm -rf $(BIN)/images && mkdir -p $(BIN)/images
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGES_ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/images/ ./cmd/worker ./cmd/dispatcher ./cmd/sandbox-agent
+	for target in worker dispatcher; do \
+		docker build --quiet -f build/Dockerfile --target $$target \
+			--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+			-t $(IMAGES_REPO)codefleet-$$target:$(IMAGES_TAG) $(BIN)/images >/dev/null || exit 1; \
+		echo "built $(IMAGES_REPO)codefleet-$$target:$(IMAGES_TAG)"; \
+	done
 
 test: image lint ## gofmt check and go vet, then every test (needs Docker) under the race detector
 	@[ -n "$(RACE)" ] || echo "make test: without the race detector (cgo is off, or RACE= was given)" >&2

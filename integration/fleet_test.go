@@ -97,8 +97,12 @@ func dockerClient() (*client.Client, error) {
 	return client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 }
 
+// imagesDockerfile defines the images of the dispatcher and the worker (`make images`).
+const imagesDockerfile = "../build/Dockerfile"
+
 // buildImages compiles nats-server (from the nats-server/v2 module), the dispatcher, the worker
-// and the sandbox agent as static binaries and wraps each in a FROM scratch image.
+// and the sandbox agent as static binaries and wraps each in a FROM scratch image: the
+// dispatcher's and the worker's from build/Dockerfile, as `make images` does.
 func buildImages() error {
 	dir, err := os.MkdirTemp("", "codefleet-it-")
 	if err != nil {
@@ -125,21 +129,30 @@ func buildImages() error {
 		return err
 	}
 	defer cli.Close()
-	images := []struct {
-		tag, dockerfile string
-		files           []string
-	}{
-		{imageNATS, "FROM scratch\nCOPY nats-server /nats-server\nEXPOSE 4222\nENTRYPOINT [\"/nats-server\"]\n", []string{"nats-server"}},
-		{imageDispatcher, "FROM scratch\nCOPY dispatcher /dispatcher\nENTRYPOINT [\"/dispatcher\"]\n", []string{"dispatcher"}},
-		{imageWorker, "FROM scratch\nCOPY worker /worker\nCOPY sandbox-agent /sandbox-agent\nENTRYPOINT [\"/worker\"]\n", []string{"worker", "sandbox-agent"}},
+	// The dispatcher's and the worker's images are those of `make images`, from the one
+	// definition in build/Dockerfile; the NATS server's is the test's own.
+	ours, err := os.ReadFile(imagesDockerfile)
+	if err != nil {
+		return err
 	}
+	images := []struct {
+		tag, dockerfile, target string
+		files                   []string
+	}{
+		{imageNATS, "FROM scratch\nCOPY nats-server /nats-server\nEXPOSE 4222\nENTRYPOINT [\"/nats-server\"]\n", "", []string{"nats-server"}},
+		// The classic builder builds every stage before the target: give both all three files.
+		{imageDispatcher, string(ours), "dispatcher", []string{"dispatcher", "worker", "sandbox-agent"}},
+		{imageWorker, string(ours), "worker", []string{"dispatcher", "worker", "sandbox-agent"}},
+	}
+	version := "it-" + runTag
 	for _, img := range images {
 		ctx, err := buildContext(dir, img.dockerfile, img.files)
 		if err != nil {
 			return err
 		}
 		resp, err := cli.ImageBuild(context.Background(), ctx, build.ImageBuildOptions{
-			Tags: []string{img.tag}, Remove: true, ForceRemove: true, Labels: map[string]string{labelRun: testutil.RunID},
+			Tags: []string{img.tag}, Target: img.target, BuildArgs: map[string]*string{"VERSION": &version},
+			Remove: true, ForceRemove: true, Labels: map[string]string{labelRun: testutil.RunID},
 		})
 		if err != nil {
 			return fmt.Errorf("build %s: %w", img.tag, err)
