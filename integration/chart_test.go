@@ -2,15 +2,7 @@ package integration
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -44,13 +36,21 @@ import (
 func TestChartPodsRun(t *testing.T) {
 	f := newFleet(t)
 	password := "pw-" + strings.ReplaceAll(testutil.RunID, "-", "")
-	pki := makePKI(t, "nats")
+	pki := testutil.MakeTLS(t, "nats")
+	tlsDir := filepath.Dir(pki.CA)
+	pem := func(path string) string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
 	f.nats = append(f.nats, f.start(runTag+"-nats", imageNATS, []string{"nats"}, "Server is ready",
 		[]string{"-js", "-sd", "/data", "-n", "nats", "--user", "fleet", "--pass", password,
 			"--tlsverify", "--tlscert", "/tls/server.pem", "--tlskey", "/tls/server-key.pem", "--tlscacert", "/tls/ca.pem"},
 		testcontainers.WithExposedPorts("4222/tcp"),
 		testcontainers.WithHostConfigModifier(func(hc *mobycontainer.HostConfig) {
-			hc.Binds = append(hc.Binds, pki.dir+":/tls:ro")
+			hc.Binds = append(hc.Binds, tlsDir+":/tls:ro")
 		})))
 
 	dir, err := chart.Dir()
@@ -78,7 +78,7 @@ worker:
   sandbox: {image: %q}
 dispatcher:
   image: {repository: %q, tag: %q}
-`, password, pki.ca, pki.clientCert, pki.clientKey, socketDir, workerRepo, workerTag, testutil.SandboxImage(), dispatcherRepo, dispatcherTag))
+`, password, pem(pki.CA), pem(pki.ClientCert), pem(pki.ClientKey), socketDir, workerRepo, workerTag, testutil.SandboxImage(), dispatcherRepo, dispatcherTag))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ dispatcher:
 	d, dc := f.startPod(r, deps[0].Spec.Template.Spec, "dispatcher", chart.Pod{Name: deps[0].Name + "-5d4f8c7b9-x2k4q", Namespace: namespace}, "dispatcher started")
 
 	nc, err := nats.Connect(f.natsURL(), nats.UserInfo("fleet", password), nats.MaxReconnects(-1),
-		nats.RootCAs(pki.file("ca.pem")), nats.ClientCert(pki.file("client.pem"), pki.file("client-key.pem")))
+		nats.RootCAs(pki.CA), nats.ClientCert(pki.ClientCert, pki.ClientKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,74 +342,6 @@ func secretVolume(t *testing.T, r *chart.Rendered, spec corev1.PodSpec, v corev1
 		}
 	}
 	return dir
-}
-
-// pki is a test CA, a server certificate for a host name and 127.0.0.1, and a client
-// certificate, as PEM text and as files in dir.
-type pki struct {
-	dir                       string
-	ca, clientCert, clientKey string
-}
-
-func (p pki) file(name string) string { return filepath.Join(p.dir, name) }
-
-// makePKI makes a pki for host, each certificate valid for an hour. The directory is readable
-// by any user (the NATS server's container mounts it).
-func makePKI(t *testing.T, host string) pki {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	write := func(name, typ string, der []byte) string {
-		b := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
-	caKey := key()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "codefleet chart test CA"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, BasicConstraintsValid: true, IsCA: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pki{dir: dir, ca: write("ca.pem", "CERTIFICATE", caDER)}
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage, dns []string, ips []net.IP) (string, string) {
-		k := key()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, DNSNames: dns, IPAddresses: ips,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "PRIVATE KEY", kder)
-	}
-	leaf(2, "server", x509.ExtKeyUsageServerAuth, []string{host}, []net.IP{net.IPv4(127, 0, 0, 1)})
-	p.clientCert, p.clientKey = leaf(3, "client", x509.ExtKeyUsageClientAuth, nil, nil)
-	return p
 }
 
 // checkProbes sends each of a container's probes to the port and path the chart names and

@@ -60,20 +60,8 @@ func startSecureNATS(t *testing.T) *server.Server {
 	if err != nil {
 		t.Fatalf("%s: %v", securityConf, err)
 	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, t.TempDir(), true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s
+	opts.Host, opts.Port, opts.StoreDir = "127.0.0.1", -1, t.TempDir()
+	return testutil.StartNATSWith(t, opts)
 }
 
 // asyncErrs collects a connection's asynchronous errors: the server's permissions violations.

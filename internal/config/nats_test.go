@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -232,17 +231,8 @@ func TestNATSAuthOptions(t *testing.T) {
 // startServer runs a NATS server with opts on a random loopback port until the test ends.
 func startServer(t *testing.T, opts *server.Options) *server.Server {
 	t.Helper()
-	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	opts.Host, opts.Port = "127.0.0.1", -1
+	return testutil.StartNATSWith(t, opts)
 }
 
 // TestConnectNATSAuthenticates: ConnectNATS with a password, a token or an nkey gets into a

@@ -45,16 +45,7 @@ func startTLSServer(t *testing.T, pki testutil.TLSFiles) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.NoLog, opts.NoSigs = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(s.Shutdown)
+	testutil.StartNATSWith(t, opts)
 	return port
 }
 

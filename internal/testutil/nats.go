@@ -15,14 +15,25 @@ import (
 // when the test ends.
 func StartNATS(t testing.TB) *server.Server {
 	t.Helper()
-	opts := &server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	}
+	return StartNATSWith(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir()})
+}
+
+// StartNATSWith runs an in-process NATS server with opts (from a configuration file, say),
+// quiet and without signal handlers, stopped when the test ends.
+func StartNATSWith(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s := runNATS(t, opts)
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+// runNATS starts a server with opts and waits until it takes connections.
+func runNATS(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.NoLog, opts.NoSigs = true, true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
@@ -31,10 +42,6 @@ func StartNATS(t testing.TB) *server.Server {
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats server not ready")
 	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
 	return s
 }
 
@@ -92,15 +99,7 @@ func (n *NATSServer) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.
 // Start starts the server (again).
 func (n *NATSServer) Start() {
 	n.t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: n.port, JetStream: true, StoreDir: n.dir, NoLog: true, NoSigs: true})
-	if err != nil {
-		n.t.Fatalf("nats server: %v", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		n.t.Fatal("nats server not ready")
-	}
-	n.s = s
+	n.s = runNATS(n.t, &server.Options{Host: "127.0.0.1", Port: n.port, JetStream: true, StoreDir: n.dir})
 }
 
 // Stop stops the server; its clients see their connection drop.

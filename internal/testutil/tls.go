@@ -19,15 +19,17 @@ import (
 type TLSFiles struct {
 	// CA is the certificate of the authority that signed the others.
 	CA string
-	// ServerCert and ServerKey are a server's, for 127.0.0.1, ::1 and localhost.
+	// ServerCert and ServerKey are a server's, for 127.0.0.1, ::1, localhost and the hosts
+	// MakeTLS was given.
 	ServerCert, ServerKey string
 	// ClientCert and ClientKey are a client's, for mutual TLS.
 	ClientCert, ClientKey string
 }
 
 // MakeTLS writes a fresh PKI into a temporary directory of the test: an ECDSA P-256 CA, a
-// server certificate and a client certificate it signed, each valid for an hour.
-func MakeTLS(t testing.TB) TLSFiles {
+// server certificate (for localhost, 127.0.0.1, ::1 and hosts) and a client certificate it
+// signed, each valid for an hour.
+func MakeTLS(t testing.TB, hosts ...string) TLSFiles {
 	t.Helper()
 	dir := t.TempDir()
 	caKey := newKey(t)
@@ -75,7 +77,7 @@ func MakeTLS(t testing.TB) TLSFiles {
 		writePEM(t, key, "PRIVATE KEY", kder)
 		return cert, key
 	}
-	f.ServerCert, f.ServerKey = leaf(2, "server", x509.ExtKeyUsageServerAuth, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+	f.ServerCert, f.ServerKey = leaf(2, "server", x509.ExtKeyUsageServerAuth, append([]string{"localhost"}, hosts...), []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
 	f.ClientCert, f.ClientKey = leaf(3, "client", x509.ExtKeyUsageClientAuth, nil, nil)
 	return f
 }
