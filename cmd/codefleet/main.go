@@ -334,17 +334,6 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if srv != nil {
-		if err := ops.RegisterNATS(srv.Registry, wnc, "worker"); err != nil {
-			return err
-		}
-		srv.Check("worker", w.Ready)
-	}
-	// A failed start is undone; one that a signal cut short is a clean stop.
-	if started, err := daemon.Start(ctx, daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown}, log); !started {
-		return err
-	}
-	defer w.Shutdown(context.Background())
 	dnc, err := nats.Connect(url, append([]nats.Option{nats.Name("codefleet-dev dispatcher")}, authOpts...)...)
 	if err != nil {
 		return devConnectError("dispatcher", url, err)
@@ -354,12 +343,19 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Both checks from the start: /readyz is 200 only once both serve.
 	if srv != nil {
-		if err := ops.RegisterNATS(srv.Registry, dnc, "dispatcher"); err != nil {
+		if err := errors.Join(ops.RegisterNATS(srv.Registry, wnc, "worker"), ops.RegisterNATS(srv.Registry, dnc, "dispatcher")); err != nil {
 			return err
 		}
+		srv.Check("worker", w.Ready)
 		srv.Check("dispatcher", d.Ready)
 	}
+	// A failed start is undone; one that a signal cut short is a clean stop.
+	if started, err := daemon.Start(ctx, daemon.Funcs{StartFunc: w.Start, StopFunc: w.Shutdown}, log); !started {
+		return err
+	}
+	defer w.Shutdown(context.Background())
 	if started, err := daemon.Start(ctx, d, log); !started {
 		return err
 	}
