@@ -73,7 +73,9 @@ func (o *Options) Register(fs *config.FlagSet) {
 	fs.StringVar(&o.tenants, "daytona-tenants", "", `per-tenant Daytona accounts, JSON or @file: {"acme":{"api_key":"${acme_key}","api_url":"...","target":"eu"}}; a field left out is the default account's`)
 	fs.BoolVar(&dt.NetworkBlockAll, "daytona-network-block-all", false, "cut the Daytona sandboxes' network off")
 	fs.IntVar(&dt.AutoStopInterval, "daytona-auto-stop", 0, "stop a Daytona sandbox after this many idle minutes (0: never; the worker's --idle-ttl ends sandboxes)")
-	fs.DurationVar(&dt.StartTimeout, "daytona-start-timeout", daytona.DefaultStartTimeout, "how long a new Daytona sandbox may take to start")
+	fs.DurationVar(&dt.StartTimeout, "daytona-start-timeout", daytona.DefaultStartTimeout, "how long a Daytona sandbox may take to start (a new one once Daytona took its creation, which it holds up to 30s first; a stopped or paused one from its start)")
+	fs.DurationVar(&dt.BuildTimeout, "daytona-build-timeout", daytona.DefaultBuildTimeout, "how long a new Daytona sandbox made from an image may take to be built and start (a later sandbox of the image reuses the build)")
+	fs.DurationVar(&dt.MaxRetryWait, "daytona-max-retry-wait", daytona.DefaultMaxRetryWait, "longest Retry-After of Daytona's rate limits to wait out (within the call's own deadline); a longer one fails the call at once")
 }
 
 // Check validates the flags and fills the fields that depend on others (the default image, the
@@ -110,8 +112,8 @@ func (o *Options) Check() error {
 			return fmt.Errorf("the daytona backend needs an API key: set DAYTONA_API_KEY (or --daytona-api-key, %s), or accounts per tenant with --daytona-tenants",
 				config.EnvName("daytona-api-key"))
 		}
-		if o.Daytona.AutoStopInterval < 0 || o.Daytona.StartTimeout <= 0 {
-			return errors.New("--daytona-auto-stop must not be negative and --daytona-start-timeout must be positive")
+		if o.Daytona.AutoStopInterval < 0 || o.Daytona.StartTimeout <= 0 || o.Daytona.BuildTimeout <= 0 || o.Daytona.MaxRetryWait <= 0 {
+			return errors.New("--daytona-auto-stop must not be negative and --daytona-start-timeout, --daytona-build-timeout and --daytona-max-retry-wait must be positive")
 		}
 	default:
 		return fmt.Errorf("unknown backend %q (--backend, %s): the backends are %s and %s",

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -127,12 +128,13 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("DAYTONA_API_KEY", "dtn_env")
-	o, err = parse(t, "--backend", "daytona", "--daytona-tenants", "@"+tenants, "--daytona-auto-stop", "5")
+	o, err = parse(t, "--backend", "daytona", "--daytona-tenants", "@"+tenants, "--daytona-auto-stop", "5", "--daytona-build-timeout", "20m")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := o.Daytona; o.Image != "" || d.Image != "" || d.APIKey != "dtn_env" || d.APIURL != daytona.DefaultAPIURL ||
-		d.Tenants["acme"].APIKey != "${k}" || d.AutoStopInterval != 5 || d.StartTimeout != daytona.DefaultStartTimeout {
+		d.Tenants["acme"].APIKey != "${k}" || d.AutoStopInterval != 5 || d.StartTimeout != daytona.DefaultStartTimeout ||
+		d.BuildTimeout != 20*time.Minute || d.MaxRetryWait != daytona.DefaultMaxRetryWait {
 		t.Errorf("daytona %+v", d)
 	}
 }
@@ -152,7 +154,9 @@ func TestCheckErrors(t *testing.T) {
 		{"daytona bad tenants", []string{"--backend", "daytona", "--daytona-tenants", `{"acme":{"apikey":"x"}}`}, []string{"--daytona-tenants", "unknown field"}},
 		{"daytona bad tenant id", []string{"--backend", "daytona", "--daytona-tenants", `{"a.b":{"api_key":"x"}}`}, []string{`tenant "a.b"`}},
 		{"daytona tenants file missing", []string{"--backend", "daytona", "--daytona-tenants", "@/nonexistent.json"}, []string{"--daytona-tenants", "no such file"}},
-		{"daytona start timeout", []string{"--backend", "daytona", "--daytona-api-key", "k", "--daytona-start-timeout", "0s"}, []string{"--daytona-start-timeout must be positive"}},
+		{"daytona start timeout", []string{"--backend", "daytona", "--daytona-api-key", "k", "--daytona-start-timeout", "0s"}, []string{"--daytona-start-timeout", "must be positive"}},
+		{"daytona build timeout", []string{"--backend", "daytona", "--daytona-api-key", "k", "--daytona-build-timeout", "0s"}, []string{"--daytona-build-timeout", "must be positive"}},
+		{"daytona retry wait", []string{"--backend", "daytona", "--daytona-api-key", "k", "--daytona-max-retry-wait", "-1s"}, []string{"--daytona-max-retry-wait", "must be positive"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.ClearEnv(t)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,15 @@ const (
 	stateStarted      = "started"
 	stateStopping     = "stopping"
 	stateStopped      = "stopped"
+	stateArchiving    = "archiving"
+	stateArchived     = "archived"
+	stateRestoring    = "restoring"
+	statePausing      = "pausing"
+	statePaused       = "paused"
+	stateResuming     = "resuming"
+	stateResizing     = "resizing"
+	stateSnapshotting = "snapshotting"
+	stateForking      = "forking"
 	stateDestroying   = "destroying"
 	stateDestroyed    = "destroyed"
 	stateError        = "error"
@@ -116,8 +126,10 @@ type sandbox struct {
 	// gen is bumped by every transition; a timer scheduled under an older gen does nothing.
 	gen     int
 	outcome outcome
-	// changed is closed and replaced at every state change (create waits on it).
+	// changed is closed and replaced at every state change (create and start wait on it).
 	changed chan struct{}
+	// sessions are the toolbox's sessions (session.go); a stop, an error or a delete ends them.
+	sessions map[string]*session
 }
 
 // setState changes the state. s.mu is held.
@@ -152,7 +164,8 @@ func (s *Server) steps(sb *sandbox, states []string, done func()) {
 	})
 }
 
-// reachStarted ends a start: started, or the outcome's failure. s.mu is held.
+// reachStarted ends a start: started (after a slow start's time in starting), or the outcome's
+// failure. s.mu is held.
 func (s *Server) reachStarted(sb *sandbox) {
 	o := sb.outcome
 	switch {
@@ -164,8 +177,55 @@ func (s *Server) reachStarted(sb *sandbox) {
 	case o.fail != "":
 		s.fail(sb, o.fail)
 	default:
+		s.startedLocked(sb, "")
+	}
+}
+
+// startedLocked ends a start: the sandbox is started, after the next slow start's time in
+// from (starting when empty). s.mu is held.
+func (s *Server) startedLocked(sb *sandbox, from string) {
+	if len(s.slowStart) == 0 {
 		sb.setState(stateStarted)
 		sb.pending = false
+		return
+	}
+	d := s.slowStart[0]
+	s.slowStart = s.slowStart[1:]
+	if from == "" {
+		from = stateStarting
+	}
+	sb.setState(from)
+	s.after(sb, d, func() {
+		sb.setState(stateStarted)
+		sb.pending = false
+	})
+}
+
+// waitStartedLocked waits, s.mu held (it is released meanwhile), until sb is started, failed or
+// d has passed, and reports whether it failed (with the reason); ok is false when the caller
+// went away.
+func (s *Server) waitStartedLocked(r *http.Request, sb *sandbox, d time.Duration) (failed bool, reason string, ok bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		switch sb.State {
+		case stateStarted:
+			return false, "", true
+		case stateError, stateBuildFailed:
+			return true, sb.ErrorReason, true
+		}
+		changed := sb.changed
+		s.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline.C:
+			s.mu.Lock()
+			return false, "", true
+		case <-r.Context().Done():
+			s.mu.Lock()
+			return false, "", false
+		}
+		s.mu.Lock()
 	}
 }
 
@@ -197,15 +257,23 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		op = "start"
 	case len(parts) == 3 && parts[0] == "sandbox" && parts[2] == "stop" && r.Method == http.MethodPost:
 		op = "stop"
+	case len(parts) == 3 && parts[0] == "sandbox" && parts[2] == "pause" && r.Method == http.MethodPost:
+		op = "pause"
+	case len(parts) == 3 && parts[0] == "sandbox" && parts[2] == "archive" && r.Method == http.MethodPost:
+		op = "archive"
 	case len(parts) == 3 && parts[0] == "sandbox" && parts[2] == "labels" && r.Method == http.MethodPut:
 		op = "labels"
 	default:
 		apiError(w, r, http.StatusNotFound, "Cannot "+r.Method+" "+r.URL.Path)
 		return
 	}
-	if r.Header.Get("Authorization") != "Bearer "+s.opts.APIKey {
+	if r.Header.Get("Authorization") != "Bearer "+s.key() {
 		s.fault(op) // counted
 		apiError(w, r, http.StatusUnauthorized, "Invalid credentials")
+		return
+	}
+	if s.throttled(w, r, op) {
+		s.fault(op) // counted
 		return
 	}
 	f := s.fault(op)
@@ -234,6 +302,10 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.start(w, r, id)
 	case "stop":
 		s.stop(w, r, id)
+	case "pause":
+		s.pause(w, r, id)
+	case "archive":
+		s.archive(w, r, id)
 	case "labels":
 		s.labels(w, r, id)
 	}
@@ -352,7 +424,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		Target: target, CPU: 1, Memory: 1, Disk: 3, DesiredState: stateStarted, BackupState: "None",
 		AutoStopInterval: intOr(req.AutoStopInterval, 15), AutoArchiveInterval: intOr(req.AutoArchiveInterval, 10080),
 		AutoDeleteInterval: intOr(req.AutoDeleteInterval, -1), Volumes: req.Volumes,
-		CreatedAt: t, UpdatedAt: t, LastActivityAt: t, SandboxClass: "container",
+		CreatedAt: t, UpdatedAt: t, LastActivityAt: t, SandboxClass: s.opts.SandboxClass,
 		DaemonVersion: s.opts.DaemonVersion, RunnerID: "runner-fake",
 		ToolboxProxyURL: "http://" + r.Host + "/toolbox",
 	}}
@@ -369,14 +441,33 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if req.BuildInfo != nil {
 		sb.CPU, sb.Memory, sb.Disk, sb.GPU = intOr(req.CPU, 1), intOr(req.Memory, 1), intOr(req.Disk, 3), intOr(req.GPU, 0)
 		sb.BuildInfo = &BuildInfo{DockerfileContent: req.BuildInfo.DockerfileContent, ContextHashes: req.BuildInfo.ContextHashes, CreatedAt: t, UpdatedAt: t, SnapshotRef: "fake-build-" + id[:8]}
-		sb.State = statePendingBuild
-		s.steps(sb, []string{stateBuilding, stateCreating}, func() { s.reachStarted(sb) })
+		content := req.BuildInfo.DockerfileContent
+		if s.built[content] {
+			// A runner has the image already: no build, as the service reuses it.
+			sb.State = stateUnknown
+			s.steps(sb, []string{stateCreating}, func() { s.reachStarted(sb) })
+		} else {
+			build := s.opts.BuildTime
+			if len(s.slowBuild) > 0 {
+				build, s.slowBuild = s.slowBuild[0], s.slowBuild[1:]
+			}
+			sb.State = statePendingBuild
+			s.steps(sb, []string{stateBuilding}, func() {
+				s.after(sb, build, func() {
+					if sb.outcome == (outcome{}) {
+						s.built[content] = true
+					}
+					sb.setState(stateCreating)
+					s.reachStarted(sb)
+				})
+			})
+		}
 		before := sb.Sandbox.clone()
 		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, before) // image builds answer at once
 		return
 	}
-	if s.opts.Warm && sb.outcome == (outcome{}) {
+	if s.opts.Warm && sb.outcome == (outcome{}) && len(s.slowStart) == 0 {
 		sb.State, sb.pending = stateStarted, false
 		before := sb.Sandbox.clone()
 		s.mu.Unlock()
@@ -388,31 +479,15 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	before := sb.Sandbox.clone()
 	// The service waits (up to 30 s) for the sandbox to start, then answers with the sandbox as
 	// it was before the wait (issue #2474), or 400 if it failed meanwhile.
-	deadline := time.NewTimer(s.opts.CreateWait)
-	defer deadline.Stop()
-	for {
-		state, reason, changed := sb.State, sb.ErrorReason, sb.changed
-		if state == stateStarted {
-			break
-		}
-		if state == stateError {
-			s.mu.Unlock()
-			apiError(w, r, http.StatusBadRequest, "Sandbox failed to start: "+reason)
-			return
-		}
-		s.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline.C:
-			writeJSON(w, http.StatusOK, before)
-			return
-		case <-r.Context().Done():
-			return
-		}
-		s.mu.Lock()
-	}
+	failed, reason, ok := s.waitStartedLocked(r, sb, s.opts.CreateWait)
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, before)
+	switch {
+	case !ok:
+	case failed:
+		apiError(w, r, http.StatusBadRequest, "Sandbox failed to start: "+reason)
+	default:
+		writeJSON(w, http.StatusOK, before)
+	}
 }
 
 // lookupLocked finds a visible sandbox by id, then by name. s.mu is held.
@@ -555,8 +630,10 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, idOrName string)
 	out.DesiredState, out.Name = sb.DesiredState, sb.Name
 	s.steps(sb, []string{stateDestroying, stateDestroyed}, func() {
 		sb.pending = false
+		s.endSessionsLocked(sb)
 		id, dir := sb.ID, sb.dir
 		go func() {
+			signalSandbox(id, syscall.SIGCONT)
 			killSandboxProcesses(id)
 			os.RemoveAll(dir)
 		}()
@@ -580,24 +657,62 @@ func (s *Server) settledLocked(w http.ResponseWriter, r *http.Request, idOrName 
 	return sb
 }
 
+// start starts a stopped sandbox, restores an archived one or resumes a paused one (VM classes
+// only), as the service does; it holds its answer until the sandbox is started, for up to
+// StartWait, except for an archived one, whose restore it does not wait for.
 func (s *Server) start(w http.ResponseWriter, r *http.Request, idOrName string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sb := s.settledLocked(w, r, idOrName)
+	sb := s.lookupLocked(idOrName)
 	switch {
 	case sb == nil:
+		notFound(w, r, idOrName)
 		return
-	case sb.State == stateStarted:
-	case sb.State == stateStopped:
+	case sb.State == stateStarted && sb.DesiredState == stateStarted:
+		writeJSON(w, http.StatusOK, sb.Sandbox.clone())
+		return
+	case sb.State == stateError || sb.State == stateBuildFailed:
+		apiError(w, r, http.StatusBadRequest, "Sandbox is in an errored state")
+		return
+	case sb.pending || sb.State != sb.DesiredState:
+		apiError(w, r, http.StatusConflict, "Sandbox state change in progress")
+		return
+	case sb.State == statePaused && sb.SandboxClass == "container":
+		apiError(w, r, http.StatusUnprocessableEntity, "Resuming is not supported for this sandbox")
+		return
+	}
+	id := sb.ID
+	switch sb.State {
+	case stateStopped:
 		sb.gen++
 		sb.DesiredState, sb.pending = stateStarted, true
 		sb.setState(stateStarting)
-		s.after(sb, s.opts.StepDelay, func() { sb.setState(stateStarted); sb.pending = false })
+		s.after(sb, s.opts.StepDelay, func() { s.startedLocked(sb, stateStarting) })
+	case statePaused:
+		sb.gen++
+		sb.DesiredState, sb.pending = stateStarted, true
+		sb.setState(stateResuming)
+		signalSandbox(id, syscall.SIGCONT) // a resumed VM's processes go on
+		s.after(sb, s.opts.StepDelay, func() { s.startedLocked(sb, stateResuming) })
+	case stateArchived:
+		sb.gen++
+		sb.DesiredState, sb.pending = stateStarted, true
+		sb.setState(stateRestoring)
+		s.steps(sb, []string{stateStarting}, func() { s.startedLocked(sb, stateStarting) })
+		writeJSON(w, http.StatusOK, sb.Sandbox.clone()) // the restore is not waited for
+		return
 	default:
-		apiError(w, r, http.StatusBadRequest, "Sandbox is in state "+sb.State+" and cannot be started")
+		apiError(w, r, http.StatusBadRequest, "Sandbox is not in valid state")
 		return
 	}
-	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
+	failed, reason, ok := s.waitStartedLocked(r, sb, s.opts.StartWait)
+	switch {
+	case !ok:
+	case failed:
+		apiError(w, r, http.StatusBadRequest, "Sandbox failed to start: "+reason)
+	default:
+		writeJSON(w, http.StatusOK, sb.Sandbox.clone())
+	}
 }
 
 func (s *Server) stop(w http.ResponseWriter, r *http.Request, idOrName string) {
@@ -607,24 +722,72 @@ func (s *Server) stop(w http.ResponseWriter, r *http.Request, idOrName string) {
 	switch {
 	case sb == nil:
 		return
+	case sb.State != stateStarted && sb.State != statePaused:
+		apiError(w, r, http.StatusBadRequest, "Sandbox is not in a stoppable state")
+		return
+	}
+	s.transitionLocked(sb, stateStopping, stateStopped, s.opts.StepDelay)
+	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
+}
+
+func (s *Server) pause(w http.ResponseWriter, r *http.Request, idOrName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb := s.settledLocked(w, r, idOrName)
+	switch {
+	case sb == nil:
+		return
+	case sb.SandboxClass == "container":
+		apiError(w, r, http.StatusUnprocessableEntity, "Pausing is not supported for this sandbox")
+		return
 	case sb.State != stateStarted:
 		apiError(w, r, http.StatusBadRequest, "Sandbox is not started")
 		return
 	}
-	s.stopLocked(sb)
+	s.transitionLocked(sb, statePausing, statePaused, s.opts.StepDelay)
 	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
 }
 
-// stopLocked stops a started sandbox. s.mu is held.
-func (s *Server) stopLocked(sb *sandbox) {
+func (s *Server) archive(w http.ResponseWriter, r *http.Request, idOrName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb := s.settledLocked(w, r, idOrName)
+	switch {
+	case sb == nil:
+		return
+	case sb.State != stateStopped:
+		apiError(w, r, http.StatusBadRequest, "Sandbox is not stopped")
+		return
+	}
+	s.transitionLocked(sb, stateArchiving, stateArchived, s.opts.StepDelay)
+	writeJSON(w, http.StatusOK, sb.Sandbox.clone())
+}
+
+// transitionLocked takes sb through the transitional state to settled after d: a stopped
+// sandbox's processes and sessions end, a paused one's are frozen. s.mu is held.
+func (s *Server) transitionLocked(sb *sandbox, state, settled string, d time.Duration) {
 	sb.gen++
-	sb.DesiredState, sb.pending = stateStopped, true
-	sb.setState(stateStopping)
+	sb.DesiredState, sb.pending = settled, true
+	switch settled {
+	case stateStopped, statePaused, stateArchived:
+	default:
+		sb.DesiredState = stateStarted
+	}
+	sb.setState(state)
 	id := sb.ID
-	s.after(sb, s.opts.StepDelay, func() {
-		sb.setState(stateStopped)
+	s.after(sb, d, func() {
+		sb.setState(settled)
 		sb.pending = false
-		go killSandboxProcesses(id)
+		switch settled {
+		case stateStopped:
+			// At once, under the lock: a start that follows must not find them, nor have its
+			// own runs killed by a kill that came late.
+			s.endSessionsLocked(sb)
+			signalSandbox(id, syscall.SIGCONT)
+			killSandboxProcesses(id)
+		case statePaused:
+			signalSandbox(id, syscall.SIGSTOP) // at once: a resume that follows must find them stopped
+		}
 	})
 }
 

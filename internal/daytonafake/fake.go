@@ -13,10 +13,23 @@
 //     directory per sandbox, with the daemon's semantics (the command fed to a shell's stdin in a
 //     new process group, stdout and stderr in one buffer, timeouts in seconds answered 408 with
 //     the output discarded, code-run's base64 pipelines, envs validated; daemons older than
-//     v0.167 have no code-run and ignore envs).
+//     v0.167 have no code-run and ignore envs), and the sessions of /process/session (see
+//     session.go), behind what the service puts in front of the daemon: the proxy's bearer
+//     check, which answers 401 "Bearer token is invalid" for a sandbox it does not know as for a
+//     wrong key (400 or 404 while it still holds the token in its cache: AnswerGone), and the
+//     load balancer's idle cut, a bare 502 with an empty body for a call that has not answered
+//     within Options.IdleTimeout (60 s) while its command goes on in the sandbox.
 //
-// Faults are injected per call (429 with Retry-After-<bucket>, a bare 502, any status, before or
-// after the call is handled), and per sandbox (the next create ends in error, or stays creating).
+// The service's own waits and limits are reproduced: create (snapshot) and start hold their
+// answer until the sandbox is started, for up to 30 s; image builds answer pending_build at once
+// and take Options.BuildTime (a later sandbox of the same image reuses the build); the
+// throttler buckets of Options.RateLimits answer 429 with Retry-After-<bucket> of up to a
+// minute; VM-class sandboxes can be paused and resumed.
+//
+// Faults are injected per call (Inject: 429 with Retry-After-<bucket>, a bare 502, any status,
+// before or after the call is handled), per sandbox (the next create ends in error, or stays
+// creating, or starts slowly; the next build is slow; a sandbox is stopped, paused, archived or
+// held in a transition), and for the whole service (SetAPIKey revokes the key in use).
 //
 // The processes run on the host, as the test's user, with no isolation at all: this is a test
 // double, never something to expose. Every process started for a sandbox carries the variable
@@ -30,6 +43,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -39,6 +53,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -77,10 +92,31 @@ type Options struct {
 	Shell string
 	// Snapshots are the snapshots that exist; default daytona-small, -medium, -large.
 	Snapshots []string
+	// StartWait bounds how long POST /sandbox/{id}/start waits for the sandbox to start before
+	// answering with it (the service waits up to 30 s, its default here).
+	StartWait time.Duration
+	// BuildTime is how long building an image takes (the sandbox is building_snapshot
+	// meanwhile); default StepDelay. A later sandbox of an image built before skips the build,
+	// as the service reuses it.
+	BuildTime time.Duration
+	// IdleTimeout is the idle cut of the load balancer in front of the toolbox proxy: a toolbox
+	// call that has not answered within it gets a bare 502 with an empty body, while what it
+	// started goes on in the sandbox (daytonaio/daytona#4545). Default 60 s; negative: none.
+	IdleTimeout time.Duration
+	// SandboxClass is the class of new sandboxes: "container" (the default) or "linux-vm", whose
+	// sandboxes can be paused and resumed (POST /start answers 422 for a paused container).
+	SandboxClass string
+	// RateLimits are how many requests each throttler bucket (authenticated, sandbox-create,
+	// sandbox-lifecycle) takes per RateWindow; past it the API answers 429 with
+	// Retry-After-<bucket>, the seconds left in the window. No limit by default.
+	RateLimits map[string]int
+	// RateWindow is the limiter's window; default a minute, as the service's.
+	RateWindow time.Duration
 }
 
-// Fault makes calls fail. Op is one of create, get, list, delete, start, stop, labels,
-// execute, code-run.
+// Fault makes calls fail. Op is one of create, get, list, delete, start, stop, pause, archive,
+// labels (the API), execute, code-run, session-create, session-get, session-list,
+// session-delete, session-exec, session-command, session-logs (the toolbox).
 type Fault struct {
 	Op string
 	// Status is the HTTP status answered.
@@ -106,10 +142,16 @@ type Server struct {
 	shell string
 
 	mu        sync.Mutex
+	apiKey    string // the key accepted (SetAPIKey changes it)
 	sandboxes map[string]*sandbox
 	seq       int
 	faults    []*Fault
-	next      []outcome // outcomes of the next creates
+	next      []outcome       // outcomes of the next creates
+	slowStart []time.Duration // how long the next starts take
+	slowBuild []time.Duration // how long the next builds take
+	built     map[string]bool // images built, by Dockerfile
+	gone      int             // toolbox status for a sandbox it does not know
+	windows   map[string]*window
 	counts    map[string]int
 	closed    bool
 	running   sync.WaitGroup // toolbox commands in progress
@@ -120,6 +162,12 @@ type Server struct {
 type outcome struct {
 	fail  string        // error reason
 	stuck time.Duration // stays creating this long (forever when negative), then error
+}
+
+// window is one throttler bucket's current window.
+type window struct {
+	start time.Time
+	n     int
 }
 
 // Start runs a fake service on a loopback port.
@@ -142,7 +190,23 @@ func Start(opts Options) (*Server, error) {
 	if len(opts.Snapshots) == 0 {
 		opts.Snapshots = []string{"daytona-small", "daytona-medium", "daytona-large"}
 	}
-	s := &Server{opts: opts, sandboxes: map[string]*sandbox{}, counts: map[string]int{}}
+	if opts.StartWait == 0 {
+		opts.StartWait = 30 * time.Second
+	}
+	if opts.BuildTime == 0 {
+		opts.BuildTime = opts.StepDelay
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
+	if opts.SandboxClass == "" {
+		opts.SandboxClass = "container"
+	}
+	if opts.RateWindow == 0 {
+		opts.RateWindow = time.Minute
+	}
+	s := &Server{opts: opts, apiKey: opts.APIKey, sandboxes: map[string]*sandbox{}, counts: map[string]int{},
+		built: map[string]bool{}, gone: http.StatusUnauthorized, windows: map[string]*window{}}
 	s.shell = opts.Shell
 	if s.shell == "" {
 		s.shell = pickShell()
@@ -192,10 +256,12 @@ func (s *Server) Close() error {
 	for id, sb := range s.sandboxes {
 		ids = append(ids, id)
 		sb.gen++ // pending transitions do nothing
+		s.endSessionsLocked(sb)
 	}
 	s.mu.Unlock()
 	err := s.hs.Close()
 	for _, id := range ids {
+		signalSandbox(id, syscall.SIGCONT) // a paused sandbox's processes, so that they can die
 		killSandboxProcesses(id)
 	}
 	s.running.Wait()
@@ -227,6 +293,46 @@ func (s *Server) StickNextCreate(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next = append(s.next, outcome{stuck: d, fail: "the sandbox did not start in time"})
+}
+
+// SlowNextStart makes the next sandbox to start (a new one, or one started again) take d in
+// starting; create and start hold their answer meanwhile, up to CreateWait and StartWait.
+func (s *Server) SlowNextStart(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slowStart = append(s.slowStart, d)
+}
+
+// SlowNextBuild makes the next image build take d (the sandbox is building_snapshot meanwhile).
+func (s *Server) SlowNextBuild(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slowBuild = append(s.slowBuild, d)
+}
+
+// AnswerGone sets how the toolbox answers a call for a sandbox that does not exist (deleted,
+// or never made): 401 "Bearer token is invalid" (the default: the proxy checks the token
+// against the sandbox, as for a wrong key); 400 "failed to get runner info" (the proxy still
+// holds the token in its cache, but finds no runner for the sandbox); 404 "sandbox container not
+// found" (it still knows the runner too, whose container is gone).
+func (s *Server) AnswerGone(status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gone = status
+}
+
+// SetAPIKey makes key the only API key the service accepts, as when the one in use is revoked
+// or rotated: both the API and the toolbox refuse the old one (401).
+func (s *Server) SetAPIKey(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.apiKey = key
+}
+
+func (s *Server) key() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.apiKey
 }
 
 // Count returns how many calls of op were received (failed ones included).
@@ -266,13 +372,49 @@ func (s *Server) Live() int {
 // Stop stops a started sandbox, as POST /sandbox/{id}/stop does (its processes die, its files
 // stay).
 func (s *Server) Stop(id string) error {
+	return s.Transition(id, stateStopping, s.opts.StepDelay)
+}
+
+// Pause pauses a started VM-class sandbox, as auto-pause does (its processes are frozen, its
+// files stay): pausing, then paused. POST /start resumes it.
+func (s *Server) Pause(id string) error {
+	return s.Transition(id, statePausing, s.opts.StepDelay)
+}
+
+// Archive archives a stopped sandbox, as auto-archive does: archiving, then archived. POST
+// /start restores it.
+func (s *Server) Archive(id string) error {
+	return s.Transition(id, stateArchiving, s.opts.StepDelay)
+}
+
+// Transition holds a sandbox in a transitional state for d (lifecycle calls get 409
+// meanwhile, the toolbox 400), then settles it where that state leads: stopping to stopped (from
+// started; its processes die), pausing to paused (from started, VM class only; its processes
+// are frozen), archiving to archived (from stopped), and resizing, snapshotting or forking back
+// to started (from started).
+func (s *Server) Transition(id, state string, d time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb := s.lookupLocked(id)
-	if sb == nil || sb.pending || sb.State != stateStarted {
-		return fmt.Errorf("daytonafake: sandbox %s cannot be stopped", id)
+	from, to := stateStarted, stateStarted
+	switch state {
+	case stateStopping:
+		to = stateStopped
+	case statePausing:
+		to = statePaused
+	case stateArchiving:
+		from, to = stateStopped, stateArchived
+	case stateResizing, stateSnapshotting, stateForking:
+	default:
+		return fmt.Errorf("daytonafake: %s is not a transition this fake makes", state)
 	}
-	s.stopLocked(sb)
+	switch {
+	case sb == nil || sb.pending || sb.State != from:
+		return fmt.Errorf("daytonafake: sandbox %s cannot go %s (it is %v)", id, state, sb)
+	case state == statePausing && sb.SandboxClass == "container":
+		return fmt.Errorf("daytonafake: sandbox %s is of class container, which cannot be paused", id)
+	}
+	s.transitionLocked(sb, state, to, d)
 	return nil
 }
 
@@ -283,7 +425,11 @@ func (s *Server) Break(id, reason string) {
 	if sb := s.sandboxes[id]; sb != nil {
 		sb.gen++
 		s.fail(sb, reason)
-		go killSandboxProcesses(id)
+		s.endSessionsLocked(sb)
+		go func() {
+			signalSandbox(id, syscall.SIGCONT)
+			killSandboxProcesses(id)
+		}()
 	}
 }
 
@@ -374,10 +520,41 @@ func bucket(op string) string {
 	switch op {
 	case "create":
 		return "sandbox-create"
-	case "delete", "start", "stop":
+	case "delete", "start", "stop", "pause", "archive":
 		return "sandbox-lifecycle"
 	}
 	return "authenticated"
+}
+
+// throttled counts a call against its bucket's window and, past Options.RateLimits, answers
+// 429 with the seconds left in the window, as the service's throttler does.
+func (s *Server) throttled(w http.ResponseWriter, r *http.Request, op string) bool {
+	b := bucket(op)
+	limit, ok := s.opts.RateLimits[b]
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	win := s.windows[b]
+	now := time.Now()
+	if win == nil || now.Sub(win.start) >= s.opts.RateWindow {
+		win = &window{start: now}
+		s.windows[b] = win
+	}
+	win.n++
+	n := win.n
+	left := s.opts.RateWindow - now.Sub(win.start)
+	s.mu.Unlock()
+	reset := strconv.Itoa(int(math.Ceil(left.Seconds())))
+	w.Header().Set("X-RateLimit-Limit-"+b, strconv.Itoa(limit))
+	w.Header().Set("X-RateLimit-Remaining-"+b, strconv.Itoa(max(limit-n, 0)))
+	w.Header().Set("X-RateLimit-Reset-"+b, reset)
+	if n <= limit {
+		return false
+	}
+	w.Header().Set("Retry-After-"+b, reset)
+	apiError(w, r, http.StatusTooManyRequests, "ThrottlerException: Too Many Requests")
+	return true
 }
 
 // injected answers a fault taken before handling; After faults are answered by the caller.

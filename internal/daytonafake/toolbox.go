@@ -2,9 +2,11 @@ package daytonafake
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,29 +24,86 @@ const markerVar = "DAYTONAFAKE_SANDBOX"
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// serveToolbox routes /toolbox/{sandboxId}/process/{execute,code-run}.
+// toolboxCall is one toolbox request as the daemon gets it, past the proxy.
+type toolboxCall struct {
+	op           string
+	id           string // sandbox
+	session, cmd string // path parameters of the session routes
+	dir          string // the sandbox's directory (its working directory)
+	env          map[string]string
+	body         []byte
+	query        url.Values
+	modern       bool   // daemon v0.167 or later
+	sdkVersion   string // X-Daytona-SDK-Version
+}
+
+// toolboxRoute names the daemon route of a request: op, and the session and command ids.
+func toolboxRoute(method, path string) (op, session, cmd string) {
+	p := strings.Split(path, "/")
+	switch {
+	case path == "process/execute" && method == http.MethodPost:
+		return "execute", "", ""
+	case path == "process/code-run" && method == http.MethodPost:
+		return "code-run", "", ""
+	case path == "process/session" && method == http.MethodPost:
+		return "session-create", "", ""
+	case path == "process/session" && method == http.MethodGet:
+		return "session-list", "", ""
+	case len(p) == 3 && p[0] == "process" && p[1] == "session" && method == http.MethodGet:
+		return "session-get", p[2], ""
+	case len(p) == 3 && p[0] == "process" && p[1] == "session" && method == http.MethodDelete:
+		return "session-delete", p[2], ""
+	case len(p) == 4 && p[0] == "process" && p[1] == "session" && p[3] == "exec" && method == http.MethodPost:
+		return "session-exec", p[2], ""
+	case len(p) == 5 && p[0] == "process" && p[1] == "session" && p[3] == "command" && method == http.MethodGet:
+		return "session-command", p[2], p[4]
+	case len(p) == 6 && p[0] == "process" && p[1] == "session" && p[3] == "command" && p[5] == "logs" && method == http.MethodGet:
+		return "session-logs", p[2], p[4]
+	}
+	return "", "", ""
+}
+
+// serveToolbox serves /toolbox/{sandboxId}/{path} as Daytona's proxy and the sandbox's daemon
+// do: the proxy checks the bearer token against the sandbox (a sandbox it does not know fails
+// the check as a wrong key does, unless AnswerGone says the token is still in its cache) and
+// that the sandbox runs; the load balancer in front cuts a call idle for IdleTimeout.
 func (s *Server) serveToolbox(w http.ResponseWriter, r *http.Request) {
 	rest := strings.TrimPrefix(r.URL.Path, "/toolbox/")
 	id, path, _ := strings.Cut(rest, "/")
-	op := ""
-	switch {
-	case path == "process/execute" && r.Method == http.MethodPost:
-		op = "execute"
-	case path == "process/code-run" && r.Method == http.MethodPost:
-		op = "code-run"
-	default:
+	op, session, cmd := toolboxRoute(r.Method, path)
+	if op == "" {
 		http.NotFound(w, r)
 		return
 	}
 	auth := r.Header.Get("Authorization")
 	if !strings.HasPrefix(auth, "Bearer ") {
 		s.fault(op)
-		toolboxError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "unauthorized: missing authentication: no bearer token")
+		toolboxError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "unauthorized: missing authentication: provide a preview access token (via header, query parameter, or cookie) or use an API key or JWT")
 		return
 	}
-	if auth != "Bearer "+s.opts.APIKey {
+	s.mu.Lock()
+	key, gone := s.apiKey, s.gone
+	sb := s.lookupLocked(id)
+	c := toolboxCall{op: op, id: id, session: session, cmd: cmd, query: r.URL.Query(),
+		modern: !versionLess(s.opts.DaemonVersion, "0.167.0"), sdkVersion: r.Header.Get("X-Daytona-SDK-Version")}
+	var state string
+	if sb != nil {
+		c.dir, state, c.env = sb.dir, sb.State, cloneMap(sb.Env)
+		sb.LastActivityAt = now()
+	}
+	s.mu.Unlock()
+	switch {
+	case auth != "Bearer "+key, sb == nil && gone == http.StatusUnauthorized:
 		s.fault(op)
-		toolboxError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "unauthorized: authentication failed: invalid API key")
+		toolboxError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "unauthorized: authentication failed: Bearer token is invalid")
+		return
+	case sb == nil && gone == http.StatusBadRequest:
+		s.fault(op)
+		toolboxError(w, r, http.StatusBadRequest, "BAD_REQUEST", "bad request: failed to get runner info: Sandbox with ID "+id+" not found")
+		return
+	case sb == nil:
+		s.fault(op)
+		toolboxError(w, r, http.StatusNotFound, "NOT_FOUND", "not found: sandbox container not found: Error response from daemon: No such container: "+id)
 		return
 	}
 	f := s.fault(op)
@@ -52,31 +111,8 @@ func (s *Server) serveToolbox(w http.ResponseWriter, r *http.Request) {
 		injected(w, r, op, f, true)
 		return
 	}
-	if f != nil {
-		w = &discard{ResponseWriter: w}
-		defer injected(w.(*discard).ResponseWriter, r, op, f, true)
-	}
-
-	s.mu.Lock()
-	sb := s.lookupLocked(id)
-	var dir, state string
-	var env map[string]string
-	if sb != nil {
-		dir, state, env = sb.dir, sb.State, cloneMap(sb.Env)
-		sb.LastActivityAt = now()
-	}
-	s.mu.Unlock()
-	switch {
-	case sb == nil:
-		toolboxError(w, r, http.StatusNotFound, "NOT_FOUND", "not found: sandbox not found")
-		return
-	case state != stateStarted:
-		toolboxError(w, r, http.StatusBadRequest, "BAD_REQUEST", "bad request: sandbox is "+state+". Is the Sandbox started?")
-		return
-	}
-	modern := !versionLess(s.opts.DaemonVersion, "0.167.0")
-	if op == "code-run" && !modern {
-		http.NotFound(w, r) // the route does not exist on older daemons
+	if state != stateStarted {
+		toolboxError(w, r, http.StatusBadRequest, "BAD_REQUEST", "bad request: no IP address found. Is the Sandbox started?")
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
@@ -84,7 +120,81 @@ func (s *Server) serveToolbox(w http.ResponseWriter, r *http.Request) {
 		toolboxError(w, r, http.StatusBadRequest, "INVALID_REQUEST_BODY", "bad request: "+err.Error())
 		return
 	}
-	run := runSpec{id: id, dir: dir, env: env}
+	c.body = body
+	s.idleCut(w, func(w http.ResponseWriter) {
+		if f != nil {
+			w = &discard{ResponseWriter: w}
+			defer injected(w.(*discard).ResponseWriter, r, op, f, true)
+		}
+		switch op {
+		case "execute", "code-run":
+			s.process(w, r, c)
+		default:
+			s.serveSession(w, r, c)
+		}
+	})
+}
+
+// idleCut answers a bare 502 with an empty body when handle has not answered within
+// IdleTimeout, as the load balancer in front of the proxy does; handle goes on regardless (the
+// daemon does not stop a command whose caller left) and its answer is dropped.
+func (s *Server) idleCut(w http.ResponseWriter, handle func(http.ResponseWriter)) {
+	if s.opts.IdleTimeout < 0 {
+		handle(w)
+		return
+	}
+	rec := &recorder{header: http.Header{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		handle(rec)
+	}()
+	t := time.NewTimer(s.opts.IdleTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(cmp.Or(rec.status, http.StatusOK))
+		w.Write(rec.body.Bytes())
+	case <-t.C:
+		s.mu.Lock()
+		s.counts["idle-cut"]++
+		s.mu.Unlock()
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusBadGateway)
+	}
+}
+
+// recorder holds an answer until idleCut passes it on.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.body.Write(b)
+}
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+// process serves /process/execute and /process/code-run.
+func (s *Server) process(w http.ResponseWriter, r *http.Request, c toolboxCall) {
+	op, id, dir, body, modern := c.op, c.id, c.dir, c.body, c.modern
+	if op == "code-run" && !modern {
+		http.NotFound(w, r) // the route does not exist on older daemons
+		return
+	}
+	run := runSpec{id: id, dir: dir, env: c.env}
 	switch op {
 	case "execute":
 		var req struct {
@@ -220,17 +330,25 @@ func (s *Server) execute(run runSpec) (exit int, output string, timedOut bool) {
 
 // killSandboxProcesses kills every process whose environment names the sandbox: what its runs
 // left behind, in whatever process group or session they put themselves.
-func killSandboxProcesses(id string) {
+func killSandboxProcesses(id string) { signalMarked(markerVar+"="+id, syscall.SIGKILL) }
+
+// signalSandbox sends sig to every process of the sandbox (SIGSTOP and SIGCONT pause and resume
+// it).
+func signalSandbox(id string, sig syscall.Signal) { signalMarked(markerVar+"="+id, sig) }
+
+// signalMarked sends sig to every process whose environment holds marker (NAME=value). A kill
+// goes round again, as a process may fork while the others die.
+func signalMarked(marker string, sig syscall.Signal) {
 	if runtime.GOOS != "linux" {
 		return
 	}
-	marker := []byte(markerVar + "=" + id + "\x00")
-	for round := 0; round < 3; round++ { // a process may fork while the others die
+	m := []byte(marker + "\x00")
+	for round := 0; round < 3; round++ {
 		entries, err := os.ReadDir("/proc")
 		if err != nil {
 			return
 		}
-		killed := 0
+		hit := 0
 		for _, e := range entries {
 			pid, err := strconv.Atoi(e.Name())
 			if err != nil || pid == os.Getpid() {
@@ -240,12 +358,12 @@ func killSandboxProcesses(id string) {
 			if err != nil {
 				continue
 			}
-			if bytes.HasPrefix(environ, marker) || bytes.Contains(environ, append([]byte{0}, marker...)) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				killed++
+			if bytes.HasPrefix(environ, m) || bytes.Contains(environ, append([]byte{0}, m...)) {
+				syscall.Kill(pid, sig)
+				hit++
 			}
 		}
-		if killed == 0 {
+		if hit == 0 || sig != syscall.SIGKILL {
 			return
 		}
 	}

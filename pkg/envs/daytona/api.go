@@ -10,8 +10,9 @@ import (
 )
 
 // API is the part of Daytona's REST API this backend uses: the management calls on sandboxes and
-// the two toolbox calls that run commands and code in one. Client implements it over HTTP; an
-// adapter around the official Go SDK could replace it, and tests substitute fakes.
+// the toolbox calls that run commands and code in one (a blocking execute or code run, or a
+// command of a session, polled until it ends). Client implements it over HTTP; an adapter around
+// the official Go SDK could replace it, and tests substitute fakes.
 //
 // Every method takes the caller's context. Errors from the service are *APIError (errors.As),
 // with the HTTP status; transport failures are returned as they come from net/http.
@@ -26,7 +27,9 @@ type API interface {
 	List(ctx context.Context, q ListQuery) (ListPage, error)
 	// Delete starts deleting a sandbox (DELETE /sandbox/{idOrName}); it completes asynchronously.
 	Delete(ctx context.Context, idOrName string) (Sandbox, error)
-	// Start starts a stopped or archived sandbox (POST /sandbox/{idOrName}/start).
+	// Start starts a stopped or archived sandbox, or resumes a paused one (POST
+	// /sandbox/{idOrName}/start). The service holds its answer until the sandbox is started, for
+	// up to 30 s (not for an archived one), and answers with the sandbox as it is then.
 	Start(ctx context.Context, idOrName string) (Sandbox, error)
 	// SetLabels replaces all the labels of a sandbox (PUT /sandbox/{idOrName}/labels).
 	SetLabels(ctx context.Context, idOrName string, labels map[string]string) error
@@ -35,12 +38,27 @@ type API interface {
 	// CodeRun runs a snippet with the sandbox's interpreter (POST {toolbox}/process/code-run,
 	// daemon v0.167 and later; older daemons answer 404).
 	CodeRun(ctx context.Context, tb Toolbox, req CodeRunRequest) (CodeRunResponse, error)
+	// CreateSession makes a session, a shell whose commands run one after another (POST
+	// {toolbox}/process/session; 409 when the id is taken).
+	CreateSession(ctx context.Context, tb Toolbox, sessionID string) error
+	// SessionExec sends a command to a session (POST {toolbox}/process/session/{id}/exec); with
+	// RunAsync it answers at once with the command's id.
+	SessionExec(ctx context.Context, tb Toolbox, sessionID string, req SessionExecRequest) (SessionExecResponse, error)
+	// SessionCommand returns a command of a session (GET
+	// {toolbox}/process/session/{id}/command/{cmdId}); ExitCode is nil while it runs.
+	SessionCommand(ctx context.Context, tb Toolbox, sessionID, cmdID string) (SessionCommand, error)
+	// SessionCommandLogs returns what a command of a session wrote (GET
+	// {toolbox}/process/session/{id}/command/{cmdId}/logs).
+	SessionCommandLogs(ctx context.Context, tb Toolbox, sessionID, cmdID string) (SessionLogs, error)
+	// DeleteSession ends a session and kills what its commands started (DELETE
+	// {toolbox}/process/session/{id}).
+	DeleteSession(ctx context.Context, tb Toolbox, sessionID string) error
 }
 
 // SandboxState is the state of a sandbox (lower-case strings on the wire).
 type SandboxState string
 
-// Sandbox states this backend acts on (the service has more: archiving, resizing, ...).
+// The service's sandbox states (its SandboxState enum, v0.190 to v0.205).
 const (
 	StateUnknown         SandboxState = "unknown"
 	StatePendingBuild    SandboxState = "pending_build"
@@ -51,8 +69,15 @@ const (
 	StateStarted         SandboxState = "started"
 	StateStopping        SandboxState = "stopping"
 	StateStopped         SandboxState = "stopped"
+	StateArchiving       SandboxState = "archiving"
 	StateArchived        SandboxState = "archived"
 	StateRestoring       SandboxState = "restoring"
+	StatePausing         SandboxState = "pausing"
+	StatePaused          SandboxState = "paused"
+	StateResuming        SandboxState = "resuming"
+	StateResizing        SandboxState = "resizing"
+	StateSnapshotting    SandboxState = "snapshotting"
+	StateForking         SandboxState = "forking"
 	StateDestroying      SandboxState = "destroying"
 	StateDestroyed       SandboxState = "destroyed"
 	StateError           SandboxState = "error"
@@ -61,6 +86,25 @@ const (
 
 // Failed reports whether a waiter must give up on a sandbox in state s.
 func (s SandboxState) Failed() bool { return s == StateError || s == StateBuildFailed }
+
+// Known reports whether s is one of the states above.
+func (s SandboxState) Known() bool {
+	switch s {
+	case StateUnknown, StatePendingBuild, StateBuildingSnap, StatePullingSnapshot, StateCreating,
+		StateStarting, StateStarted, StateStopping, StateStopped, StateArchiving, StateArchived,
+		StateRestoring, StatePausing, StatePaused, StateResuming, StateResizing, StateSnapshotting,
+		StateForking, StateDestroying, StateDestroyed, StateError, StateBuildFailed:
+		return true
+	}
+	return false
+}
+
+// Startable reports whether POST /start takes a sandbox in state s: it starts a stopped one,
+// restores an archived one and resumes a paused one (VM classes only: 422 for a container). A
+// sandbox in any other state that is not started is in a transition to wait out (409 meanwhile).
+func (s SandboxState) Startable() bool {
+	return s == StateStopped || s == StateArchived || s == StatePaused
+}
 
 // LabelLanguage is the label the SDKs put on every sandbox for the language of its code runs.
 const LabelLanguage = "code-toolbox-language"
@@ -95,6 +139,8 @@ type Sandbox struct {
 	CreatedAt           string       `json:"createdAt,omitempty"`
 	UpdatedAt           string       `json:"updatedAt,omitempty"`
 	DaemonVersion       string       `json:"daemonVersion,omitempty"`
+	// SandboxClass is container, linux-vm, android or windows; only VM classes pause.
+	SandboxClass string `json:"sandboxClass,omitempty"`
 	// ToolboxProxyURL is the base of the toolbox calls: {ToolboxProxyURL}/{ID}/process/...
 	ToolboxProxyURL string `json:"toolboxProxyUrl"`
 }
@@ -200,6 +246,43 @@ type CodeRunResponse struct {
 	Result   string `json:"result"`
 }
 
+// SessionExecRequest is the body of POST /process/session/{id}/exec.
+type SessionExecRequest struct {
+	// Command is sourced by the session's shell; its stdin is kept open and never written to.
+	Command string `json:"command"`
+	// RunAsync answers at once with the command's id instead of when it ends.
+	RunAsync bool `json:"runAsync,omitempty"`
+}
+
+// SessionExecResponse answers a session exec: the command's id, and for a synchronous exec
+// its output and exit code.
+type SessionExecResponse struct {
+	CmdID    string  `json:"cmdId"`
+	Output   *string `json:"output,omitempty"`
+	Stdout   *string `json:"stdout,omitempty"`
+	Stderr   *string `json:"stderr,omitempty"`
+	ExitCode *int    `json:"exitCode,omitempty"`
+}
+
+// SessionCommand is a command of a session; ExitCode is nil while it runs.
+type SessionCommand struct {
+	ID       string `json:"id"`
+	Command  string `json:"command"`
+	ExitCode *int   `json:"exitCode,omitempty"`
+}
+
+// SessionLogs is what a command of a session wrote. The daemon (v0.167 and later, for a client
+// of SDK version 0.167 or later) splits stdout and stderr; Output is the raw log, every line
+// prefixed by the bytes 01 01 01 (stdout) or 02 02 02 (stderr). Older daemons answer only the
+// log, in text.
+type SessionLogs struct {
+	Output string `json:"output"`
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
+	// Split is set when Stdout and Stderr were given apart.
+	Split bool `json:"-"`
+}
+
 // APIError is a non-2xx answer of the management API or of a toolbox. Its body may be the
 // management API's {statusCode, error, message}, the toolbox's {statusCode, message, code}, or
 // empty (the toolbox proxy's bare 502, the file handlers' aborts).
@@ -215,6 +298,8 @@ type APIError struct {
 	Header http.Header
 	// Body is set when the body was not one of the JSON error shapes (cut to 512 bytes).
 	Body string
+
+	attempt int // of the call that got this answer, from 0
 }
 
 func (e *APIError) Error() string {

@@ -30,8 +30,9 @@ const (
 	// (1, 2, 4, 8 s as Daytona's docs recommend).
 	DefaultRetryBase = time.Second
 	// DefaultMaxRetryWait is the longest wait before a retry; a call asked to wait longer by
-	// the service's Retry-After fails instead.
-	DefaultMaxRetryWait = 30 * time.Second
+	// the service's Retry-After fails instead. The API's throttlers count per minute, so a
+	// Retry-After-<bucket> may say up to 60 s; the cap stays above that.
+	DefaultMaxRetryWait = 90 * time.Second
 	// DefaultMaxResponse bounds the body of one answer (a run's output is capped well below it
 	// inside the sandbox).
 	DefaultMaxResponse = 64 << 20
@@ -58,7 +59,8 @@ type ClientConfig struct {
 // the toolbox calls that run code. It implements API and is safe for concurrent use.
 //
 // Retries: a 429 is retried on any call after the Retry-After-<bucket> (or Retry-After) the
-// service sends, else after an exponential backoff, unless the caller's context would end first;
+// service sends, up to MaxRetryWait, else after an exponential backoff, unless the caller's
+// context would end first;
 // a request that never left (connection refused) is retried on any call; 502, 503, 504 and
 // broken connections are retried only on calls that are safe to repeat (GET, DELETE, PUT, start).
 // Creating a sandbox and running code are never repeated after they may have reached the service.
@@ -210,6 +212,69 @@ func (c *Client) CodeRun(ctx context.Context, tb Toolbox, req CodeRunRequest) (C
 	return out, err
 }
 
+// CreateSession implements API. It is repeated after a failure that may have reached the
+// service: a 409 then means the first attempt made the session, and is success.
+func (c *Client) CreateSession(ctx context.Context, tb Toolbox, sessionID string) error {
+	body := struct {
+		SessionID string `json:"sessionId"`
+	}{sessionID}
+	err := c.do(ctx, call{op: "create session", method: http.MethodPost, url: toolboxURL(tb, "/process/session"), body: body, idempotent: true})
+	var ae *APIError
+	if errors.As(err, &ae) && ae.StatusCode == http.StatusConflict && ae.attempt > 0 {
+		return nil
+	}
+	return err
+}
+
+// SessionExec implements API. It is never repeated once it may have reached the service.
+func (c *Client) SessionExec(ctx context.Context, tb Toolbox, sessionID string, req SessionExecRequest) (SessionExecResponse, error) {
+	var out SessionExecResponse
+	err := c.do(ctx, call{op: "session exec", method: http.MethodPost, url: toolboxURL(tb, sessionPath(sessionID, "/exec")), body: req, out: &out})
+	return out, err
+}
+
+// SessionCommand implements API.
+func (c *Client) SessionCommand(ctx context.Context, tb Toolbox, sessionID, cmdID string) (SessionCommand, error) {
+	var out SessionCommand
+	err := c.do(ctx, call{op: "session command", method: http.MethodGet, url: toolboxURL(tb, sessionPath(sessionID, "/command/"+url.PathEscape(cmdID))), idempotent: true, out: &out})
+	return out, err
+}
+
+// SessionCommandLogs implements API. It reads both answers: JSON {output, stdout, stderr}, and
+// the text of older daemons (taken as Output, the markers stripped).
+func (c *Client) SessionCommandLogs(ctx context.Context, tb Toolbox, sessionID, cmdID string) (SessionLogs, error) {
+	var raw []byte
+	var header http.Header
+	err := c.do(ctx, call{op: "session command logs", method: http.MethodGet, url: toolboxURL(tb, sessionPath(sessionID, "/command/"+url.PathEscape(cmdID)+"/logs")), idempotent: true, raw: &raw, header: &header})
+	if err != nil {
+		return SessionLogs{}, err
+	}
+	if strings.HasPrefix(header.Get("Content-Type"), "application/json") {
+		var logs SessionLogs
+		if err := json.Unmarshal(raw, &logs); err != nil {
+			return SessionLogs{}, fmt.Errorf("session command logs: decode answer: %w", err)
+		}
+		logs.Split = true
+		return logs, nil
+	}
+	return SessionLogs{Output: stripLogMarkers(string(raw))}, nil
+}
+
+// DeleteSession implements API.
+func (c *Client) DeleteSession(ctx context.Context, tb Toolbox, sessionID string) error {
+	return c.do(ctx, call{op: "delete session", method: http.MethodDelete, url: toolboxURL(tb, sessionPath(sessionID, "")), idempotent: true})
+}
+
+func sessionPath(sessionID, suffix string) string {
+	return "/process/session/" + url.PathEscape(sessionID) + suffix
+}
+
+// stripLogMarkers removes the stdout (01 01 01) and stderr (02 02 02) line markers of a
+// session log.
+func stripLogMarkers(log string) string {
+	return strings.NewReplacer("\x01\x01\x01", "", "\x02\x02\x02", "").Replace(log)
+}
+
 func (c *Client) sandboxURL(idOrName, suffix string) string {
 	return c.base + "/sandbox/" + url.PathEscape(idOrName) + suffix
 }
@@ -235,6 +300,9 @@ type call struct {
 	out             any
 	// idempotent calls may be repeated after a 5xx or a broken connection.
 	idempotent bool
+	// raw, when set, receives the 2xx body as it is (out is then unused), header its headers.
+	raw    *[]byte
+	header *http.Header
 }
 
 // do sends a call, retrying as the Client's doc says, and decodes a 2xx body into c.out.
@@ -250,6 +318,10 @@ func (c *Client) do(ctx context.Context, cl call) error {
 		err := c.once(ctx, cl, body)
 		if err == nil {
 			return nil
+		}
+		var ae *APIError
+		if errors.As(err, &ae) {
+			ae.attempt = attempt
 		}
 		wait, retry := c.retryAfter(cl, err, attempt)
 		if !retry {
@@ -368,6 +440,13 @@ func (c *Client) once(ctx context.Context, cl call, body []byte) error {
 	}
 	if int64(len(b)) > c.cfg.MaxResponse {
 		return fmt.Errorf("%s: answer over %d bytes", cl.op, c.cfg.MaxResponse)
+	}
+	if cl.header != nil {
+		*cl.header = resp.Header
+	}
+	if cl.raw != nil {
+		*cl.raw = b
+		return nil
 	}
 	if cl.out == nil || len(bytes.TrimSpace(b)) == 0 {
 		return nil

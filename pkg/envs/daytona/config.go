@@ -13,10 +13,24 @@ import (
 // Defaults of Config.
 const (
 	DefaultMaxOutput = 256 << 10
-	// DefaultAPITimeout bounds each management call (create, get, list, delete, labels).
+	// DefaultAPITimeout bounds each management call (get, list, delete, labels) and each short
+	// toolbox call. Create and start get ServerWait more, as the service holds them.
 	DefaultAPITimeout = 30 * time.Second
-	// DefaultStartTimeout bounds the wait for a new sandbox to be started (the SDKs' default).
+	// ServerWait is how long the service holds a create (from a snapshot) or a start while the
+	// sandbox starts, before it answers.
+	ServerWait = 30 * time.Second
+	// DefaultStartTimeout bounds the wait for a sandbox to be started: a new one from a snapshot,
+	// counted from the create's answer (the service held the create for up to ServerWait first),
+	// or one started again or resumed, counted from the start.
 	DefaultStartTimeout = 60 * time.Second
+	// DefaultBuildTimeout bounds the wait for a new sandbox made from an image: Daytona builds
+	// the image first (pending_build, building_snapshot), which takes minutes for a large one;
+	// a later sandbox of the same image reuses the build.
+	DefaultBuildTimeout = 10 * time.Minute
+	// DefaultLongRun: runs whose timeout is longer go through a session of the toolbox, polled
+	// until they end, instead of one blocking call, which the load balancer in front of
+	// Daytona's toolbox proxy cuts after about 60 s of silence (a bare 502).
+	DefaultLongRun = 45 * time.Second
 	// DefaultCleanupTimeout bounds the deletion of a sandbox that failed to be created, which
 	// may have to wait for a pending transition to settle (409 until then).
 	DefaultCleanupTimeout = time.Minute
@@ -70,10 +84,17 @@ type Config struct {
 	MaxOutput int
 	// Labels are put on every sandbox.
 	Labels map[string]string
-	// APITimeout, StartTimeout and CleanupTimeout: see the Default* constants.
+	// APITimeout, StartTimeout, BuildTimeout and CleanupTimeout: see the Default* constants.
 	APITimeout     time.Duration
 	StartTimeout   time.Duration
+	BuildTimeout   time.Duration
 	CleanupTimeout time.Duration
+	// MaxRetryWait caps the Retry-After a call waits out (a rate limit); a call asked to wait
+	// longer, or past its own deadline, fails at once. Default DefaultMaxRetryWait.
+	MaxRetryWait time.Duration
+	// LongRun: a run whose timeout is longer than this goes through a toolbox session; a shorter
+	// one is one blocking call (see DefaultLongRun). Negative: every run goes through a session.
+	LongRun time.Duration
 	// NewAPI makes the API of an account (its placeholders filled); default NewClient. Tests
 	// and an SDK adapter substitute it.
 	NewAPI func(Account) (API, error)
@@ -83,9 +104,15 @@ func (c *Config) setDefaults() {
 	c.MaxOutput = cmp.Or(c.MaxOutput, DefaultMaxOutput)
 	c.APITimeout = cmp.Or(c.APITimeout, DefaultAPITimeout)
 	c.StartTimeout = cmp.Or(c.StartTimeout, DefaultStartTimeout)
+	c.BuildTimeout = cmp.Or(c.BuildTimeout, DefaultBuildTimeout)
 	c.CleanupTimeout = cmp.Or(c.CleanupTimeout, DefaultCleanupTimeout)
+	c.MaxRetryWait = cmp.Or(c.MaxRetryWait, DefaultMaxRetryWait)
+	c.LongRun = cmp.Or(c.LongRun, DefaultLongRun)
 	if c.NewAPI == nil {
-		c.NewAPI = func(a Account) (API, error) { return NewClient(ClientConfig{APIURL: a.APIURL, APIKey: a.APIKey}) }
+		wait := c.MaxRetryWait
+		c.NewAPI = func(a Account) (API, error) {
+			return NewClient(ClientConfig{APIURL: a.APIURL, APIKey: a.APIKey, MaxRetryWait: wait})
+		}
 	}
 }
 

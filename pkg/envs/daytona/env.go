@@ -1,6 +1,7 @@
 package daytona
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -221,12 +222,17 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 	}
 	log := e.log.With().Str("tenant", spec.Tenant).Str("conversation_id", spec.Conversation).Logger()
 
-	// One deadline for the whole creation. The create call gets no shorter one of its own: the
-	// service blocks it for up to 30 s while the sandbox starts, and a create abandoned early
-	// would be deleted as possibly made.
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.StartTimeout)
-	defer cancel()
-	sb, err := acct.api.Create(ctx, req)
+	// The create call may wait out a rate limit, and the service holds it for up to ServerWait
+	// while a snapshot sandbox starts; it gets no shorter deadline than that, as a create
+	// abandoned early would be deleted as possibly made. Once the service has the sandbox, it
+	// has the start budget (the build budget for an image, which Daytona builds first) to start.
+	budget, what := e.cfg.StartTimeout, "start"
+	if req.BuildInfo != nil {
+		budget, what = e.cfg.BuildTimeout, "be built and start"
+	}
+	cctx, ccancel := context.WithTimeout(ctx, e.cfg.APITimeout+ServerWait+e.cfg.MaxRetryWait)
+	sb, err := acct.api.Create(cctx, req)
+	ccancel()
 	if err != nil {
 		created := maybeCreated(err)
 		err = classify("create sandbox", err)
@@ -246,9 +252,15 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		}
 		return nil, err
 	}
-	// A new sandbox that does not start in time failed to be created (and is deleted).
-	sb, err = e.waitStarted(ctx, acct, sb, envs.ErrSandboxFailed)
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	// A new sandbox that does not start in time failed to be created (and is deleted). The
+	// create's answer shows the sandbox as it was before the service's wait: look at once.
+	sb, err = e.waitStarted(ctx, acct, sb, envs.ErrSandboxFailed, false)
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (a new sandbox may take %s to %s)", err, budget, what)
+		}
 		return fail(err)
 	}
 	s, err := e.attach(ctx, acct, sb)
@@ -277,39 +289,86 @@ func maybeCreated(err error) bool {
 	return true
 }
 
-// waitStarted polls a sandbox until it is started, as the SDKs do: every 100 ms, growing by a
-// tenth per poll after 5 s, up to 1 s. It fails at once on error or build_failed; when ctx ends
-// first, the error wraps slow.
-func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox, slow error) (Sandbox, error) {
+// Polling of a sandbox's state while it is made, built or started: the first GET at once when
+// the state in hand may be stale (a create's answer shows the sandbox as it was before the
+// service's wait), the next after statePollFirst, each next one half as late again, up to
+// statePollMax apart: 13 GETs in the first 30 s, then 12 a minute, all counted against the API's
+// authenticated rate-limit bucket (10,000 a minute per organisation on tier 1).
+const (
+	statePollFirst = 200 * time.Millisecond
+	statePollMax   = 5 * time.Second
+)
+
+// waitStarted brings a sandbox to started and returns it. It polls the sandbox with the backoff
+// above; it starts it when it is stopped or archived, and resumes it when it is paused (POST
+// /start, which the service holds while the sandbox starts, given ServerWait more than a short
+// call); it waits out the transitions on the way (stopping, archiving, pausing, resizing,
+// snapshotting, forking, restoring, resuming, building, ...) and states it does not know. It
+// fails at once on error or build_failed, or when the sandbox is deleted or cannot be resumed
+// (a paused container); when ctx ends first, the error wraps slow. fresh says whether sb is
+// current (else it is looked at once first).
+func (e *Env) waitStarted(ctx context.Context, acct *account, sb Sandbox, slow error, fresh bool) (Sandbox, error) {
 	start := time.Now()
-	interval := 100 * time.Millisecond
+	delay := time.Duration(0)
+	if fresh {
+		delay = statePollFirst
+	}
+	unknownLogged := false
+	var lastStart error // the last start's refusal
 	for {
 		switch {
 		case sb.State == StateStarted:
 			return sb, nil
 		case sb.State.Failed():
-			reason := sb.ErrorReason
-			if reason == "" {
-				reason = "no reason given"
-			}
-			return sb, fmt.Errorf("%w: daytona: sandbox %s is in state %s: %s", envs.ErrSandboxFailed, sb.ID, sb.State, reason)
+			return sb, fmt.Errorf("%w: daytona: sandbox %s is in state %s: %s", envs.ErrSandboxFailed, sb.ID, sb.State, cmp.Or(sb.ErrorReason, "no reason given"))
 		case sb.Deleted():
 			return sb, fmt.Errorf("%w: daytona: sandbox %s was deleted while starting", envs.ErrSandboxFailed, sb.ID)
+		case sb.State.Startable() && sb.DesiredState != StateStarted:
+			// Stopped, archived or paused, and no start under way: ask for one.
+			e.log.Info().Str("sandbox_id", sb.ID).Str("state", string(sb.State)).Msg("starting sandbox")
+			actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout+ServerWait+e.cfg.MaxRetryWait)
+			started, err := acct.api.Start(actx, sb.ID)
+			cancel()
+			switch {
+			case err == nil:
+				sb = started
+				delay = max(delay, statePollFirst) // the answer is current
+				continue
+			case statusOf(err) == http.StatusConflict, errors.Is(err, context.DeadlineExceeded):
+				// A state change in progress, or a start whose answer did not come: look again
+				// later (a start under way shows as desiredState started).
+			case statusOf(err) == http.StatusUnprocessableEntity:
+				return sb, fmt.Errorf("%w: daytona: sandbox %s is %s and the service cannot resume it: %w", envs.ErrSandboxFailed, sb.ID, sb.State, err)
+			case statusOf(err) == http.StatusNotFound:
+				return sb, fmt.Errorf("%w: daytona: sandbox %s disappeared while starting", envs.ErrSandboxFailed, sb.ID)
+			case statusOf(err) == http.StatusBadRequest:
+				// "Sandbox failed to start: <reason>" (the sandbox is in error now, which the
+				// next look shows) or a state that changed meanwhile: look again.
+				lastStart = err
+			case ctx.Err() != nil:
+			default:
+				return sb, classify("start sandbox", err)
+			}
+		case !sb.State.Known() && !unknownLogged:
+			unknownLogged = true
+			e.log.Warn().Str("sandbox_id", sb.ID).Str("state", string(sb.State)).Msg("sandbox in a state this backend does not know; waiting for it to start")
 		}
-		t := time.NewTimer(interval)
+		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return sb, fmt.Errorf("%w: daytona: sandbox %s still %s after %s (%v)", slow, sb.ID, sb.State,
+			err := fmt.Errorf("%w: daytona: sandbox %s still %s after %s (%v)", slow, sb.ID, sb.State,
 				time.Since(start).Round(time.Millisecond), ctx.Err())
+			if lastStart != nil {
+				err = fmt.Errorf("%w; the last start was refused: %w", err, lastStart)
+			}
+			return sb, err
 		case <-t.C:
 		}
-		if time.Since(start) > 5*time.Second {
-			interval = min(interval+interval/10, time.Second)
-		}
-		actx, cancel := e.short(ctx)
-		next, err := acct.api.Get(actx, sb.ID)
-		cancel()
+		delay = min(max(delay+delay/2, statePollFirst), statePollMax)
+		// Bounded by the wait's own deadline, not a short call's: the GETs are the ones a
+		// rate limit hits, and a Retry-After within the budget is waited out.
+		next, err := acct.api.Get(ctx, sb.ID)
 		switch {
 		case statusOf(err) == http.StatusNotFound:
 			return sb, fmt.Errorf("%w: daytona: sandbox %s disappeared while starting", envs.ErrSandboxFailed, sb.ID)
@@ -337,9 +396,7 @@ func (e *Env) cleanup(acct *account, idOrName string) error {
 func (e *Env) delete(ctx context.Context, acct *account, idOrName string) error {
 	backoff := 100 * time.Millisecond
 	for {
-		actx, cancel := e.short(ctx)
-		_, err := acct.api.Delete(actx, idOrName)
-		cancel()
+		_, err := acct.api.Delete(ctx, idOrName) // ctx is the cleanup's budget: a Retry-After within it is waited out
 		switch statusOf(err) {
 		case 0:
 			if err == nil {
@@ -350,9 +407,7 @@ func (e *Env) delete(ctx context.Context, acct *account, idOrName string) error 
 			return nil
 		case http.StatusConflict:
 			// Already being deleted, or in a transition that must settle first.
-			actx, cancel := e.short(ctx)
-			sb, gerr := acct.api.Get(actx, idOrName)
-			cancel()
+			sb, gerr := acct.api.Get(ctx, idOrName)
 			if statusOf(gerr) == http.StatusNotFound || gerr == nil && sb.Deleted() {
 				return nil
 			}
@@ -410,23 +465,16 @@ func (e *Env) open(ctx context.Context, acct *account, sb Sandbox) (*sandbox, er
 	case sb.State.Failed():
 		return nil, fmt.Errorf("%w: daytona: sandbox %s is in state %s: %s", envs.ErrSandboxFailed, sb.ID, sb.State, sb.ErrorReason)
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.StartTimeout)
-	defer cancel()
-	if sb.State == StateStopped || sb.State == StateArchived {
-		e.log.Info().Str("sandbox_id", sb.ID).Str("state", string(sb.State)).Msg("starting stopped sandbox")
-		actx, acancel := e.short(ctx)
-		started, err := acct.api.Start(actx, sb.ID)
-		acancel()
-		if err != nil && statusOf(err) != http.StatusConflict {
-			return nil, classify("start sandbox", err)
-		}
-		if err == nil {
-			sb = started
-		}
+	budget := e.cfg.StartTimeout
+	if sb.State == StatePendingBuild || sb.State == StateBuildingSnap {
+		budget = e.cfg.BuildTimeout // still being built
 	}
-	// An existing sandbox that is slow to start may start yet: not a failure, which would
-	// delete it.
-	sb, err := e.waitStarted(ctx, acct, sb, envs.ErrBackendUnavailable)
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	// A sandbox stopped, archived or paused (auto-stop, auto-pause, the dashboard) is started
+	// again, or resumed, files and all. An existing sandbox that is slow to start may start
+	// yet: not a failure, which would delete it.
+	sb, err := e.waitStarted(ctx, acct, sb, envs.ErrBackendUnavailable, true)
 	if err != nil {
 		return nil, err
 	}

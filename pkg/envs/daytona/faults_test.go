@@ -102,7 +102,7 @@ func TestRateLimitPastDeadline(t *testing.T) {
 		why        string
 	}{
 		{3, time.Second, "would outlast the deadline"},
-		{60, time.Minute, "the service asks to wait 1m0s, more than 30s"},
+		{120, 3 * time.Minute, "the service asks to wait 2m0s, more than 1m30s"},
 	} {
 		fake.Inject(daytonafake.Fault{Op: "create", Status: http.StatusTooManyRequests, RetryAfter: tc.retryAfter})
 		ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
@@ -116,6 +116,9 @@ func TestRateLimitPastDeadline(t *testing.T) {
 	}
 }
 
+// short is the timeout of runs meant to go through one blocking call (up to LongRun).
+const short = 10 * time.Second
+
 // TestBadGatewayEmptyBody: the toolbox proxy's bare 502 (empty body) on a run is a clear
 // backend_unavailable that keeps the sandbox; on idempotent management calls it is retried; on a
 // create whose answer it swallowed, the sandbox the service made is deleted.
@@ -123,29 +126,45 @@ func TestBadGatewayEmptyBody(t *testing.T) {
 	fake := startFake(t, daytonafake.Options{})
 	env := newEnv(t, fake, nil)
 
-	t.Run("run", func(t *testing.T) {
-		sb := mustCreate(t, env, spec("bad-gateway-run"))
-		runBash(t, sb, "echo kept > f")
-		fake.Inject(daytonafake.Fault{Op: "execute", Status: http.StatusBadGateway})
-		_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "echo lost"})
-		wantErr(t, err, envs.ErrBackendUnavailable, "502", "empty body")
-		if errors.Is(err, envs.ErrSandboxFailed) {
-			t.Errorf("a proxy's 502 counted as a failed sandbox: %v", err)
-		}
-		if res := runBash(t, sb, "cat f"); res.Output != "kept\n" {
-			t.Errorf("the sandbox after a 502: %+v", res)
-		}
-	})
-	t.Run("answer lost after the run", func(t *testing.T) {
-		sb := mustCreate(t, env, spec("bad-gateway-after"))
-		fake.Inject(daytonafake.Fault{Op: "code-run", Status: http.StatusBadGateway, After: true})
-		_, err := sb.Run(context.Background(), envs.Exec{Language: "python", Code: "open('ran', 'w').write('once')"})
-		wantErr(t, err, envs.ErrBackendUnavailable, "502")
-		// Not retried: the code ran exactly once.
-		if res := runBash(t, sb, "cat ran"); res.Output != "once" {
-			t.Errorf("after a lost answer: %+v", res)
-		}
-	})
+	for _, tc := range []struct {
+		name, op string
+		timeout  time.Duration
+	}{
+		{"run", "execute", short},
+		{"session run", "session-exec", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sb := mustCreate(t, env, spec("bad-gateway-run"))
+			runBash(t, sb, "echo kept > f")
+			fake.Inject(daytonafake.Fault{Op: tc.op, Status: http.StatusBadGateway})
+			_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "echo lost", Timeout: tc.timeout})
+			wantErr(t, err, envs.ErrBackendUnavailable, "502", "empty body")
+			if errors.Is(err, envs.ErrSandboxFailed) {
+				t.Errorf("a proxy's 502 counted as a failed sandbox: %v", err)
+			}
+			if res := runBash(t, sb, "cat f"); res.Output != "kept\n" {
+				t.Errorf("the sandbox after a 502: %+v", res)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name, op string
+		timeout  time.Duration
+	}{
+		{"answer lost after the run", "code-run", short},
+		{"answer lost after the session exec", "session-exec", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sb := mustCreate(t, env, spec("bad-gateway-after"))
+			fake.Inject(daytonafake.Fault{Op: tc.op, Status: http.StatusBadGateway, After: true})
+			_, err := sb.Run(context.Background(), envs.Exec{Language: "python", Code: "open('ran', 'w').write('once')", Timeout: tc.timeout})
+			wantErr(t, err, envs.ErrBackendUnavailable, "502")
+			// Not retried: the code ran exactly once (or was killed: then not at all).
+			if res := runBash(t, sb, "cat ran 2>/dev/null || echo none"); res.Output != "once" && res.Output != "none\n" {
+				t.Errorf("after a lost answer: %+v", res)
+			}
+		})
+	}
 	t.Run("get retried", func(t *testing.T) {
 		fake.Inject(daytonafake.Fault{Op: "get", Status: http.StatusBadGateway, Times: 2})
 		mustCreate(t, env, spec("bad-gateway-get"))
@@ -154,8 +173,8 @@ func TestBadGatewayEmptyBody(t *testing.T) {
 		fake.Inject(daytonafake.Fault{Op: "create", Status: http.StatusBadGateway, After: true})
 		_, err := env.Create(context.Background(), spec("bad-gateway-create"))
 		wantErr(t, err, envs.ErrBackendUnavailable, "502")
-		if n := fake.Count("create"); n != 4 { // three creates above, one here, none repeated
-			t.Errorf("%d create calls, want 4: a create must not be repeated after a 502", n)
+		if n := fake.Count("create"); n != 6 { // five creates above, one here, none repeated
+			t.Errorf("%d create calls, want 6: a create must not be repeated after a 502", n)
 		}
 		// The sandbox the service made is deleted by name (checked by startFake's cleanup too).
 		if n := fake.Live(); n != 0 {
@@ -310,16 +329,19 @@ func TestSandboxStateIsTheRunsResult(t *testing.T) {
 	if res.ExitCode != 126 || !strings.HasPrefix(res.Output, "codefleet: the sandbox could not start a shell") {
 		t.Fatalf("run without a working directory: %+v, want exit 126 saying why", res)
 	}
-	// The toolbox refuses one run (400) or the sandbox is changing state (409): kept.
-	for _, status := range []int{http.StatusBadRequest, http.StatusConflict} {
-		fake.Inject(daytonafake.Fault{Op: "execute", Status: status})
-		_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "true"})
-		if !errors.Is(err, envs.ErrSandboxFailed) || errors.Is(err, envs.ErrSandboxGone) {
-			t.Fatalf("toolbox %d: %v, want ErrSandboxFailed, not ErrSandboxGone", status, err)
+	// The toolbox refuses one run (400, 404 while the API says the sandbox is started) or the
+	// sandbox is changing state (409): kept.
+	for _, op := range []string{"execute", "session-exec", "session-create", "session-command"} {
+		for _, status := range []int{http.StatusBadRequest, http.StatusNotFound, http.StatusConflict} {
+			fake.Inject(daytonafake.Fault{Op: op, Status: status})
+			timeout := short
+			if op != "execute" {
+				timeout = 0 // through a session
+			}
+			_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "true", Timeout: timeout})
+			if !errors.Is(err, envs.ErrSandboxFailed) || errors.Is(err, envs.ErrSandboxGone) {
+				t.Fatalf("%s %d: %v, want ErrSandboxFailed, not ErrSandboxGone", op, status, err)
+			}
 		}
 	}
-	// Unknown to the toolbox: gone.
-	fake.Inject(daytonafake.Fault{Op: "execute", Status: http.StatusNotFound})
-	_, err := sb.Run(context.Background(), envs.Exec{Language: "bash", Code: "true"})
-	wantErr(t, err, envs.ErrSandboxGone, "gone")
 }

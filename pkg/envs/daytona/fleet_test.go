@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -156,5 +157,65 @@ func TestNewConversationCreates(t *testing.T) {
 		if _, err := c.Conversation(id).Close(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestWorkerRecreatesDeletedSandbox (issue 13, point 2): through a real worker, a conversation
+// whose Daytona sandbox was deleted behind the worker's back (the toolbox then answers 401, as
+// for a wrong key) gets sandbox_failed for the run that found it gone, and a new sandbox on the
+// next run, marked recreated; a key the service no longer takes is backend_unavailable instead,
+// and the sandbox is kept.
+func TestWorkerRecreatesDeletedSandbox(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	ns := testutil.StartNATS(t)
+	testutil.StartWorker(t, ns, worker.Config{ID: "w1"}, newEnv(t, fake, nil))
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{})
+	testutil.WaitWorkers(t, 1, d)
+	c, err := client.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conv := c.Conversation("deleted")
+	first, err := conv.Run(ctx, "echo mine > f", "bash", nil)
+	if err != nil || !first.Sandbox.Created {
+		t.Fatalf("first run: %+v %v", first, err)
+	}
+	old := first.Sandbox.ID
+	if err := newEnv(t, fake, nil).Destroy(ctx, old); err != nil { // someone, on the dashboard
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if s, _ := fake.Get(old); s.State != "destroyed" {
+			return fmt.Errorf("state %s", s.State)
+		}
+		return nil
+	})
+	_, err = conv.Run(ctx, "cat f", "bash", nil)
+	var perr *protocol.Error
+	if !errors.As(err, &perr) || perr.Code != protocol.CodeSandboxFailed || !strings.Contains(perr.Message, "gone") {
+		t.Fatalf("run on the deleted sandbox: %v, want sandbox_failed saying it is gone", err)
+	}
+	res, err := conv.Run(ctx, "cat f 2>/dev/null || echo new", "bash", nil)
+	if err != nil || res.Sandbox == nil || !res.Sandbox.Created || !res.Sandbox.Recreated || res.Sandbox.ID == old || res.Output != "new\n" {
+		t.Fatalf("next run: %+v (sandbox %+v) %v, want a new sandbox marked recreated", res, res.Sandbox, err)
+	}
+	again := res.Sandbox.ID
+	runBash := func(code string) (*protocol.RunResult, error) { return conv.Run(ctx, code, "bash", nil) }
+	runBash("echo again > f")
+
+	// The key is revoked: backend_unavailable, nothing recreated.
+	fake.SetAPIKey("dtn_rotated")
+	_, err = runBash("cat f")
+	if !errors.As(err, &perr) || perr.Code != protocol.CodeBackendUnavailable || !strings.Contains(perr.Message, "refused the credentials") {
+		t.Fatalf("run with a refused key: %v, want backend_unavailable", err)
+	}
+	fake.SetAPIKey("dtn_fake")
+	res, err = runBash("cat f")
+	if err != nil || res.Sandbox.ID != again || res.Sandbox.Created || res.Sandbox.Recreated || res.Output != "again\n" {
+		t.Fatalf("run with the key back: %+v (sandbox %+v) %v, want the same sandbox, kept", res, res.Sandbox, err)
+	}
+	if _, err := conv.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

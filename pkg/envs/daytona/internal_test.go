@@ -3,6 +3,7 @@ package daytona
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -85,6 +86,28 @@ func TestVersionLess(t *testing.T) {
 		if got := versionLess(tc.a, tc.b); got != tc.want {
 			t.Errorf("versionLess(%q, %q) = %v", tc.a, tc.b, got)
 		}
+	}
+}
+
+// TestStates: the states the service has (v0.190 to v0.205) are known, those a start takes are
+// startable, and the waiter's failures are error and build_failed.
+func TestStates(t *testing.T) {
+	for _, s := range []SandboxState{"archiving", "resizing", "snapshotting", "forking", "pausing", "paused", "resuming",
+		"stopping", "stopped", "archived", "restoring", "pending_build", "building_snapshot", "pulling_snapshot"} {
+		if !s.Known() || s.Failed() {
+			t.Errorf("state %s: known %v, failed %v", s, s.Known(), s.Failed())
+		}
+	}
+	if SandboxState("hibernating").Known() {
+		t.Error("an invented state is known")
+	}
+	for s, want := range map[SandboxState]bool{"stopped": true, "archived": true, "paused": true, "stopping": false, "pausing": false, "archiving": false, "started": false} {
+		if s.Startable() != want {
+			t.Errorf("%s startable %v, want %v", s, s.Startable(), want)
+		}
+	}
+	if got := stripLogMarkers("\x01\x01\x01out\n\x02\x02\x02err\n"); got != "out\nerr\n" {
+		t.Errorf("stripLogMarkers: %q", got)
 	}
 }
 
@@ -197,7 +220,17 @@ func TestKillBeforeStart(t *testing.T) {
 // still waiting out killGrace when its sandbox is deleted at the end of a test is killed with
 // it. (A real sandbox goes with its /tmp.) A directory holding only the mark is a kill's; runs'
 // directories are left alone.
+//
+// It also lets more tests run in parallel than the CPUs when -test.parallel is not given: the
+// parallel tests of issue 13 wait minutes in real time (a 3-minute run, a 2-minute build, a
+// service holding a start, a Retry-After) and use little CPU, so they overlap.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		flag.Set("test.parallel", "8")
+	}
 	code := m.Run()
 	dirs, _ := filepath.Glob(runDir("*"))
 	for _, d := range dirs {

@@ -16,16 +16,18 @@ import (
 // keep the promises of envs.Result: on its timeout it answers 408 and discards the output, it
 // reports a shell killed by a signal as -1, and it returns output of any size. The supervisor
 // (Python for python runs through /process/code-run, POSIX sh for the others through
-// /process/execute) writes the snippet to /tmp/codefleet-<nonce>/, starts it in a session of its
-// own with stdin from /dev/null, keeps the head and the tail of its interleaved output (at most
-// the output cap), kills its whole process group at the run's timeout or when it ends (nothing
-// it started outlives it), and prints the output followed by a trailer line
+// /process/execute; either one as the command of a toolbox session for a long run, see
+// sandbox.go) writes the snippet to /tmp/codefleet-<nonce>/, starts it in a process session of
+// its own (setsid) with stdin from /dev/null, keeps the head and the tail of its interleaved
+// output (at most the output cap), kills its whole process group at the run's timeout or when it
+// ends (nothing it started outlives it), and prints the output followed by a trailer line
 //
 //	\n<nonce> <exit code> <timed out 0|1> <truncated 0|1> [<duration µs>]\n
 //
 // which the client strips. The nonce is random per run, so no output can forge a trailer. The
 // process group id is written to /tmp/codefleet-<nonce>/pid, where killScript finds it when the
-// caller gives up on a run. Daytona's own timeout stays set, a few seconds later, as a backstop.
+// caller gives up on a run. On a blocking call, Daytona's own timeout stays set, a few seconds
+// later, as a backstop.
 
 // runPlan is what a supervisor needs to know about one run.
 type runPlan struct {
