@@ -341,6 +341,16 @@ func TestNetworkCut(t *testing.T) {
 	kept := c.Conversation("stays-home")
 	f.startWorker("home")
 	f.waitWorkers(c, "away", "home")
+	// Placement prefers a worker with a free warm pool sandbox: home's pool fills after it
+	// registers; once it has one, the less loaded of the two takes the conversation.
+	nc := f.connect()
+	testutil.Eventually(t, 30*time.Second, func() error {
+		info, err := workerInfo(nc, workerID("home"))
+		if err == nil && info.PoolFree == 0 {
+			err = errors.New("home's warm pool is still empty")
+		}
+		return err
+	})
 	if res, err := kept.Run(ctx, "echo home > f", "bash", nil); err != nil || res.Sandbox.Worker != workerID("home") {
 		t.Fatalf("second conversation: %+v %v", res, err)
 	}

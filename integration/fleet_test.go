@@ -440,7 +440,8 @@ func (f *fleet) removeSandboxes() {
 	}
 }
 
-// sandboxesOf returns the ids of the sandbox containers of a worker.
+// sandboxesOf returns the ids of the sandbox containers of a worker's conversations (those
+// claimed from its warm pool included, its free pool sandboxes not).
 func (f *fleet) sandboxesOf(name string) []string {
 	f.t.Helper()
 	list, err := f.cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(
@@ -448,11 +449,19 @@ func (f *fleet) sandboxesOf(name string) []string {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	ids := make([]string, len(list))
-	for i, c := range list {
-		ids[i] = c.ID
+	var ids []string
+	for _, c := range list {
+		if !freePoolSandbox(c) {
+			ids = append(ids, c.ID)
+		}
 	}
 	return ids
+}
+
+// freePoolSandbox reports whether c is a free warm pool sandbox: made for the pool, and not
+// yet renamed after the conversation that claimed it (pkg/envs/docker/pool.go).
+func freePoolSandbox(c container.Summary) bool {
+	return c.Labels[envs.LabelPool] != "" && len(c.Names) > 0 && strings.HasPrefix(c.Names[0], "/codefleet-pool-")
 }
 
 var imageRemoveOptions = image.RemoveOptions{Force: true, PruneChildren: true}

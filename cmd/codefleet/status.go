@@ -35,10 +35,10 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tBACKENDS\tSANDBOXES\tCAPACITY\tRUNNING\tDRAINING\tLANGUAGES\tUPDATED")
+	fmt.Fprintln(tw, "WORKER\tBACKENDS\tSANDBOXES\tCAPACITY\tPOOL FREE\tRUNNING\tDRAINING\tLANGUAGES\tUPDATED")
 	for _, info := range workers {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%v\t%s\t%s ago\n", info.ID, strings.Join(info.Backends, ","), info.Load, info.Capacity,
-			info.Running, info.Draining, strings.Join(info.Languages, ","), time.Since(info.Updated).Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%v\t%s\t%s ago\n", info.ID, strings.Join(info.Backends, ","), info.Load, info.Capacity,
+			info.PoolFree, info.Running, info.Draining, strings.Join(info.Languages, ","), time.Since(info.Updated).Round(time.Millisecond))
 	}
 	return tw.Flush()
 }

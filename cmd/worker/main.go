@@ -59,7 +59,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	w := &o.worker
 	fs.StringVar(&w.ID, "id", "", "worker id, [A-Za-z0-9_-]{1,128}; a worker restarted with the same id re-adopts its sandboxes (default: the host name, other characters turned into -)")
 	fs.StringVar(&w.Prefix, "prefix", protocol.DefaultPrefix, "the fleet's name, one token of [A-Za-z0-9_-]: the first token of its subjects and of its KV bucket names (<prefix>-workers, <prefix>-affinity), so fleets of different prefixes share NATS without seeing each other")
-	fs.IntVar(&w.Capacity, "capacity", worker.DefaultCapacity, "most sandboxes held at once; a new conversation past it gets the error capacity")
+	fs.IntVar(&w.Capacity, "capacity", worker.DefaultCapacity, "most sandboxes held at once, free warm pool sandboxes included; a new conversation gets the error capacity only when this many conversations are held (a free pool sandbox is claimed, or destroyed to make room)")
+	fs.IntVar(&w.WarmPool, "warm-pool", worker.DefaultWarmPool, "sandboxes of the default image kept started ahead of demand for new conversations to claim, refilled in the background within --max-concurrent-creates and --capacity (docker; ignored with daytona; 0: none)")
 	fs.IntVar(&w.MaxConcurrentRuns, "max-concurrent-runs", 0, "most runs executing at once across conversations (0: the capacity)")
 	fs.IntVar(&w.MaxConcurrentCreates, "max-concurrent-creates", worker.DefaultMaxConcurrentCreates, "most sandboxes being created at once; more new conversations wait their turn")
 	fs.DurationVar(&w.CreateTimeout, "create-timeout", worker.DefaultCreateTimeout, "bound on getting one sandbox created, the wait for a turn included")

@@ -306,6 +306,7 @@ func TestWorkerStatefulSet(t *testing.T) {
 worker:
   replicas: 3
   capacity: 64
+  warmPool: 8
   idleTTL: 15m
   drainTimeout: 45s
   maxOutput: 1MiB
@@ -335,7 +336,7 @@ worker:
 		t.Errorf("--id expands to %q, want the pod name", Expand(id, env))
 	}
 	for name, want := range map[string]string{
-		"backend": "docker", "capacity": "64", "idle-ttl": "15m", "max-life": "24h", "drain-timeout": "45s",
+		"backend": "docker", "capacity": "64", "warm-pool": "8", "idle-ttl": "15m", "max-life": "24h", "drain-timeout": "45s",
 		"max-output": "1MiB", "allowed-images": "python:3.12,node:22", "memory": "1GiB", "cpus": "0.5",
 		"pids-limit": "512", "network": "none", "image": "codefleet-sandbox:bookworm", "http-addr": ":9464",
 	} {
@@ -927,6 +928,7 @@ func TestSchemaRefuses(t *testing.T) {
 		{`worker: {backend: kubernetes}`, "/worker/backend"},
 		{`worker: {capacity: 0}`, "/worker/capacity"},
 		{`worker: {capacity: 2.5}`, "/worker/capacity"},
+		{`worker: {warmPool: -1}`, "/worker/warmPool"},
 		{`worker: {idleTTL: 30 minutes}`, "/worker/idleTTL"},
 		{`worker: {drainTimeout: 30}`, "/worker/drainTimeout"},
 		{`worker: {sandbox: {memory: lots}}`, "/worker/sandbox/memory"},

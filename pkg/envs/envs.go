@@ -50,6 +50,10 @@ const (
 	// LabelFleet holds the prefix of the fleet whose worker made the sandbox, so two fleets on
 	// one Docker host or Daytona account never take each other's sandboxes (see InFleet).
 	LabelFleet = "io.codefleet.fleet"
+	// LabelPool marks a sandbox made for a worker's warm pool, ahead of any conversation
+	// (Pooler). It has no LabelTenant or LabelConversation: labels are fixed at creation, so
+	// the backend keeps the conversation that claims it elsewhere and reports it in Info.
+	LabelPool = "io.codefleet.pool"
 	// ManagedByValue is the value of LabelManagedBy.
 	ManagedByValue = "codefleet"
 )
@@ -109,7 +113,14 @@ type Info struct {
 	Image        string
 	Labels       map[string]string
 	Created      time.Time
+	// Pool is set on a sandbox made for a warm pool (Pooler): free while Conversation is
+	// empty, claimed once it names one. The Labels of a claimed one include LabelTenant and
+	// LabelConversation, as if they had been put on it at creation.
+	Pool bool
 }
+
+// Free reports whether info is a warm pool's sandbox that no conversation has claimed.
+func (info Info) Free() bool { return info.Pool && info.Conversation == "" }
 
 // Exec is one snippet to run.
 type Exec struct {
@@ -190,6 +201,26 @@ type Reattacher interface {
 	// ErrNotFound when the conversation has no sandbox, ErrSandboxFailed when it has one that
 	// cannot run (which is then destroyed).
 	Reattach(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// Pooler is a backend whose sandboxes can be made ahead of demand, for no conversation, and
+// bound to one later: the worker's warm pool. A backend whose sandboxes outlive their worker
+// (Reattacher) gets no pool from the worker: a conversation coming to it may have a sandbox
+// already.
+type Pooler interface {
+	// CreateFree makes a sandbox of spec.Image for no conversation (spec.Tenant,
+	// spec.Conversation, spec.Env and spec.Variables are not used) and returns it ready to run
+	// code. List and Open report it with Info.Pool set and no Tenant or Conversation until it
+	// is claimed. On error nothing is left behind.
+	CreateFree(ctx context.Context, spec Spec) (Sandbox, error)
+	// Claimable reports whether a free sandbox can serve spec as a sandbox made for it would:
+	// the worker checks the image; this says whether spec.Env can be bound after creation.
+	Claimable(spec Spec) bool
+	// Claim binds a free sandbox from CreateFree to spec's tenant and conversation, and
+	// spec.Env to every later run in it. Once it returns nil the binding is durable: Info,
+	// List and Open report the sandbox as the conversation's, across worker restarts. On
+	// error the sandbox must not be used: destroy it.
+	Claim(ctx context.Context, sb Sandbox, spec Spec) error
 }
 
 // MergeEnv returns base overlaid by over, as a new map; nil when both are empty.

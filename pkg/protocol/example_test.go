@@ -65,4 +65,5 @@ func ExampleSchema() {
 	// run_request true <nil>
 	// run_result true <nil>
 	// close_result true <nil>
+	// worker_info true <nil>
 }

@@ -16,7 +16,10 @@ type WorkerInfo struct {
 	// Running is the number of runs executing now.
 	Running int `json:"running"`
 	// Draining is true once the worker is shutting down: place nothing new on it.
-	Draining bool      `json:"draining"`
+	Draining bool `json:"draining"`
+	// PoolFree is the number of free sandboxes in the worker's warm pool: a new conversation
+	// placed on it while one is free skips the sandbox's creation (absent: none).
+	PoolFree int       `json:"pool_free,omitempty"`
 	Version  string    `json:"version,omitempty"`
 	Started  time.Time `json:"started"`
 	Updated  time.Time `json:"updated"`

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -179,6 +180,7 @@ func TestSchemaFields(t *testing.T) {
 		{"run_result", "$defs/sandbox", reflect.TypeOf(protocol.SandboxInfo{})},
 		{"run_result", "$defs/error", reflect.TypeOf(protocol.Error{})},
 		{"close_result", "", reflect.TypeOf(protocol.CloseResult{})},
+		{"worker_info", "", reflect.TypeOf(protocol.WorkerInfo{})},
 	}
 	for _, tt := range tests {
 		var node any = schemaDoc(t, tt.name)
@@ -237,6 +239,9 @@ func TestSchemaValidMessages(t *testing.T) {
 		}},
 		{"run result", "run_result", protocol.RunResult{ID: "r-1", Output: "1\n", DurationMS: 20, Sandbox: sb}},
 		{"run result zero", "run_result", protocol.RunResult{}},
+		{"worker info", "worker_info", protocol.WorkerInfo{ID: "w-1", Backends: []string{protocol.BackendDocker}, Languages: protocol.Languages,
+			Capacity: 32, Load: 3, Running: 1, PoolFree: 4, Version: "1.0.0", Started: time.Now(), Updated: time.Now()}},
+		{"worker info without a pool", "worker_info", protocol.WorkerInfo{ID: "w-1", Backends: []string{protocol.BackendDaytona}, Languages: []string{}, Started: time.Now(), Updated: time.Now()}},
 		{"run result timed out", "run_result", protocol.RunResult{ID: "r", ExitCode: 124, TimedOut: true, Truncated: true, DurationMS: 5}},
 		{"run result with error", "run_result", protocol.ErrorResult("r-2", protocol.Errorf(protocol.CodeCapacity, "no worker has room"))},
 		{"run result recreated", "run_result", protocol.RunResult{ID: "r", Sandbox: &protocol.SandboxInfo{ID: "s", Backend: protocol.BackendDaytona, Worker: "w", Created: true, Recreated: true}}},
@@ -288,6 +293,8 @@ func TestSchemaInvalidMessages(t *testing.T) {
 		{"result sandbox missing worker", "run_result", `{"id":"r","output":"","exit_code":0,"timed_out":false,"truncated":false,"duration_ms":1,"sandbox":{"id":"s","backend":"docker","created":true,"recreated":false}}`},
 		{"close missing closed", "close_result", `{"error":{"code":"internal","message":"m"}}`},
 		{"close closed string", "close_result", `{"closed":"true"}`},
+		{"worker info pool_free string", "worker_info", `{"id":"w","backends":["docker"],"languages":[],"capacity":1,"load":0,"running":0,"draining":false,"pool_free":"2","started":"2025-01-01T00:00:00Z","updated":"2025-01-01T00:00:00Z"}`},
+		{"worker info missing load", "worker_info", `{"id":"w","backends":["docker"],"languages":[],"capacity":1,"running":0,"draining":false,"started":"2025-01-01T00:00:00Z","updated":"2025-01-01T00:00:00Z"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -537,6 +537,42 @@ func TestPlace(t *testing.T) {
 		}
 	})
 
+	t.Run("prefers a free pool sandbox", func(t *testing.T) {
+		js := testutil.JetStream(t, testutil.StartNATS(t))
+		// Placements count until the next registration (a nanosecond's window), whatever time
+		// the test takes.
+		r := openRegistry(t, js, registry.Config{TTL: time.Minute, PendingWindow: time.Nanosecond})
+		kv := workersKV(t, js)
+		// pooled and fuller are more loaded than empty, within the band; far is beyond it.
+		seen(t, r,
+			register(t, kv, protocol.WorkerInfo{ID: "pooled", Capacity: 100, Load: 6, PoolFree: 2}),
+			register(t, kv, protocol.WorkerInfo{ID: "empty", Capacity: 100, Load: 0}),
+			register(t, kv, protocol.WorkerInfo{ID: "fuller", Capacity: 100, Load: 9, PoolFree: 1}),
+			register(t, kv, protocol.WorkerInfo{ID: "far", Capacity: 100, Load: 50, PoolFree: 4}))
+		var got []string
+		for range 5 {
+			w, err := r.Place("docker")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, w.ID)
+		}
+		// pooled's two free ones (least loaded of the workers with one free), then fuller's one
+		// (pending counts what the placements claimed), then least-loaded as without pools;
+		// far's pool never draws one.
+		if !slices.Equal(got, []string{"pooled", "pooled", "fuller", "empty", "empty"}) {
+			t.Fatalf("placements %v, want [pooled pooled fuller empty empty]", got)
+		}
+		// A refreshed registration saying a sandbox is free again draws the next one back;
+		// a full worker is not a candidate however many it has free.
+		seen(t, r,
+			register(t, kv, protocol.WorkerInfo{ID: "pooled", Capacity: 100, Load: 8, PoolFree: 1}),
+			register(t, kv, protocol.WorkerInfo{ID: "fuller", Capacity: 10, Load: 10, PoolFree: 1}))
+		if w, err := r.Place("docker"); err != nil || w.ID != "pooled" {
+			t.Fatalf("after pooled's refresh: %s, %v; want pooled", w.ID, err)
+		}
+	})
+
 	t.Run("fresh registration resets pending", func(t *testing.T) {
 		js := testutil.JetStream(t, testutil.StartNATS(t))
 		r := openRegistry(t, js, registry.Config{TTL: time.Minute, PendingWindow: time.Nanosecond})

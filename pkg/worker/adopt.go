@@ -10,7 +10,10 @@ import (
 )
 
 // adopt re-attaches the sandboxes a previous process with this worker id left, so their
-// conversations go on with their files. Sandboxes that cannot be re-attached are destroyed.
+// conversations go on with their files, claimed pool sandboxes among them (the backend reports
+// their conversation). Sandboxes that cannot be re-attached are destroyed, and so are free pool
+// sandboxes: one may have been claimed half-way when the process died, and the pool is built
+// anew (pool.go).
 func (m *manager) adopt(ctx context.Context) (int, error) {
 	list, unlabelled, err := m.sandboxes(ctx)
 	if err != nil {
@@ -21,6 +24,10 @@ func (m *manager) adopt(ctx context.Context) (int, error) {
 	sort.Slice(list, func(i, j int) bool { return list[i].Created.After(list[j].Created) })
 	adopted := 0
 	for _, info := range list {
+		if info.Free() {
+			m.destroyQuietly(info.ID, reasonPool)
+			continue
+		}
 		key := protocol.Key(info.Tenant, info.Conversation)
 		m.mu.Lock()
 		_, dup := m.sessions[key]

@@ -2,8 +2,11 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +82,124 @@ func BenchmarkWarmRun(b *testing.B) {
 				}
 			}
 			report(b, lat)
+		})
+	}
+}
+
+// BenchmarkFirstRun measures the first run of a new conversation (bash true, through the
+// worker over NATS, as BenchmarkWarmRun): */pool claims a free warm pool sandbox (the pool is
+// waited for between runs, off the clock, with benchPace after it as for paced runs), */no-pool
+// waits for a container to be created and started. Each conversation is closed after its run,
+// off the clock.
+//
+//	go test -run '^$' -bench FirstRun -benchtime 30x ./pkg/worker/
+func BenchmarkFirstRun(b *testing.B) {
+	ns := testutil.StartNATS(b)
+	for _, pool := range []int{1, 0} {
+		name := "pool"
+		if pool == 0 {
+			name = "no-pool"
+		}
+		env := newDocker(b)
+		w := startWorker(b, ns, env, worker.Config{ID: "bench-first-" + name + "-" + testutil.RunID, WarmPool: pool})
+		c := newClient(b, ns, w)
+		b.Run(name, func(b *testing.B) {
+			req := protocol.Encode(&protocol.RunRequest{Language: "bash", Code: "true"})
+			lat := make([]time.Duration, 0, b.N)
+			i := 0
+			for b.Loop() {
+				b.StopTimer()
+				if pool > 0 {
+					poolOf(b, env, w, pool)
+					time.Sleep(benchPace) // the pool sandbox's interpreters are started, as for a paced run
+				}
+				conv := fmt.Sprintf("first-%d", i)
+				i++
+				b.StartTimer()
+				start := time.Now()
+				res := c.rawRun("default", conv, req)
+				lat = append(lat, time.Since(start))
+				b.StopTimer()
+				if res.Error != nil || res.ExitCode != 0 || !res.Sandbox.Created {
+					b.Fatalf("first run: %+v", res)
+				}
+				c.close(conv)
+				b.StartTimer()
+			}
+			report(b, lat)
+		})
+	}
+}
+
+// BenchmarkBurst sends the first runs of 50 new conversations at once (bash true) to a worker
+// with a warm pool of 16 (full when the burst starts) and to one without, at the default 4
+// creations at a time; an op is the whole burst, the percentiles are those of the 50 first
+// runs, max-ms is the slowest, and with the pool nth-ms is the slowest of the 16 fastest of a
+// burst (those that claimed the pool's sandboxes), over the bursts.
+//
+//	go test -run '^$' -bench Burst -benchtime 3x ./pkg/worker/
+func BenchmarkBurst(b *testing.B) {
+	const burst = 50
+	ns := testutil.StartNATS(b)
+	for _, pool := range []int{16, 0} {
+		name := fmt.Sprintf("pool-%d", pool)
+		if pool == 0 {
+			name = "no-pool"
+		}
+		env := newDocker(b)
+		w := startWorker(b, ns, env, worker.Config{ID: "bench-burst-" + name + "-" + testutil.RunID, WarmPool: pool, Capacity: burst + pool})
+		c := newClient(b, ns, w)
+		b.Run(name, func(b *testing.B) {
+			req := protocol.Encode(&protocol.RunRequest{Language: "bash", Code: "true"})
+			var lat []time.Duration
+			var nth time.Duration
+			round := 0
+			for b.Loop() {
+				b.StopTimer()
+				if pool > 0 {
+					poolOf(b, env, w, pool)
+				}
+				round++
+				b.StartTimer()
+				var mu sync.Mutex
+				var wg sync.WaitGroup
+				for i := range burst {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						start := time.Now()
+						res := c.rawRun("default", fmt.Sprintf("burst-%d-%d", round, i), req)
+						took := time.Since(start)
+						if res.Error != nil || res.ExitCode != 0 {
+							b.Errorf("first run: %+v", res)
+						}
+						mu.Lock()
+						lat = append(lat, took)
+						mu.Unlock()
+					}()
+				}
+				wg.Wait()
+				b.StopTimer()
+				if pool > 0 {
+					this := slices.Clone(lat[len(lat)-burst:])
+					slices.Sort(this)
+					nth = max(nth, this[pool-1])
+				}
+				for i := range burst {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c.close(fmt.Sprintf("burst-%d-%d", round, i))
+					}()
+				}
+				wg.Wait()
+				b.StartTimer()
+			}
+			report(b, lat)
+			b.ReportMetric(float64(slices.Max(lat).Microseconds())/1000, "max-ms")
+			if pool > 0 {
+				b.ReportMetric(float64(nth.Microseconds())/1000, "nth-ms")
+			}
 		})
 	}
 }

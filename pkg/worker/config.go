@@ -29,6 +29,9 @@ const (
 	DefaultOrphanGrace          = 2 * time.Minute
 	DefaultDedupeSize           = 64
 	DefaultCreateTimeout        = 2 * time.Minute
+	// DefaultWarmPool is the warm pool of the worker command (--warm-pool); Config.WarmPool's
+	// zero value is no pool.
+	DefaultWarmPool = 4
 )
 
 // Config configures a Worker. The zero value of each optional field means its default.
@@ -46,6 +49,11 @@ type Config struct {
 	// conversations queues here instead of swamping the backend (a Docker daemon starting
 	// hundreds of containers at once answers none of them in time).
 	MaxConcurrentCreates int
+	// WarmPool is how many free sandboxes of the default image the worker keeps started ahead
+	// of demand, for new conversations to claim (pool.go); 0, the zero value, is none. Only
+	// backends that implement envs.Pooler (Docker) have one. Free pool sandboxes count
+	// towards Capacity but never turn a conversation away: one is destroyed to make room.
+	WarmPool int
 	// QueueDepth bounds the runs waiting per conversation; past it a run gets `busy`.
 	QueueDepth int
 	// MaxTimeout caps a run's timeout_ms.
@@ -115,6 +123,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, protocol.CheckPrefix(c.Prefix))
 	case c.Capacity < 0, c.MaxConcurrentRuns < 0, c.MaxConcurrentCreates < 0, c.QueueDepth < 0, c.DedupeSize < 0:
 		return fmt.Errorf("%w: capacity, max concurrent runs, queue depth and dedupe size must be positive", ErrInvalidConfig)
+	case c.WarmPool < 0:
+		return fmt.Errorf("%w: the warm pool (%d) must be 0 (none) or more", ErrInvalidConfig, c.WarmPool)
 	case c.HeartbeatTTL <= c.HeartbeatInterval:
 		return fmt.Errorf("%w: heartbeat TTL %s must exceed the heartbeat interval %s", ErrInvalidConfig, c.HeartbeatTTL, c.HeartbeatInterval)
 	case c.MaxTimeout < 0 || c.MaxTimeout > protocol.MaxTimeout:

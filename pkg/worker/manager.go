@@ -16,7 +16,8 @@ import (
 // manager holds the worker's sessions: one per conversation, each with its sandbox, its FIFO
 // of pending runs and the goroutine that works through it.
 //
-// Lock order: manager.mu before session.mu. Neither is held across a backend call.
+// Lock order: manager.mu before session.mu, manager.mu before pool.mu. None is held across a
+// backend call.
 type manager struct {
 	cfg    *Config
 	env    envs.Env
@@ -27,7 +28,10 @@ type manager struct {
 	// creations in progress.
 	runSem    chan struct{}
 	createSem chan struct{}
-	running   atomic.Int64
+	// createWaiting counts the sessions waiting for a creation turn: the pool refills only
+	// while none does.
+	createWaiting atomic.Int64
+	running       atomic.Int64
 	// pending counts accepted runs whose code has not started (queued, or waiting for a
 	// sandbox or a run slot).
 	pending atomic.Int64
@@ -45,16 +49,61 @@ type manager struct {
 	ownerOf func(ctx context.Context, tenant, conv string) (worker string, ok bool, err error)
 
 	metrics *metrics
+
+	// pool is the warm pool (pool.go); nil without one.
+	pool *pool
 }
 
 func newManager(cfg *Config, env envs.Env, log zerolog.Logger) *manager {
-	return &manager{
+	m := &manager{
 		cfg: cfg, env: env, worker: cfg.ID, log: log,
 		runSem:    make(chan struct{}, cfg.MaxConcurrentRuns),
 		createSem: make(chan struct{}, cfg.MaxConcurrentCreates),
 		sessions:  map[string]*session{},
 		languages: map[string]bool{protocol.LangPython: true, protocol.LangBash: true},
 		metrics:   newMetrics(),
+	}
+	if cfg.WarmPool > 0 {
+		p, pooler := env.(envs.Pooler)
+		_, shared := env.(envs.Reattacher)
+		if pooler && !shared {
+			m.pool = newPool(m, p, cfg.WarmPool)
+		} else {
+			log.Info().Str("backend", env.Name()).Int("warm_pool", cfg.WarmPool).
+				Msg("this backend has no warm pool on the worker (Daytona keeps its own); the warm pool setting is ignored")
+		}
+	}
+	return m
+}
+
+// labels are the labels of every sandbox the worker makes, besides its conversation's.
+func (m *manager) labels() map[string]string {
+	return map[string]string{envs.LabelWorker: m.worker, envs.LabelFleet: m.cfg.Prefix}
+}
+
+// spec is what a conversation's sandbox is made of, from the run that creates it.
+func (m *manager) spec(tenant, conv string, req *protocol.RunRequest) envs.Spec {
+	spec := envs.Spec{Tenant: tenant, Conversation: conv, Image: m.cfg.Image, Labels: m.labels()}
+	if o := req.Sandbox; o != nil {
+		if o.Image != "" {
+			spec.Image = o.Image
+		}
+		spec.Env = o.Env
+		spec.Variables = o.Variables
+	}
+	return spec
+}
+
+// poolable reports whether a pool sandbox can serve spec: the default image, and an env the
+// backend can bind after creation.
+func (m *manager) poolable(spec envs.Spec) bool {
+	return m.pool != nil && spec.Image == m.cfg.Image && m.pool.env.Claimable(spec)
+}
+
+// wakePool tells the pool that room or a creation turn may have come free.
+func (m *manager) wakePool() {
+	if m.pool != nil {
+		m.pool.wake()
 	}
 }
 
@@ -72,7 +121,13 @@ func (m *manager) submit(tenant, conv string, req *protocol.RunRequest, dedupe, 
 			return protocol.Errorf(protocol.CodeCapacity, "worker %s holds %d sandboxes, its capacity", m.worker, m.cfg.Capacity)
 		}
 		s = m.newSession(tenant, conv)
+		if m.pool != nil && m.poolable(m.spec(tenant, conv, req)) {
+			s.pooled, _ = m.pool.take() // taken here, under m.mu: never by two conversations
+		}
 		m.sessions[s.key] = s
+		if m.pool != nil {
+			m.pool.fit(len(m.sessions))
+		}
 		go m.loop(s)
 	}
 
@@ -180,6 +235,14 @@ func (m *manager) stopAll(destroy bool) {
 		}()
 	}
 	wg.Wait()
+}
+
+// poolFree returns the number of free pool sandboxes.
+func (m *manager) poolFree() int {
+	if m.pool == nil {
+		return 0
+	}
+	return m.pool.freeCount()
 }
 
 // load returns the number of sessions and of runs executing.

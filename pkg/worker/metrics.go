@@ -28,6 +28,7 @@ const (
 	reasonLost     = "lost"     // its container or agent was gone and it could not be opened again
 	reasonShutdown = "shutdown" // the worker stopped with DestroyOnShutdown
 	reasonAdopt    = "adopt"    // left by an earlier process and not re-adoptable
+	reasonPool     = "pool"     // a free pool sandbox: made room, past max life, left by an earlier process, a failed claim, or the worker stopped
 )
 
 // runBuckets are the bounds of the run duration histogram, in seconds: from a warm bash run
@@ -48,6 +49,12 @@ type metrics struct {
 	createDuration prometheus.Histogram
 	destroyed      *prometheus.CounterVec
 	adopted        prometheus.Counter
+	// The warm pool's: its creations (not in created), their failures, the conversations that
+	// claimed a pool sandbox, and those a pool sandbox could have served that found none.
+	poolCreated      prometheus.Counter
+	poolCreateErrors prometheus.Counter
+	poolClaims       prometheus.Counter
+	poolMisses       prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -71,16 +78,32 @@ func newMetrics() *metrics {
 		}),
 		createDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "codefleet_worker_sandbox_create_duration_seconds",
-			Help:    "Time to get a new conversation a sandbox, the wait for a creation turn included.",
+			Help:    "Time to get a new conversation a sandbox, created or claimed from the warm pool, the wait for a creation turn included.",
 			Buckets: createBuckets,
 		}),
 		destroyed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "codefleet_worker_sandboxes_destroyed_total",
-			Help: "Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt.",
+			Help: "Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt, pool.",
 		}, []string{"reason"}),
 		adopted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "codefleet_worker_sandboxes_adopted_total",
 			Help: "Sandboxes of an earlier process with this worker id re-adopted at start.",
+		}),
+		poolCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_pool_sandboxes_created_total",
+			Help: "Sandboxes created for the warm pool (not in codefleet_worker_sandboxes_created_total).",
+		}),
+		poolCreateErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_pool_create_errors_total",
+			Help: "Warm pool sandbox creations that failed (cancelled ones not included).",
+		}),
+		poolClaims: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_pool_claims_total",
+			Help: "New conversations that claimed a warm pool sandbox.",
+		}),
+		poolMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_pool_misses_total",
+			Help: "New conversations a warm pool sandbox could have served that found none free and got a sandbox created.",
 		}),
 	}
 }
@@ -93,6 +116,9 @@ func (w *Worker) registerMetrics(reg prometheus.Registerer) error {
 	}
 	cs := []prometheus.Collector{
 		m.runs, m.runDuration, m.created, m.createErrors, m.createDuration, m.destroyed, m.adopted,
+		m.poolCreated, m.poolCreateErrors, m.poolClaims, m.poolMisses,
+		gauge("codefleet_worker_pool_free", "Free warm pool sandboxes: started, claimed by no conversation yet.",
+			func() float64 { return float64(w.m.poolFree()) }),
 		gauge("codefleet_worker_capacity", "Most sandboxes the worker holds at once (--capacity).",
 			func() float64 { return float64(w.cfg.Capacity) }),
 		gauge("codefleet_worker_sandboxes", "Conversations the worker holds: sandboxes active or being created.",

@@ -53,7 +53,7 @@ codefleet_worker_runs_total{language="other",outcome="unsupported_language"} 1
 # HELP codefleet_worker_sandboxes_created_total Sandboxes created for new conversations (re-attached ones not included).
 # TYPE codefleet_worker_sandboxes_created_total counter
 codefleet_worker_sandboxes_created_total 2
-# HELP codefleet_worker_sandboxes_destroyed_total Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt.
+# HELP codefleet_worker_sandboxes_destroyed_total Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt, pool.
 # TYPE codefleet_worker_sandboxes_destroyed_total counter
 codefleet_worker_sandboxes_destroyed_total{reason="closed"} 1
 # HELP codefleet_worker_sandboxes Conversations the worker holds: sandboxes active or being created.
@@ -88,7 +88,7 @@ codefleet_worker_sandboxes_adopted_total 1
 		return nil
 	})
 	if err := promtest.GatherAndCompare(reg2, strings.NewReader(`
-# HELP codefleet_worker_sandboxes_destroyed_total Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt.
+# HELP codefleet_worker_sandboxes_destroyed_total Sandboxes destroyed, by reason: closed, idle, max_life, moved, orphan, lost, shutdown, adopt, pool.
 # TYPE codefleet_worker_sandboxes_destroyed_total counter
 codefleet_worker_sandboxes_destroyed_total{reason="idle"} 1
 `), "codefleet_worker_sandboxes_destroyed_total"); err != nil {

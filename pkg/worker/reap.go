@@ -9,10 +9,14 @@ import (
 )
 
 // reap ends sessions idle past IdleTTL or older than MaxLife (when not running) and those whose
-// conversation the affinity store gives to another worker, and removes sandboxes labelled with
-// this worker that no session owns (orphans of a crash or a race).
+// conversation the affinity store gives to another worker, replaces free pool sandboxes older
+// than MaxLife (free ones are never idle), and removes sandboxes labelled with this worker
+// that neither a session nor the pool holds (orphans of a crash or a race).
 func (m *manager) reap(ctx context.Context) {
 	now := time.Now()
+	if m.pool != nil {
+		m.pool.expire(now, m.cfg.MaxLife)
+	}
 	m.retire(func(s *session) (string, bool) {
 		switch {
 		case now.Sub(s.lastUsed) > m.cfg.IdleTTL:
@@ -96,7 +100,11 @@ func (m *manager) evictMoved(ctx context.Context) {
 
 // removeOrphans destroys the sandboxes labelled with this worker that no session holds.
 func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
+	// The pool's first: a claimed sandbox leaves it only once its session holds it.
 	owned := map[string]bool{}
+	if m.pool != nil {
+		owned = m.pool.heldIDs()
+	}
 	m.mu.Lock()
 	for _, s := range m.sessions {
 		s.mu.Lock()
@@ -114,6 +122,11 @@ func (m *manager) removeOrphans(ctx context.Context, now time.Time) {
 	}
 	for _, info := range list {
 		if owned[info.ID] || now.Sub(info.Created) < m.cfg.OrphanGrace {
+			continue
+		}
+		if info.Free() { // the pool's, and the pool does not hold it: left over
+			m.log.Info().Str("sandbox_id", info.ID).Msg("removing a free pool sandbox the pool does not hold")
+			m.destroyQuietly(info.ID, reasonOrphan)
 			continue
 		}
 		m.mu.Lock()

@@ -25,6 +25,10 @@ type session struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// pooled is the free pool sandbox taken for the session when its first run was accepted
+	// (manager.submit), until the session claims it or ends; the session's goroutine owns it.
+	pooled envs.Sandbox
+
 	mu sync.Mutex
 	// sb is set and replaced by the session's goroutine only; others read it under mu.
 	sb envs.Sandbox
@@ -135,6 +139,7 @@ func (m *manager) loop(s *session) {
 				if len(s.queue) == 0 && m.sessions[s.key] == s {
 					delete(m.sessions, s.key)
 					m.mu.Unlock()
+					m.wakePool()
 					return
 				}
 				m.mu.Unlock()
@@ -153,6 +158,11 @@ func (m *manager) end(s *session, why string) {
 		delete(m.sessions, s.key)
 	}
 	m.mu.Unlock()
+	if s.pooled != nil { // taken for the session, never claimed
+		m.pool.giveBack(s.pooled)
+		s.pooled = nil
+	}
+	m.wakePool()
 	for {
 		select {
 		case j := <-s.queue:
@@ -189,18 +199,28 @@ func (m *manager) execute(s *session, j *job) bool {
 	created := false
 	if s.sb == nil {
 		start := time.Now()
-		sb, reattached, err := m.create(s, req)
+		sb, src, err := m.create(s, req)
 		if err != nil {
 			m.metrics.createErrors.Inc()
 			log.Warn().Err(err).Msg("create sandbox")
 			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
 			return false
 		}
+		born := time.Now()
+		if src == fromPool {
+			born = sb.Info().Created // its max life counts from its creation, not its claim
+		}
 		s.mu.Lock()
-		s.sb, s.created = sb, time.Now()
+		s.sb, s.created = sb, born
 		s.mu.Unlock()
-		created = !reattached // a re-attached sandbox kept its files: neither created nor recreated
-		if created {
+		// A re-attached sandbox kept its files: neither created nor recreated. A claimed pool
+		// sandbox is new to the conversation: created.
+		created = src != reattached
+		switch src {
+		case fromPool:
+			m.pool.bound(sb.Info().ID) // after s.sb: the reconciler sees it in one or the other
+			m.metrics.createDuration.Observe(time.Since(start).Seconds())
+		case createdNew:
 			m.metrics.created.Inc()
 			m.metrics.createDuration.Observe(time.Since(start).Seconds())
 		}
@@ -296,28 +316,60 @@ func (m *manager) timeout(req *protocol.RunRequest) time.Duration {
 	return min(req.Timeout(), m.cfg.MaxTimeout)
 }
 
-// create gets the session a sandbox. With a backend whose sandboxes outlive their worker
-// (envs.Reattacher), it first looks for the conversation's existing sandbox, left by the worker
-// that held the conversation before, and re-attaches to it (reattached true); else it creates one.
-func (m *manager) create(s *session, req *protocol.RunRequest) (sb envs.Sandbox, reattached bool, err error) {
-	spec := envs.Spec{
-		Tenant: s.tenant, Conversation: s.conv, Image: m.cfg.Image,
-		Labels: map[string]string{envs.LabelWorker: m.worker, envs.LabelFleet: m.cfg.Prefix},
-	}
-	if o := req.Sandbox; o != nil {
-		if o.Image != "" {
-			spec.Image = o.Image
-		}
-		spec.Env = o.Env
-		spec.Variables = o.Variables
-	}
+// source says where a session's sandbox came from.
+type source int
+
+const (
+	createdNew source = iota // created for the conversation
+	reattached               // the conversation's own, left by the worker that held it before
+	fromPool                 // a warm pool sandbox, claimed
+)
+
+// create gets the session a sandbox. A conversation a pool sandbox can serve claims one: the
+// one taken when its first run was accepted, or one that comes free while it waits for a
+// creation turn. With a backend whose sandboxes outlive their worker (envs.Reattacher), it
+// first looks for the conversation's existing sandbox, left by the worker that held the
+// conversation before, and re-attaches to it; else it creates one.
+func (m *manager) create(s *session, req *protocol.RunRequest) (envs.Sandbox, source, error) {
+	spec := m.spec(s.tenant, s.conv, req)
 	ctx, cancel := context.WithTimeout(s.ctx, m.cfg.CreateTimeout)
 	defer cancel()
-	select {
-	case m.createSem <- struct{}{}:
-		defer func() { <-m.createSem }()
-	case <-ctx.Done():
-		return nil, false, fmt.Errorf("%w: no turn to create a sandbox within %s (%d creations at a time)", envs.ErrBackendUnavailable, m.cfg.CreateTimeout, cap(m.createSem))
+	poolable := m.poolable(spec)
+	for turn := false; !turn; {
+		var ready <-chan struct{} // nil: no pool sandbox to wait for
+		if poolable {
+			sb := s.pooled
+			s.pooled = nil
+			if sb == nil {
+				sb, ready = m.pool.take()
+			}
+			if sb != nil {
+				err := m.pool.claim(ctx, sb, spec)
+				if err == nil {
+					return sb, fromPool, nil
+				}
+				s.log.Warn().Err(err).Msg("claim pool sandbox; creating one")
+				poolable, ready = false, nil
+			}
+		}
+		m.createWaiting.Add(1)
+		select {
+		case m.createSem <- struct{}{}:
+			turn = true
+		case <-ready: // a pool sandbox came free: take it if no one else did
+		case <-ctx.Done():
+		}
+		m.createWaiting.Add(-1)
+		if !turn && ctx.Err() != nil {
+			return nil, createdNew, fmt.Errorf("%w: no turn to create a sandbox within %s (%d creations at a time)", envs.ErrBackendUnavailable, m.cfg.CreateTimeout, cap(m.createSem))
+		}
+	}
+	defer func() {
+		<-m.createSem
+		m.wakePool()
+	}()
+	if poolable {
+		m.metrics.poolMisses.Inc()
 	}
 	s.mu.Lock()
 	lost := s.lost // this worker just dropped the conversation's sandbox: do not pick it up again
@@ -327,13 +379,13 @@ func (m *manager) create(s *session, req *protocol.RunRequest) (sb envs.Sandbox,
 		switch {
 		case err == nil:
 			s.log.Info().Str("sandbox_id", sb.Info().ID).Msg("re-attached to the conversation's sandbox")
-			return sb, true, nil
+			return sb, reattached, nil
 		case errors.Is(err, envs.ErrSandboxFailed):
 			s.log.Warn().Err(err).Msg("the conversation's sandbox cannot be re-attached; creating one")
 		case !errors.Is(err, envs.ErrNotFound):
-			return nil, false, err
+			return nil, createdNew, err
 		}
 	}
-	sb, err = m.env.Create(ctx, spec)
-	return sb, false, err
+	sb, err := m.env.Create(ctx, spec)
+	return sb, createdNew, err
 }

@@ -13,10 +13,14 @@
 // in-flight runs finish, and keeps its sandboxes for the next process with the same id (which
 // re-adopts them), or destroys them.
 //
+// With a warm pool (Config.WarmPool, Docker), free sandboxes of the default image wait started
+// for new conversations, which claim them instead of waiting for a creation (pool.go).
+//
 // Files: worker.go (lifecycle, registration), handlers.go (the NATS endpoints and replies),
 // manager.go (the sessions of all conversations: admission, close, drain), session.go (one
-// conversation: its queue, request ids, its sandbox, running a job), adopt.go (sandboxes of an
-// earlier process), reap.go (idle, expired, moved and orphaned sandboxes), config.go.
+// conversation: its queue, request ids, its sandbox, running a job), pool.go (the warm pool),
+// adopt.go (sandboxes of an earlier process), reap.go (idle, expired, moved and orphaned
+// sandboxes), config.go.
 package worker
 
 import (
@@ -186,8 +190,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.bg.Add(1)
 	go w.every(bgctx, w.cfg.ReapInterval, w.m.reap)
+	if p := w.m.pool; p != nil {
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			p.run(bgctx)
+		}()
+	}
 	w.serving.Store(true)
-	w.log.Info().Str("backend", w.env.Name()).Int("capacity", w.cfg.Capacity).Msg("worker started")
+	w.log.Info().Str("backend", w.env.Name()).Int("capacity", w.cfg.Capacity).Int("warm_pool", w.poolSize()).Msg("worker started")
 	return nil
 }
 
@@ -233,8 +244,17 @@ func (w *Worker) Info() protocol.WorkerInfo {
 	return protocol.WorkerInfo{
 		ID: w.cfg.ID, Backends: []string{w.env.Name()}, Languages: w.m.languageList(),
 		Capacity: w.cfg.Capacity, Load: sessions, Running: running, Draining: w.draining.Load() || w.starting.Load(),
-		Version: w.cfg.Version, Started: w.started, Updated: time.Now(),
+		PoolFree: w.m.poolFree(),
+		Version:  w.cfg.Version, Started: w.started, Updated: time.Now(),
 	}
+}
+
+// poolSize is the warm pool's size: 0 without one (none asked for, or a backend without).
+func (w *Worker) poolSize() int {
+	if w.m.pool == nil {
+		return 0
+	}
+	return w.m.pool.size
 }
 
 // ErrIDInUse is returned by Start when a live worker already has the id.
@@ -275,6 +295,9 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.log.Warn().Err(err).Msg("drain incomplete; stopping runs")
 	}
 	w.m.stopAll(w.cfg.DestroyOnShutdown)
+	if w.m.pool != nil {
+		w.m.pool.stop() // its free sandboxes are destroyed: they hold nothing
+	}
 	if w.stop != nil {
 		w.stop()
 		w.bg.Wait()

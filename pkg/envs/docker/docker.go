@@ -135,6 +135,8 @@ type apiClient interface {
 	ContainerWait(ctx context.Context, containerID string, condition container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerRemove(ctx context.Context, containerID string, options container.RemoveOptions) error
 	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
+	ContainerRename(ctx context.Context, containerID, newContainerName string) error
+	CopyFromContainer(ctx context.Context, containerID, srcPath string) (io.ReadCloser, container.PathStat, error)
 	ImageInspect(ctx context.Context, imageID string, inspectOpts ...client.ImageInspectOption) (image.InspectResponse, error)
 	ImagePull(ctx context.Context, refStr string, options image.PullOptions) (io.ReadCloser, error)
 	Ping(ctx context.Context) (types.Ping, error)
@@ -170,6 +172,7 @@ type pull struct {
 var (
 	_ envs.Env    = (*Env)(nil)
 	_ envs.Pinger = (*Env)(nil)
+	_ envs.Pooler = (*Env)(nil)
 )
 
 // New returns a Docker backend. It does no I/O: the daemon is first reached by Create, Open
@@ -226,6 +229,12 @@ func (e *Env) classify(op string, err error) error {
 
 // Create makes, starts and attaches to a container for spec.
 func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) {
+	return e.create(ctx, spec, false)
+}
+
+// create makes, starts and attaches to a container for spec, or for the warm pool (pool.go):
+// then for no conversation, without spec.Env.
+func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandbox, error) {
 	img := spec.Image
 	if img == "" {
 		img = e.cfg.Image
@@ -239,8 +248,15 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 	}
 
 	labels := envs.SandboxLabels(e.cfg.Labels, spec)
-
+	name := containerName(spec)
 	env := map[string]string{"HOME": e.cfg.Workdir}
+	if free {
+		spec.Tenant, spec.Conversation, spec.Env = "", "", nil
+		delete(labels, envs.LabelTenant)
+		delete(labels, envs.LabelConversation)
+		labels[envs.LabelPool] = "true"
+		name = freeName()
+	}
 	for k, v := range spec.Env {
 		env[k] = v
 	}
@@ -276,7 +292,6 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 	if e.cfg.ReadonlyRootfs {
 		host.Tmpfs = map[string]string{"/tmp": "rw,nosuid,nodev,size=64m"}
 	}
-	name := containerName(spec)
 	host.Mounts = e.socketMount()
 	sockDir := ""
 	if host.Mounts != nil {
@@ -285,18 +300,28 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
-	created, err := e.cli.ContainerCreate(actx, cfg, host, nil, nil, name)
-	if err != nil && sockDir != "" {
+	// The container's creation is not cancelled with ctx: the daemon would make it all the
+	// same, after the call was given up, and nothing would know its id to remove it (a worker
+	// stopping cancels its warm pool's creations). A ctx cancelled meanwhile fails the next
+	// step instead, which removes the container.
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.APITimeout)
+	defer ccancel()
+	created, err := e.cli.ContainerCreate(cctx, cfg, host, nil, nil, name)
+	if err != nil && sockDir != "" && cctx.Err() == nil {
 		// The daemon may refuse the mount (it does not see the directory: a remote daemon, a
 		// worker in a container without it). Without it, the container may do.
 		e.removeSocketDir(sockDir)
 		sockDir, host.Mounts = "", nil
 		mountErr := err
-		if created, err = e.cli.ContainerCreate(actx, cfg, host, nil, nil, name); err == nil {
+		if created, err = e.cli.ContainerCreate(cctx, cfg, host, nil, nil, name); err == nil {
 			e.socketsOff("the Docker daemon refused the socket directory's mount (give the worker and the daemon the same directory at the same path to use it)", mountErr)
 		}
 	}
 	if err != nil {
+		if cctx.Err() != nil {
+			// The daemon did not answer in time; it may make the container later: by name, then.
+			e.remove(name)
+		}
 		e.removeSocketDir(sockDir)
 		return nil, e.classify("create container", err)
 	}
@@ -325,7 +350,7 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		return fail(err)
 	}
 	sb.upgrade(actx, sockDir)
-	sb.info = envs.Info{ID: id, Backend: Name, Tenant: spec.Tenant, Conversation: spec.Conversation, Image: img, Labels: labels, Created: time.Now()}
+	sb.info = envs.Info{ID: id, Backend: Name, Tenant: spec.Tenant, Conversation: spec.Conversation, Image: img, Labels: labels, Created: time.Now(), Pool: free}
 	log.Debug().Str("image", img).Strs("languages", sb.languages).Str("transport", sb.transport()).Msg("sandbox created")
 	return sb, nil
 }
@@ -342,8 +367,16 @@ func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
 	if c.Config == nil || c.Config.Labels[envs.LabelManagedBy] != envs.ManagedByValue {
 		return nil, fmt.Errorf("%w: docker: container %s is not managed by codefleet", envs.ErrNotFound, short(id))
 	}
-	log := e.log.With().Str("sandbox_id", short(c.ID)).Str("tenant", c.Config.Labels[envs.LabelTenant]).
-		Str("conversation_id", c.Config.Labels[envs.LabelConversation]).Logger()
+	info := infoOf(c.ID, c.Name, c.Config.Image, c.Config.Labels, c.Created)
+	var runEnv map[string]string
+	if info.Pool && info.Conversation != "" {
+		// A claimed pool sandbox: its conversation's sandbox-wide env is in the container.
+		if runEnv, err = e.readClaimEnv(actx, c.ID); err != nil {
+			return nil, err
+		}
+	}
+	log := e.log.With().Str("sandbox_id", short(c.ID)).Str("tenant", info.Tenant).
+		Str("conversation_id", info.Conversation).Logger()
 	sb, err := e.attach(actx, c.ID, log)
 	if err != nil {
 		return nil, err
@@ -362,15 +395,24 @@ func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
 		return nil, err
 	}
 	sb.upgrade(actx, e.socketDirOf(c))
-	sb.info = infoOf(c.ID, c.Config.Image, c.Config.Labels, c.Created)
+	sb.info, sb.runEnv = info, runEnv
 	log.Debug().Str("transport", sb.transport()).Msg("sandbox re-attached")
 	return sb, nil
 }
 
-// List returns the managed containers whose labels include match.
+// List returns the managed containers whose labels include match. A claimed pool sandbox's
+// Labels include its tenant and conversation (from its name, pool.go), and match sees them.
 func (e *Env) List(ctx context.Context, match map[string]string) ([]envs.Info, error) {
 	args := filters.NewArgs(filters.Arg("label", envs.LabelManagedBy+"="+envs.ManagedByValue))
+	var own map[string]string // the labels a claimed pool sandbox does not carry: matched here
 	for k, v := range match {
+		if k == envs.LabelTenant || k == envs.LabelConversation {
+			if own == nil {
+				own = map[string]string{}
+			}
+			own[k] = v
+			continue
+		}
 		args.Add("label", k+"="+v)
 	}
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
@@ -381,8 +423,15 @@ func (e *Env) List(ctx context.Context, match map[string]string) ([]envs.Info, e
 	}
 	out := make([]envs.Info, 0, len(list))
 	for _, c := range list {
-		info := infoOf(c.ID, c.Image, c.Labels, "")
+		name := ""
+		if len(c.Names) > 0 {
+			name = c.Names[0]
+		}
+		info := infoOf(c.ID, name, c.Image, c.Labels, "")
 		info.Created = time.Unix(c.Created, 0)
+		if !matches(info.Labels, own) {
+			continue
+		}
 		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
@@ -414,12 +463,32 @@ func (e *Env) remove(id string) error {
 	return e.Destroy(ctx, id)
 }
 
-func infoOf(id, img string, labels map[string]string, created string) envs.Info {
+// infoOf describes a container from its id, name, image, labels and creation time. A pool
+// sandbox's conversation, if one claimed it, comes from its name (pool.go).
+func infoOf(id, name, img string, labels map[string]string, created string) envs.Info {
 	info := envs.Info{ID: id, Backend: Name, Tenant: labels[envs.LabelTenant], Conversation: labels[envs.LabelConversation], Image: img, Labels: labels}
+	if labels[envs.LabelPool] != "" {
+		info.Pool = true
+		info.Tenant, info.Conversation = "", ""
+		if tenant, conv, ok := claimOf(name); ok {
+			info.Tenant, info.Conversation = tenant, conv
+			info.Labels = claimedLabels(labels, tenant, conv)
+		}
+	}
 	if t, err := time.Parse(time.RFC3339Nano, created); err == nil {
 		info.Created = t
 	}
 	return info
+}
+
+// matches reports whether labels include all of want.
+func matches(labels, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }
 
 // ensureImage makes sure img is present, pulling it once (shared by concurrent callers).

@@ -47,6 +47,11 @@ type sandbox struct {
 
 	languages []string
 	closed    chan struct{}
+
+	// runEnv is the sandbox-wide env of the conversation that claimed this pool sandbox
+	// (pool.go), put under every run's own env: a pool sandbox was started without it. Set by
+	// Claim or Open before the sandbox runs anything, then only read.
+	runEnv map[string]string
 }
 
 var _ envs.Sandbox = (*sandbox)(nil)
@@ -301,12 +306,16 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
+	env := ex.Env
+	if s.runEnv != nil {
+		env = envs.MergeEnv(s.runEnv, ex.Env)
+	}
 	req := wire.Request{
 		Op:        wire.OpRun,
 		ID:        "run-" + strconv.FormatUint(s.nextID.Add(1), 10),
 		Code:      ex.Code,
 		Language:  ex.Language,
-		Env:       ex.Env,
+		Env:       env,
 		TimeoutMS: max(timeout.Milliseconds(), 1),
 		MaxOutput: s.env.cfg.MaxOutput,
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,5 +79,22 @@ func TestAcceptAgent(t *testing.T) {
 	go acceptAgent(ln, "connect-3", "right-token-0123456789", time.Now().Add(50*time.Millisecond), accepted)
 	if c := <-accepted; c != nil {
 		t.Fatal("accepted a connection nobody made")
+	}
+}
+
+// TestClaimNames: a claimed pool sandbox's name reads back as its tenant and conversation, and
+// nothing else does.
+func TestClaimNames(t *testing.T) {
+	long := strings.Repeat("x", 128)
+	for _, c := range [][2]string{{"default", "c1"}, {"a-b_c", "-_-"}, {long, long}} {
+		name := claimName(c[0], c[1])
+		if tenant, conv, ok := claimOf("/" + name); !ok || tenant != c[0] || conv != c[1] {
+			t.Errorf("claimOf(claimName(%q, %q)) = %q, %q, %v", c[0], c[1], tenant, conv, ok)
+		}
+	}
+	for _, name := range []string{freeName(), "codefleet-default-c1-0a1b2c3d", "codefleet.t.c", "codefleet.t.c.d.e", "other.t.c.0a1b2c3d", "codefleet..c.0a1b2c3d", "codefleet." + long + "x.c.0a1b2c3d"} {
+		if tenant, conv, ok := claimOf(name); ok {
+			t.Errorf("claimOf(%q) = %q, %q: want no claim", name, tenant, conv)
+		}
 	}
 }
