@@ -26,13 +26,17 @@ IMAGES_TAG   ?= $(VERSION)
 IMAGES_REPO  ?=
 IMAGES_ARCH  ?= $(shell $(GO) env GOARCH)
 REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# make bench: the harness's flags, e.g. BENCH_ARGS='-quick -out -' (a short run, printed).
+BENCH_ARGS   ?=
+PYTHON_DOCKER ?= /usr/bin/python3
+# make gobench: the Go benchmarks.
 BENCH_PKGS   ?= ./pkg/worker/
 BENCH        ?= .
 BENCHTIME    ?= 2s
 FUZZTIME     ?= 30s
 RUN_ARGS     ?=
 
-.PHONY: help build image images test bench fuzz run clean lint
+.PHONY: help build image images test bench gobench fuzz run clean lint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,7 +64,13 @@ test: image lint ## gofmt check and go vet, then every test (needs Docker) under
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(INTEGRATION_PKGS)
 
-bench: image ## benchmarks of BENCH_PKGS (BENCH=regexp, BENCHTIME=2s)
+# The fleet (nats-server, dispatcher, worker as processes) beside AG2's path (docker-py's exec_run,
+# Debian's python3-docker) and the docker CLI, on one daemon and image; bench/main.go says how.
+bench: image ## codefleet vs docker-py vs docker exec, a few minutes: a new section in docs/benchmarks.md
+	@$(PYTHON_DOCKER) -c 'import docker' 2>/dev/null || { echo "make bench: $(PYTHON_DOCKER) cannot import docker: apt-get install python3-docker" >&2; exit 1; }
+	CODEFLEET_IMAGE=$(IMAGE) $(GO) run ./bench -python $(PYTHON_DOCKER) $(BENCH_ARGS)
+
+gobench: image ## Go benchmarks of BENCH_PKGS (BENCH=regexp, BENCHTIME=2s)
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout $(TEST_TIMEOUT) $(BENCH_PKGS)
 
 fuzz: ## fuzz the run request decoder for FUZZTIME
