@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
@@ -152,5 +154,49 @@ func TestOwnSnippetsKeepTheSandbox(t *testing.T) {
 				t.Fatalf("%s: run %d (%q): exit %d, output %q, want it to end with %q", name, i, req.Code, res.ExitCode, res.Output, want)
 			}
 		}
+	}
+}
+
+// TestShutdownWithoutNATS: a worker stopped while its NATS server is away still deals with its
+// sandboxes (destroyed here, with DestroyOnShutdown) and returns within seconds, not at the end
+// of its stop budget: the registration it cannot remove expires by itself.
+func TestShutdownWithoutNATS(t *testing.T) {
+	ns := testutil.StartRestartableNATS(t)
+	nc, err := nats.Connect(ns.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	env := fake.New()
+	const id = "w-nonats"
+	// A sandbox of an earlier process with this id: adopted at start, destroyed at shutdown.
+	sb, err := env.Create(context.Background(), envs.Spec{Tenant: "default", Conversation: "kept", Labels: map[string]string{envs.LabelWorker: id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.Close()
+	w, err := worker.New(worker.Config{ID: id, DestroyOnShutdown: true, HeartbeatInterval: 200 * time.Millisecond, HeartbeatTTL: time.Second}, nc, env, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(testutil.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := w.Info().Load; n != 1 {
+		t.Fatalf("adopted %d sandboxes, want 1", n)
+	}
+	ns.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	err = w.Shutdown(ctx)
+	if took := time.Since(start); took > 20*time.Second {
+		t.Fatalf("Shutdown without NATS took %s (err %v): it waited for its whole budget", took, err)
+	}
+	if err == nil {
+		t.Error("Shutdown without NATS reported no error: yet the registration could not be removed")
+	}
+	if left, err := env.List(context.Background(), map[string]string{envs.LabelWorker: id}); err != nil || len(left) != 0 {
+		t.Errorf("sandboxes left after shutdown: %v %v", left, err)
 	}
 }

@@ -303,12 +303,21 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		w.bg.Wait()
 	}
 	// The last replies reach the server before the registration goes: a dispatcher that saw
-	// the worker leave first would answer their runs worker_lost.
-	if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	// the worker leave first would answer their runs worker_lost. (Not connected: nothing can
+	// reach the server, and the replies buffered go out if it comes back before the drain.)
+	if !w.nc.IsConnected() {
+		errs = append(errs, errors.New("flush replies: NATS not connected"))
+	} else if err := w.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		errs = append(errs, fmt.Errorf("flush replies: %w", err))
 	}
 	if w.member != nil {
-		if err := w.member.Leave(ctx); err != nil {
+		// Bounded by a heartbeat TTL: a registration that cannot be removed sooner (NATS is
+		// away) expires in that time anyway, and waiting for it would hold the whole stop
+		// budget (a minute) after the sandboxes are dealt with.
+		lctx, cancel := context.WithTimeout(ctx, w.cfg.HeartbeatTTL)
+		err := w.member.Leave(lctx)
+		cancel()
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
