@@ -246,3 +246,67 @@ func report(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(pct(0.90), "p90-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 }
+
+// BenchmarkLoad sends bash `true` back to back from 20 conversations at once (each waits for
+// its reply before its next run) to one worker on real Docker over NATS, everything on this
+// machine: b.N runs in all. Reported: runs per second, the latency percentiles, and sandbox-p50
+// and sandbox-p99, those of the duration the agent measured inside the sandbox (ms resolution).
+//
+//	go test -run '^$' -bench Load -benchtime 4000x ./pkg/worker/
+func BenchmarkLoad(b *testing.B) {
+	const convs = 20
+	ns := testutil.StartNATS(b)
+	w := startWorker(b, ns, newDocker(b), worker.Config{ID: "bench-load-" + testutil.RunID, Capacity: convs})
+	c := newClient(b, ns, w)
+	req := protocol.Encode(&protocol.RunRequest{Language: "bash", Code: "true"})
+	var wg sync.WaitGroup
+	for i := range convs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.rawRun("default", fmt.Sprintf("load-%d", i), req)
+		}()
+	}
+	wg.Wait()
+	time.Sleep(benchPace)
+	var mu sync.Mutex
+	var lat, inside []time.Duration
+	b.ResetTimer()
+	start := time.Now()
+	for i := range convs {
+		n := b.N / convs
+		if i < b.N%convs {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conv := fmt.Sprintf("load-%d", i)
+			mine := make([]time.Duration, 0, n)
+			in := make([]time.Duration, 0, n)
+			for range n {
+				t0 := time.Now()
+				res := c.rawRun("default", conv, req)
+				mine = append(mine, time.Since(t0))
+				if res.Error != nil || res.ExitCode != 0 {
+					b.Errorf("run: %+v", res)
+					return
+				}
+				in = append(in, time.Duration(res.DurationMS)*time.Millisecond)
+			}
+			mu.Lock()
+			lat, inside = append(lat, mine...), append(inside, in...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(len(lat))/took.Seconds(), "runs/s")
+	report(b, lat)
+	sort.Slice(inside, func(i, j int) bool { return inside[i] < inside[j] })
+	if len(inside) > 0 {
+		b.ReportMetric(float64(inside[len(inside)/2].Milliseconds()), "sandbox-p50-ms")
+		b.ReportMetric(float64(inside[min(len(inside)-1, len(inside)*99/100)].Milliseconds()), "sandbox-p99-ms")
+	}
+}
