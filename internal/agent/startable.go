@@ -71,6 +71,9 @@ func (a *Agent) prepare() (notes string, stale bool) {
 	notes, stale = a.checkDir()
 	if a.EndLeftovers {
 		if cur, max, ok := a.pidsUse(); ok && max-cur < pidsReserve(max) {
+			if p := a.warm.Load(); p != nil {
+				p.settle()
+			}
 			if n := a.endLeftovers(); n > 0 {
 				notes += fmt.Sprintf(note+"the sandbox was nearly out of processes (%d of its %d in use): ended %s that earlier runs left running\n", cur, max, plural(n, "process", "processes"))
 			}

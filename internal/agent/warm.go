@@ -191,6 +191,16 @@ func (p *pool) begin(lang string, want bool) *warmProc {
 	return nil
 }
 
+// settle waits until no start is in flight: a process the pool is starting is then an idle
+// interpreter, or gone, and not taken for a leftover of a run (endLeftovers).
+func (p *pool) settle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.forking() {
+		p.cond.Wait()
+	}
+}
+
 // forking reports whether a start is in flight. p.mu is held.
 func (p *pool) forking() bool {
 	for _, n := range p.starting {
