@@ -306,8 +306,15 @@ func startDaemon(t *testing.T, name, bin string, args ...string) *daemon {
 	}()
 	t.Cleanup(func() {
 		if _, ok := d.exited(); !ok {
-			d.cmd.Process.Kill()
-			<-d.done
+			// SIGTERM first: a worker killed outright may leave a warm pool creation the
+			// daemon finishes after the sandboxes' cleanup has listed them.
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-d.done:
+			case <-time.After(30 * time.Second):
+				d.cmd.Process.Kill()
+				<-d.done
+			}
 		}
 		if t.Failed() {
 			b := d.logs.String()
