@@ -240,10 +240,17 @@ func TestCancelKillsRun(t *testing.T) {
 	fake := startFake(t, daytonafake.Options{})
 	env := newEnv(t, fake, nil)
 	sb := mustCreate(t, env, spec("cancel"))
+	cancelKills(t, fake, sb, envs.Exec{Language: "bash", Code: "sleep 60"})
+}
+
+// cancelKills starts ex on sb, cancels it once the fake runs it, and wants the run to return
+// context.Canceled and its command to be killed in the sandbox.
+func cancelKills(t *testing.T, fake *daytonafake.Server, sb envs.Sandbox, ex envs.Exec) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := sb.Run(ctx, envs.Exec{Language: "bash", Code: "sleep 60"})
+		_, err := sb.Run(ctx, ex)
 		done <- err
 	}()
 	testutil.Eventually(t, 10*time.Second, func() error {

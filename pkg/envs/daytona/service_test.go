@@ -120,28 +120,8 @@ func TestSessionRunSemantics(t *testing.T) {
 	if res := run(envs.Exec{Language: "bash", Code: `printf '%s' "$TOKEN"`, Env: map[string]string{"TOKEN": "it's $x"}}); res.Output != "it's $x" {
 		t.Errorf("env: %+v", res)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := sb.Run(ctx, envs.Exec{Language: "bash", Code: "sleep 60"})
-		done <- err
-	}()
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if fake.Running() == 0 {
-			return errors.New("not running yet")
-		}
-		return nil
-	})
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled run: %v", err)
-	}
-	testutil.Eventually(t, 10*time.Second, func() error {
-		if n := fake.Running(); n != 0 {
-			return fmt.Errorf("%d toolbox commands running: the cancelled run was not killed", n)
-		}
-		return nil
-	})
+	cancelKills(t, fake, sb, envs.Exec{Language: "bash", Code: "sleep 60"})
+
 	if res := run(envs.Exec{Language: "bash", Code: "echo kept"}); res.Output != "kept\n" {
 		t.Errorf("after: %+v", res)
 	}
