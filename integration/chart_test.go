@@ -381,13 +381,8 @@ func checkProbes(t *testing.T, ctr *testcontainers.DockerContainer, c corev1.Con
 		}
 		url := ep + p.HTTPGet.Path
 		testutil.Eventually(t, 15*time.Second, func() error {
-			resp, err := http.Get(url)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("%s probe GET %s: %s", kind, url, resp.Status)
+			if err := testutil.WantStatus(url, http.StatusOK); err != nil {
+				return fmt.Errorf("%s probe: %w", kind, err)
 			}
 			return nil
 		})

@@ -152,43 +152,59 @@ func NATSCheck(nc *nats.Conn) func(context.Context) error {
 
 // RegisterNATS registers the metrics of a daemon's NATS connection on reg, labelled
 // connection=name: codefleet_nats_connected (1 while connected), and the totals of
-// reconnects, and of messages and bytes in and out, read from the connection's statistics.
+// reconnects, and of messages and bytes in and out, read from one nc.Stats() per scrape.
 func RegisterNATS(reg prometheus.Registerer, nc *nats.Conn, name string) error {
-	labels := prometheus.Labels{"connection": name}
-	stat := func(f func(nats.Statistics) uint64) func() float64 {
-		return func() float64 { return float64(f(nc.Stats())) }
-	}
-	cs := []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "codefleet_nats_connected", Help: "1 while the NATS connection is up, 0 while it is reconnecting or closed.", ConstLabels: labels,
-		}, func() float64 {
-			if nc.IsConnected() {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "codefleet_nats_reconnects_total", Help: "Reconnections of the NATS connection.", ConstLabels: labels,
-		}, stat(func(s nats.Statistics) uint64 { return s.Reconnects })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "codefleet_nats_in_messages_total", Help: "Messages received on the NATS connection.", ConstLabels: labels,
-		}, stat(func(s nats.Statistics) uint64 { return s.InMsgs })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "codefleet_nats_out_messages_total", Help: "Messages sent on the NATS connection.", ConstLabels: labels,
-		}, stat(func(s nats.Statistics) uint64 { return s.OutMsgs })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "codefleet_nats_in_bytes_total", Help: "Payload bytes received on the NATS connection.", ConstLabels: labels,
-		}, stat(func(s nats.Statistics) uint64 { return s.InBytes })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "codefleet_nats_out_bytes_total", Help: "Payload bytes sent on the NATS connection.", ConstLabels: labels,
-		}, stat(func(s nats.Statistics) uint64 { return s.OutBytes })),
-	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register NATS metrics of %s: %w", name, err)
-		}
+	if err := reg.Register(&natsCollector{nc: nc, labels: prometheus.Labels{"connection": name}}); err != nil {
+		return fmt.Errorf("register NATS metrics of %s: %w", name, err)
 	}
 	return nil
+}
+
+// natsCounters are the counters of a connection's statistics.
+var natsCounters = []struct {
+	name, help string
+	value      func(nats.Statistics) uint64
+}{
+	{"codefleet_nats_reconnects_total", "Reconnections of the NATS connection.", func(s nats.Statistics) uint64 { return s.Reconnects }},
+	{"codefleet_nats_in_messages_total", "Messages received on the NATS connection.", func(s nats.Statistics) uint64 { return s.InMsgs }},
+	{"codefleet_nats_out_messages_total", "Messages sent on the NATS connection.", func(s nats.Statistics) uint64 { return s.OutMsgs }},
+	{"codefleet_nats_in_bytes_total", "Payload bytes received on the NATS connection.", func(s nats.Statistics) uint64 { return s.InBytes }},
+	{"codefleet_nats_out_bytes_total", "Payload bytes sent on the NATS connection.", func(s nats.Statistics) uint64 { return s.OutBytes }},
+}
+
+// natsCollector exports a NATS connection's state and statistics.
+type natsCollector struct {
+	nc     *nats.Conn
+	labels prometheus.Labels
+}
+
+func (c *natsCollector) connected() *prometheus.Desc {
+	return prometheus.NewDesc("codefleet_nats_connected", "1 while the NATS connection is up, 0 while it is reconnecting or closed.", nil, c.labels)
+}
+
+func (c *natsCollector) desc(i int) *prometheus.Desc {
+	return prometheus.NewDesc(natsCounters[i].name, natsCounters[i].help, nil, c.labels)
+}
+
+// Describe sends the descriptions of the connection's metrics.
+func (c *natsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.connected()
+	for i := range natsCounters {
+		ch <- c.desc(i)
+	}
+}
+
+// Collect sends the connection's metrics.
+func (c *natsCollector) Collect(ch chan<- prometheus.Metric) {
+	up := 0.0
+	if c.nc.IsConnected() {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.connected(), prometheus.GaugeValue, up)
+	stats := c.nc.Stats()
+	for i, m := range natsCounters {
+		ch <- prometheus.MustNewConstMetric(c.desc(i), prometheus.CounterValue, float64(m.value(stats)))
+	}
 }
 
 // promLogger is promhttp's error log on zerolog.
