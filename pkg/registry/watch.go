@@ -229,14 +229,16 @@ func (r *Registry) expireLoop() {
 			if !stale {
 				continue
 			}
-			healthy := r.reachable()
+			// A watch being started again (its bucket was lost, its stream is electing a
+			// leader) delivers no heartbeat either: no news, as an unreachable bucket.
+			healthy := r.f.Watching() && r.reachable()
 			r.mu.Lock()
 			if healthy {
 				r.expireLocked(time.Now())
 			} else {
-				// No heartbeat can land while the bucket does not answer (its stream is
-				// electing a leader after a node loss, this process is cut off): that is no
-				// news of the workers. They get a whole TTL again once it answers.
+				// No heartbeat can land, or reach this process, while the bucket does not answer
+				// or is not watched (its stream is electing a leader after a node loss, this
+				// process is cut off): that is no news of the workers. They get a whole TTL again once it answers.
 				for _, ws := range r.workers {
 					ws.seen = time.Now()
 				}
