@@ -103,6 +103,18 @@ func (f *Follower) restart() (chan struct{}, error) {
 	return f.start(ctx)
 }
 
+// Restart ends the watch in progress, if any, so that a new one starts as when a watch ends by
+// itself: for a caller that found the watch stalled (its consumer died with a NATS node and
+// nats.go has not recreated it yet), since a stalled watch does not end.
+func (f *Follower) Restart() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.watching.Load() {
+		f.cancel()
+		_ = f.w.Stop()
+	}
+}
+
 // Watching reports whether a watch is running with the bucket's current values applied: false
 // between a watch's end and the next one's start, and after Stop.
 func (f *Follower) Watching() bool { return f.watching.Load() }

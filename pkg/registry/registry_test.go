@@ -614,6 +614,69 @@ func TestRegistrySilentBucketIsNoNews(t *testing.T) {
 	}
 }
 
+// TestRegistryStalledWatch: the watch's consumer is gone (it lived on a NATS node that died)
+// while the bucket answers and heartbeats land; nats.go recreates such a consumer only after
+// two of its 5 s idle heartbeats are missed. The registry must not lose the workers that keep
+// refreshing meanwhile (a dispatcher would answer "no live workers"), must still lose one that
+// stopped, and must watch again without waiting for nats.go.
+func TestRegistryStalledWatch(t *testing.T) {
+	const ttl = time.Second
+	js := testutil.JetStream(t, testutil.StartNATS(t))
+	// Entries are kept for a minute, so only the registry's own check loses a stale worker.
+	if _, err := js.CreateKeyValue(testutil.Context(t), registry.BucketConfig(protocol.Subjects{}, time.Minute, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var lost lostLog
+	r := openRegistry(t, js, registry.Config{TTL: ttl, OnLost: lost.onLost})
+	kv := workersKV(t, js)
+	seen(t, r, register(t, kv, protocol.WorkerInfo{ID: "beating", Capacity: 4}),
+		register(t, kv, protocol.WorkerInfo{ID: "stopped", Capacity: 4}))
+
+	stream := "KV_" + protocol.Subjects{}.WorkersBucket()
+	s, err := js.Stream(testutil.Context(t), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := s.ConsumerNames(testutil.Context(t))
+	var deleted []string
+	for name := range names.Name() {
+		if err := s.DeleteConsumer(testutil.Context(t), name); err != nil {
+			t.Fatal(err)
+		}
+		deleted = append(deleted, name)
+	}
+	if len(deleted) != 1 {
+		t.Fatalf("the registry's watch should be the stream's one consumer; deleted %v", deleted)
+	}
+	stalled := time.Now()
+
+	// "beating" refreshes every TTL/5 for three TTLs; the stall is found within TTL + TTL/4.
+	var info protocol.WorkerInfo
+	for time.Since(stalled) < 3*ttl {
+		info = register(t, kv, protocol.WorkerInfo{ID: "beating", Capacity: 4})
+		at := time.Now()
+		testutil.Eventually(t, time.Second, func() error {
+			if time.Since(at) < ttl/5 {
+				return errors.New("waiting")
+			}
+			return nil
+		})
+		if n := lost.count("beating"); n != 0 {
+			t.Fatalf("a worker whose heartbeats land was lost %d times while the watch was stalled", n)
+		}
+	}
+	lost.wait(t, "stopped", 1)
+	// Watching again well before nats.go's own 10 s: a new worker and the latest refresh show.
+	seen(t, r, info, register(t, kv, protocol.WorkerInfo{ID: "new", Capacity: 4}))
+	t.Logf("a new registration seen %s after the watch's consumer was deleted", time.Since(stalled).Round(time.Millisecond))
+	if after := time.Since(stalled); after > 8*time.Second {
+		t.Fatalf("the registry watched again only %s after the stall", after)
+	}
+	if !slices.Equal(ids(r.Live()), []string{"beating", "new"}) {
+		t.Fatalf("Live = %v, want beating and new", ids(r.Live()))
+	}
+}
+
 // placeOnTwo registers workers a and b (capacity 100 each, empty) and places n conversations.
 func placeOnTwo(t *testing.T, r *registry.Registry, kv jetstream.KeyValue, n int) {
 	t.Helper()

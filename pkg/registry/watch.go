@@ -26,8 +26,8 @@ type Config struct {
 	// OnLost is called, from one goroutine and never concurrently, when a known worker is
 	// lost: its key was deleted or purged (Delete on graceful shutdown, or the server's delete
 	// marker when its entry expires), or it was not refreshed for TTL (checked every TTL/4, so a
-	// worker that stops without its key expiring is noticed within TTL + TTL/4, unless the
-	// bucket itself does not answer then: silence is no news while no heartbeat can land). Calls are
+	// worker that stops without its key expiring is noticed within TTL + TTL/4) and the bucket
+	// confirms it (see confirm: silence is no news while no heartbeat can land). Calls are
 	// queued: a slow OnLost delays later calls, not the Registry. It must not call Stop.
 	OnLost func(workerID string)
 	// PendingWindow is how long a placement keeps counting on top of a worker's registered
@@ -37,8 +37,12 @@ type Config struct {
 
 type workerState struct {
 	info protocol.WorkerInfo
-	seen time.Time     // when the watch last delivered the entry
-	lost chan struct{} // closed when the worker is lost
+	seen time.Time // when the watch last delivered the entry
+	rev  uint64    // the revision of info
+	// purged: the watch delivered the entry's purge (the server's marker when it expired),
+	// which loses the worker once the bucket confirms it (see confirm).
+	purged bool
+	lost   chan struct{} // closed when the worker is lost
 }
 
 // Registry is the set of live workers of one fleet, read from its registry bucket and kept
@@ -57,8 +61,13 @@ type Registry struct {
 	// pending holds, per worker, when this Registry placed conversations on it that its
 	// registration may not count yet (see PendingWindow).
 	pending map[string][]time.Time
-	events  []string // lost workers not yet passed to OnLost
-	notify  chan struct{}
+	events  []string      // lost workers not yet passed to OnLost
+	check   chan struct{} // wakes the expiry loop to confirm a purge at once
+	// gone holds the revision of the entry of each worker lost while its key stayed in the
+	// bucket (it stopped refreshing), so that a watch started again, which delivers that entry
+	// once more, does not bring the worker back for another TTL. Delete markers remove them.
+	gone   map[string]uint64
+	notify chan struct{}
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -83,7 +92,8 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Registry, e
 	r := &Registry{
 		cfg: cfg, js: js, kv: kv, quit: make(chan struct{}),
 		workers: make(map[string]*workerState), pending: make(map[string][]time.Time),
-		notify: make(chan struct{}, 1),
+		gone:   make(map[string]uint64),
+		notify: make(chan struct{}, 1), check: make(chan struct{}, 1),
 	}
 	// The bucket is kept in memory: a NATS server's restart loses it (the workers' next
 	// heartbeats make it again) and ends the watch, which is then started anew.
@@ -133,15 +143,29 @@ func (r *Registry) Check(ctx context.Context) error {
 // gone with a NATS server's restart, say, is started again.)
 func (r *Registry) Done() <-chan struct{} { return r.f.Done() }
 
-// apply takes one watch entry. Delete and purge operations, including the server's marker
-// when an entry expires (a KeyValuePurge with the Nats-Marker-Reason header MaxAge), lose
-// the worker.
+// apply takes one watch entry. A delete (a worker's Leave) loses the worker. A purge, the
+// server's marker when an entry expires (a KeyValuePurge with the Nats-Marker-Reason header
+// MaxAge), loses it once confirm finds the bucket agrees: a stream that has just elected a
+// leader after a node loss expires at once every entry no heartbeat could refresh meanwhile.
 func (r *Registry) apply(e jetstream.KeyValueEntry) {
 	id := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		r.mu.Lock()
-		r.loseLocked(id)
-		r.mu.Unlock()
+		defer r.mu.Unlock()
+		delete(r.gone, id)
+		ws := r.workers[id]
+		if ws == nil {
+			return
+		}
+		if e.Operation() == jetstream.KeyValueDelete {
+			r.loseLocked(id)
+			return
+		}
+		ws.purged = true
+		select {
+		case r.check <- struct{}{}:
+		default:
+		}
 		return
 	}
 	info, err := decode(id, e.Value())
@@ -151,12 +175,18 @@ func (r *Registry) apply(e jetstream.KeyValueEntry) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if rev, ok := r.gone[id]; ok {
+		if rev == e.Revision() {
+			return // the entry of a worker found stale, delivered again by a new watch
+		}
+		delete(r.gone, id)
+	}
 	ws := r.workers[id]
 	if ws == nil {
 		ws = &workerState{lost: make(chan struct{})}
 		r.workers[id] = ws
 	}
-	ws.info, ws.seen = info, now
+	ws.info, ws.seen, ws.rev, ws.purged = info, now, e.Revision(), false
 	// The registration counts the placements whose runs reached the worker before it was
 	// computed; the later ones stay pending.
 	cut := info.Updated
@@ -199,16 +229,7 @@ func (r *Registry) loseLocked(id string) {
 }
 
 func (r *Registry) stale(ws *workerState, now time.Time) bool {
-	return now.Sub(ws.info.Updated) > r.cfg.TTL && now.Sub(ws.seen) > r.cfg.TTL
-}
-
-// expireLocked loses the workers not refreshed for TTL.
-func (r *Registry) expireLocked(now time.Time) {
-	for id, ws := range r.workers {
-		if r.stale(ws, now) {
-			r.loseLocked(id)
-		}
-	}
+	return ws.purged || now.Sub(ws.info.Updated) > r.cfg.TTL && now.Sub(ws.seen) > r.cfg.TTL
 }
 
 func (r *Registry) expireLoop() {
@@ -219,41 +240,99 @@ func (r *Registry) expireLoop() {
 		select {
 		case <-r.quit:
 			return
-		case now := <-t.C:
-			r.mu.Lock()
-			stale := false
-			for _, ws := range r.workers {
-				stale = stale || r.stale(ws, now)
+		case <-r.check:
+		case <-t.C:
+		}
+		now := time.Now()
+		r.mu.Lock()
+		var stale []string
+		for id, ws := range r.workers {
+			if r.stale(ws, now) {
+				stale = append(stale, id)
 			}
-			r.mu.Unlock()
-			if !stale {
-				continue
-			}
-			// A watch being started again (its bucket was lost, its stream is electing a
-			// leader) delivers no heartbeat either: no news, as an unreachable bucket.
-			healthy := r.f.Watching() && r.reachable()
-			r.mu.Lock()
-			if healthy {
-				r.expireLocked(time.Now())
-			} else {
-				// No heartbeat can land, or reach this process, while the bucket does not answer
-				// or is not watched (its stream is electing a leader after a node loss, this
-				// process is cut off): that is no news of the workers. They get a whole TTL again once it answers.
-				for _, ws := range r.workers {
-					ws.seen = time.Now()
-				}
-			}
-			r.mu.Unlock()
+		}
+		r.mu.Unlock()
+		if len(stale) > 0 {
+			r.confirm(stale)
 		}
 	}
 }
 
-// reachable reports whether the registry bucket answers (its stream has a leader).
-func (r *Registry) reachable() bool {
+// confirm asks the bucket itself about workers the watch has not refreshed for TTL or whose
+// entry it saw purged, and loses only those the bucket confirms gone: the key deleted or expired,
+// or its latest entry the one the watch last delivered, while the bucket's stream has had its
+// leader for a TTL at least. Silence alone is not enough:
+//   - while the bucket does not answer (its stream is electing a leader after a node loss, this
+//     process is cut off) no heartbeat can land, so that is no news;
+//   - a leader elected less than a TTL ago has expired at once every entry that no heartbeat
+//     could refresh during the election, and the workers have not had a TTL to write again;
+//   - a watch whose consumer died with a NATS node delivers nothing for up to two of the
+//     consumer's 5 s idle heartbeats before nats.go recreates it, while heartbeats land. A newer
+//     entry than the watch delivered is such a stall: it is applied, and the watch is started
+//     again rather than left to find out by itself.
+//
+// No news gives the workers a whole TTL again.
+func (r *Registry) confirm(ids []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TTL/4)
 	defer cancel()
-	_, err := r.kv.Status(ctx)
-	return err == nil
+	type answer struct {
+		e   jetstream.KeyValueEntry
+		err error
+	}
+	var answers map[string]answer
+	if st, err := r.kv.Status(ctx); err == nil && leaderSettled(st, r.cfg.TTL) {
+		answers = make(map[string]answer, len(ids))
+		for _, id := range ids {
+			e, err := r.kv.Get(ctx, id)
+			answers[id] = answer{e, err}
+		}
+	}
+	stalled := false
+	r.mu.Lock()
+	now := time.Now()
+	for _, id := range ids {
+		ws := r.workers[id]
+		if ws == nil || !r.stale(ws, now) {
+			continue // lost or refreshed by the watch meanwhile
+		}
+		a, ok := answers[id]
+		switch {
+		case !ok || a.err != nil && !errors.Is(a.err, jetstream.ErrKeyNotFound):
+			ws.seen, ws.purged = now, false // no news
+		case a.err != nil:
+			r.loseLocked(id) // deleted or expired
+		case a.e.Revision() != ws.rev: // a later write (or the bucket made again since)
+			info, err := decode(id, a.e.Value())
+			if err != nil {
+				r.loseLocked(id)
+				continue
+			}
+			ws.info, ws.seen, ws.rev, ws.purged = info, now, a.e.Revision(), false
+			stalled = true
+		default:
+			r.loseLocked(id) // no heartbeat landed since the one the watch delivered
+			r.gone[id] = ws.rev
+		}
+	}
+	r.mu.Unlock()
+	if stalled {
+		r.f.Restart()
+	}
+}
+
+// leaderSettled reports whether the bucket's stream has had its leader for at least ttl (by
+// the server's clock); a stream without a cluster (one server) has no elections.
+func leaderSettled(st jetstream.KeyValueStatus, ttl time.Duration) bool {
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil || bs.StreamInfo().Cluster == nil || bs.StreamInfo().Cluster.LeaderSince == nil {
+		return true
+	}
+	si := bs.StreamInfo()
+	now := si.TimeStamp
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return now.Sub(*si.Cluster.LeaderSince) >= ttl
 }
 
 func (r *Registry) callbackLoop() {
