@@ -43,6 +43,8 @@ type Agent struct {
 	// SocketPath (the directory is a read-only mount, but a root snippet could move its
 	// parent) does not get the token.
 	WorkerOutside bool
+	// Disk, when set, holds the snippets' files under a limit (disk.go); Serve runs it.
+	Disk *DiskGuard
 	// EndLeftovers lets the agent end the processes earlier runs left behind when the sandbox
 	// runs out of pids (see startable.go). Only PID 1 of the sandbox's pid namespace sets it
 	// (Main): every process it sees there is the sandbox's.
@@ -89,6 +91,13 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 		p.close()
 	}()
 	p.fill()
+	if a.Disk != nil {
+		var leftovers func() int
+		if a.EndLeftovers {
+			leftovers = a.endLeftovers
+		}
+		go a.Disk.Run(ctx, leftovers)
+	}
 	var socks sync.WaitGroup
 	defer socks.Wait() // the socket session ends with the attached stream's (serve cancels its ctx)
 	return a.serve(ctx, in, out, &socks)
@@ -502,12 +511,22 @@ func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Du
 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
+	var diskHit <-chan struct{} // nil without a disk limit: never ready
+	if a.Disk != nil {
+		hit, done := a.Disk.watch()
+		defer done()
+		diskHit = hit
+	}
 	var status syscall.WaitStatus
-	timedOut, cancelled := false, false
+	timedOut, cancelled, diskFull := false, false, false
 	select {
 	case status = <-p.exited:
 	case <-timer.C:
 		timedOut = true
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+		status = <-p.exited
+	case <-diskHit:
+		diskFull = true
 		syscall.Kill(-p.pid, syscall.SIGKILL)
 		status = <-p.exited
 	case <-ctx.Done():
@@ -543,8 +562,11 @@ func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Du
 	default:
 		resp.ExitCode = status.ExitStatus()
 	}
-	if cancelled && !status.Exited() {
+	if (cancelled || diskFull) && !status.Exited() {
 		resp.ExitCode = 128 + int(syscall.SIGKILL)
+	}
+	if diskFull {
+		resp.DiskLimited, resp.Error = true, a.Disk.Reason()
 	}
 	return resp
 }

@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
+
+	"github.com/codefleet/codefleet/internal/agent/wire"
 )
 
 // ExecutableName is the file name the agent runs under inside a sandbox. A codefleet binary
@@ -34,6 +39,25 @@ func Main() {
 		dir = "/"
 	}
 	a := New(dir, os.Environ(), NewReaper())
+	limit, watch, err := diskArgs(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sandbox-agent:", err)
+		os.Exit(2)
+	}
+	if limit > 0 {
+		// One file cannot pass the limit (inherited by every process the agent starts); with
+		// SIGXFSZ ignored (an ignored signal stays ignored across exec), a write past it fails
+		// with EFBIG instead of killing the writer.
+		lim := syscall.Rlimit{Cur: uint64(limit), Max: uint64(limit)}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			fmt.Fprintln(os.Stderr, "sandbox-agent: file size limit:", err)
+		}
+		signal.Ignore(syscall.SIGXFSZ)
+		if watch {
+			home, _ := getenv(a.Environ, "HOME")
+			a.Disk = NewDiskGuard(limit, dir, home, os.Getuid())
+		}
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	if os.Getpid() == 1 {
 		// Handled and dropped, not ignored: an ignored signal stays ignored in the processes
@@ -42,7 +66,11 @@ func Main() {
 		// SIGTERM and SIGINT end the agent when no snippet can have sent them (quiet): that is
 		// `docker stop` of an idle sandbox.
 		sigs := make(chan os.Signal, 16)
-		signal.Notify(sigs, endingSignals...)
+		ending := endingSignals
+		if limit > 0 {
+			ending = slices.DeleteFunc(slices.Clone(ending), func(s os.Signal) bool { return s == syscall.SIGXFSZ })
+		}
+		signal.Notify(sigs, ending...)
 		go func() {
 			for sig := range sigs {
 				if (sig == syscall.SIGTERM || sig == syscall.SIGINT) && a.quiet() {
@@ -85,4 +113,21 @@ var endingSignals = []os.Signal{
 	syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGILL, syscall.SIGTRAP,
 	syscall.SIGABRT, syscall.SIGBUS, syscall.SIGFPE, syscall.SIGSEGV, syscall.SIGTERM,
 	syscall.SIGSTKFLT, syscall.SIGSYS, syscall.SIGPIPE, syscall.SIGXCPU, syscall.SIGXFSZ,
+}
+
+// diskArgs reads the agent's arguments.
+func diskArgs(args []string) (limit int64, watch bool, err error) {
+	for _, arg := range args {
+		switch name, value, _ := strings.Cut(arg, "="); name {
+		case wire.ArgDiskLimit:
+			if limit, err = strconv.ParseInt(value, 10, 64); err != nil || limit < 0 {
+				return 0, false, fmt.Errorf("%s=%q: want a number of bytes", wire.ArgDiskLimit, value)
+			}
+		case wire.ArgDiskWatch:
+			watch = true
+		default:
+			return 0, false, fmt.Errorf("unknown argument %q", arg)
+		}
+	}
+	return limit, watch, nil
 }

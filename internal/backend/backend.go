@@ -41,7 +41,11 @@ type Options struct {
 	cpus      float64 // --cpus, turned into Docker.NanoCPUs
 	maxOutput int64   // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
 	tenants   string  // --daytona-tenants, turned into Daytona.Tenants
+	disk      int64   // --disk, turned into Docker.Disk and Daytona.DiskGiB
 }
+
+// DefaultDisk is --disk's default: what a sandbox's snippets may write.
+const DefaultDisk = 2 << 30
 
 // Register declares the backend's flags on fs, with their defaults.
 func (o *Options) Register(fs *config.FlagSet) {
@@ -62,6 +66,7 @@ func (o *Options) Register(fs *config.FlagSet) {
 	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
 	fs.StringVar(&d.SocketDir, "socket-dir", docker.DefaultSocketDir, "directory the worker shares with the Docker daemon (same path for both) for the fast channel to the sandboxes; none: the attached stream only")
 	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
+	fs.SizeVar(&o.disk, "disk", DefaultDisk, "most a sandbox's snippets may write (workspace, /tmp, everything); 0: no limit. Docker: the storage driver's size option where it has one, else the agent's watchdog; Daytona: the disk of sandboxes built from an image, in whole GiB")
 
 	dt := &o.Daytona
 	fs.StringVar(&dt.APIKey, "daytona-api-key", "", "Daytona API key (prefer the variable to the flag, which shows in ps); may hold ${name} placeholders filled from a request's sandbox.variables")
@@ -96,6 +101,11 @@ func (o *Options) Check() error {
 		return fmt.Errorf("--max-output %s: want a positive size up to 1GiB", config.FormatSize(o.maxOutput))
 	}
 	o.Docker.MaxOutput = int(o.maxOutput)
+	if o.disk < 0 || o.disk > 0 && o.disk < 1<<20 {
+		return fmt.Errorf("--disk %s: want 0 (no limit) or at least 1MiB", config.FormatSize(o.disk))
+	}
+	o.Docker.Disk = o.disk
+	o.Daytona.DiskGiB = int((o.disk + 1<<30 - 1) >> 30)
 	o.Daytona.MaxOutput = int(o.maxOutput)
 	switch o.Backend {
 	case docker.Name:

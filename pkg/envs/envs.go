@@ -144,6 +144,9 @@ type Result struct {
 	Truncated bool
 	// Duration is the wall time of the run inside the sandbox.
 	Duration time.Duration
+	// DiskLimit, when set, says that the run was ended because the sandbox's files reached its
+	// disk limit, and what was measured. The sandbox and its files survive.
+	DiskLimit string
 }
 
 // Env is a backend: it makes and finds sandboxes.

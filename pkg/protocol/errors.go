@@ -26,12 +26,15 @@ const (
 	CodeWorkerLost Code = "worker_lost"
 	// CodeInternal: a bug or an unexpected fault.
 	CodeInternal Code = "internal"
+	// CodeDiskLimit: the run was ended because the sandbox's files reached its disk limit. The
+	// result keeps the output so far and the exit code (137); the sandbox and its files survive.
+	CodeDiskLimit Code = "disk_limit"
 )
 
 // Codes lists every error code of the contract.
 var Codes = []Code{
 	CodeBadRequest, CodeUnsupportedLanguage, CodeImageNotAllowed, CodeCapacity, CodeBusy,
-	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal,
+	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal, CodeDiskLimit,
 }
 
 // Error is the error object of RunResult and CloseResult. It implements error.

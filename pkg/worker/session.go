@@ -278,10 +278,15 @@ func (m *manager) execute(s *session, j *job) bool {
 	}
 	log.Debug().Int("exit_code", out.ExitCode).Dur("duration", out.Duration).Msg("run")
 	m.metrics.ran(req.Language, out.Duration)
-	m.finish(s, j, &protocol.RunResult{
+	res := &protocol.RunResult{
 		ID: req.ID, Output: out.Output, ExitCode: out.ExitCode, TimedOut: out.TimedOut,
 		Truncated: out.Truncated, DurationMS: out.Duration.Milliseconds(), Sandbox: info,
-	}, true)
+	}
+	if out.DiskLimit != "" {
+		// The code ran and was ended: an error, as the client must know, with what it printed.
+		res.Error = protocol.Errorf(protocol.CodeDiskLimit, "%s", out.DiskLimit)
+	}
+	m.finish(s, j, res, true)
 	return true
 }
 

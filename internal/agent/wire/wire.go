@@ -57,6 +57,16 @@ const (
 	SocketPath = SocketDir + "/worker.sock"
 )
 
+// Arguments of the agent: the worker passes them as the container's command.
+const (
+	// ArgDiskLimit=N: the most, in bytes, one file may take (RLIMIT_FSIZE on every process the
+	// agent starts).
+	ArgDiskLimit = "--disk-limit"
+	// ArgDiskWatch: the agent also holds the snippets' files under that limit (its DiskGuard),
+	// where the Docker daemon cannot limit the sandbox's writable layer itself.
+	ArgDiskWatch = "--disk-watch"
+)
+
 // Request is a frame from the worker to the agent.
 type Request struct {
 	Op string `json:"op"`
@@ -88,6 +98,9 @@ type Response struct {
 	TimedOut   bool   `json:"timed_out,omitempty"`
 	Truncated  bool   `json:"truncated,omitempty"`
 	DurationUS int64  `json:"duration_us,omitempty"`
+	// DiskLimited: the run was ended because the sandbox's files reached its disk limit
+	// (the agent's --disk-limit); Error says what was measured.
+	DiskLimited bool `json:"disk_limited,omitempty"`
 	// Error fields: Code is one of the ErrCode constants.
 	Code  string `json:"code,omitempty"`
 	Error string `json:"error,omitempty"`

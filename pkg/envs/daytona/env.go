@@ -219,6 +219,7 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		req.Snapshot = snap
 	} else if img != "" {
 		req.BuildInfo = &BuildInfo{DockerfileContent: "FROM " + img}
+		req.Disk = e.cfg.DiskGiB
 	}
 	log := e.log.With().Str("tenant", spec.Tenant).Str("conversation_id", spec.Conversation).Logger()
 

@@ -86,6 +86,9 @@ type Config struct {
 	Network string
 	// CapAdd re-adds capabilities after all are dropped (e.g. CHOWN). Empty by default.
 	CapAdd []string
+	// Disk bounds what a sandbox's snippets may write, in bytes (0: no limit): held by the
+	// storage driver where it can, else by the agent (see DiskMode).
+	Disk int64
 	// ReadonlyRootfs makes everything but Workdir and /tmp read-only.
 	ReadonlyRootfs bool
 	// Runtime is an OCI runtime for stronger isolation, e.g. "runsc" (gVisor); empty = default.
@@ -158,6 +161,10 @@ type Env struct {
 
 	// noSockets is set once the socket transport proved impossible here (socket.go).
 	noSockets atomic.Bool
+
+	// diskMode is how Disk is held (DiskMode), found out on first use.
+	diskMu   sync.Mutex
+	diskMode string
 
 	// pulls lets concurrent creations share one pull of the same image.
 	pullMu sync.Mutex
@@ -246,6 +253,10 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	if err := e.ensureImage(ctx, img); err != nil {
 		return nil, err
 	}
+	agentArgs, storageOpt, err := e.diskSettings(ctx, img)
+	if err != nil {
+		return nil, err
+	}
 
 	labels := envs.SandboxLabels(e.cfg.Labels, spec)
 	name := containerName(spec)
@@ -263,7 +274,7 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	cfg := &container.Config{
 		Image:        img,
 		Entrypoint:   []string{agentPath},
-		Cmd:          []string{},
+		Cmd:          append([]string{}, agentArgs...),
 		Env:          environ(env),
 		Labels:       labels,
 		WorkingDir:   e.cfg.Workdir,
@@ -282,6 +293,7 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 		LogConfig:      container.LogConfig{Type: "none"},
 		ReadonlyRootfs: e.cfg.ReadonlyRootfs,
 		Runtime:        e.cfg.Runtime,
+		StorageOpt:     storageOpt,
 		Resources: container.Resources{
 			Memory:     e.cfg.Memory,
 			MemorySwap: e.cfg.Memory,

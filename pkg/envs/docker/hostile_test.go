@@ -77,7 +77,7 @@ const awaitUp = "while [ ! -e up ]; do sleep 0.01; done; rm up; "
 
 // countSleeps counts the sleep processes of the sandbox (with shell builtins only: it must work
 // when no process can be forked).
-const countSleeps = `n=0; for c in /proc/[0-9]*/comm; do read -r x < "$c" 2>/dev/null && [ "$x" = sleep ] && n=$((n+1)); done; echo "sleeps=$n"`
+const countSleeps = `n=0; for c in /proc/[0-9]*/comm; do { read -r x < "$c"; } 2>/dev/null && [ "$x" = sleep ] && n=$((n+1)); done; echo "sleeps=$n"`
 
 // fillPids waits (with builtins only) until the sandbox's pids are nearly all used.
 const fillPids = `f=/sys/fs/cgroup/pids/pids.current; [ -e "$f" ] || f=/sys/fs/cgroup/pids.current

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -325,7 +326,11 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	}
 	switch resp.Op {
 	case wire.OpResult:
-		return envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}, nil
+		res := envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}
+		if resp.DiskLimited {
+			res.DiskLimit = cmp.Or(resp.Error, "the sandbox's files reached its disk limit: the run was ended")
+		}
+		return res, nil
 	case wire.OpError:
 		if resp.Code == wire.ErrCodeUnsupportedLanguage {
 			return envs.Result{}, fmt.Errorf("%w: %s", envs.ErrUnsupportedLanguage, resp.Error)

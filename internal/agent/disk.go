@@ -1,0 +1,335 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DiskGuard keeps what a sandbox's snippets write under a limit where the kernel does not: the
+// Docker daemon's storage driver has no size option (fuse-overlayfs, overlay2 off xfs project
+// quotas), so nothing below the sandbox stops a snippet from filling the worker's disk.
+//
+// Two things hold the limit. Every process the agent starts has RLIMIT_FSIZE at the limit (set
+// on the agent itself, and inherited; SIGXFSZ is ignored, so a write past it fails with EFBIG,
+// "File too large"): one file cannot pass it. And the guard measures the space the snippets' files
+// take: the files under the directories the agent's user can write (its user is the snippets',
+// so that is everywhere a snippet can write; for root, the whole root filesystem, less what it
+// held when the guard started), each inode counted once by its size or its allocated blocks, whichever is more, and the files
+// processes hold open after they were removed. When that passes the limit while a run is going
+// on, the runs are ended (their result says so: DiskLimited) and so are the processes earlier
+// runs left behind; later runs may go on (to remove files), but one that writes more while the
+// files are still over the limit is ended too.
+//
+// Measuring walks the directories, so it is not done on every tick: the free space of the
+// filesystem (statfs, one cheap call) bounds how much can have been written since the last walk,
+// and the guard walks only when that bound passes the limit, and at least every forceEvery
+// while runs go on (other sandboxes removing files on the same filesystem would hide writes
+// from the bound). What passes the limit between two ticks is the overshoot (docs/security.md).
+//
+// Its blind spot: a file removed while open by a process that made itself non-dumpable (its
+// open files cannot be read from /proc by the same user) is not seen; it is bounded by
+// RLIMIT_FSIZE, and it goes when the process ends (a run's processes are ended with the run).
+type DiskGuard struct {
+	// Limit is the most the snippets' files may take, in bytes.
+	Limit int64
+
+	roots    []string
+	all      bool   // roots is "/": everything on its filesystem but what was there at the start
+	rootDev  uint64 // the device of "/" when all is set (the walk stays on it)
+	baseline int64  // what "/" held when the guard started, when all is set
+	statPath string // the path statfs is asked about
+
+	mu      sync.Mutex
+	runs    map[chan struct{}]struct{} // hit channels of the runs going on
+	running int
+	usage   int64 // what the last walk found
+	free    int64 // the free space when the last walk started
+	floor   int64 // usage when the runs were last ended for it; 0 when under the limit
+	walked  time.Time
+	took    time.Duration // how long the last walk took
+	hits    int
+}
+
+const (
+	fastTick   = 20 * time.Millisecond  // while runs go on
+	slowTick   = 250 * time.Millisecond // between runs (processes left behind may write)
+	forceEvery = time.Second            // a walk at least this often while runs go on
+	// floorSlack is what a run may still write while the files are over the limit (a shell's
+	// history, a small log) before it is ended.
+	floorSlack = 64 << 10
+)
+
+// NewDiskGuard returns a guard of limit bytes for snippets run in dir (their working directory)
+// by user uid with home directory home.
+func NewDiskGuard(limit int64, dir, home string, uid int) *DiskGuard {
+	g := &DiskGuard{Limit: limit, statPath: dir, runs: map[chan struct{}]struct{}{}}
+	if uid == 0 {
+		g.all, g.roots = true, []string{"/"}
+		var st syscall.Stat_t
+		if syscall.Stat("/", &st) == nil {
+			g.rootDev = uint64(st.Dev)
+		}
+		return g
+	}
+	// The directories a snippet can create files in, on a Debian-like image: its working and
+	// home directories and the world-writable ones. /dev/shm is a tmpfs: memory, bounded by its
+	// size and the sandbox's memory limit.
+	for _, p := range []string{dir, home, "/tmp", "/var/tmp", "/run/lock"} {
+		if p == "" || syscall.Access(p, 2 /* W_OK */) != nil {
+			continue
+		}
+		g.roots = append(g.roots, filepath.Clean(p))
+	}
+	g.roots = outermost(g.roots)
+	return g
+}
+
+// outermost drops the paths that are inside another one of paths (or equal to it).
+func outermost(paths []string) []string {
+	var out []string
+	for i, p := range paths {
+		inside := false
+		for j, q := range paths {
+			if i != j && (p == q && j < i || p != q && strings.HasPrefix(p, strings.TrimSuffix(q, "/")+"/")) {
+				inside = true
+				break
+			}
+		}
+		if !inside {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Run checks the disk until ctx ends; a calls it with the agent's endLeftovers as leftovers.
+func (g *DiskGuard) Run(ctx context.Context, leftovers func() int) {
+	if g.all {
+		g.baseline = g.measure()
+	}
+	g.mu.Lock()
+	g.free = statfsFree(g.statPath)
+	g.mu.Unlock()
+	t := time.NewTimer(slowTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if g.check() && leftovers != nil {
+			leftovers()
+		}
+		g.mu.Lock()
+		next := slowTick
+		if g.running > 0 {
+			next = fastTick
+		}
+		g.mu.Unlock()
+		t.Reset(next)
+	}
+}
+
+// check measures when the free space says the limit may have been passed (or forceEvery passed
+// with runs going on), and ends the runs when it was. It reports whether it ended them.
+func (g *DiskGuard) check() bool {
+	free := statfsFree(g.statPath)
+	g.mu.Lock()
+	if free < 0 {
+		free = g.free // no bound: the forced walks only
+	}
+	// Over the limit already (the runs were ended, the files not removed yet), what matters is
+	// whether more is written.
+	threshold := g.Limit
+	if g.floor != 0 {
+		threshold = g.floor + floorSlack
+	}
+	// What the snippets removed since frees space as surely as what they wrote takes it; what
+	// other sandboxes on the filesystem do moves the bound too (up: a walk for nothing; down:
+	// writes hidden until the forced walk).
+	bound := max(0, g.usage+g.free-free)
+	if bound <= g.Limit {
+		g.floor = 0
+	}
+	due := g.running > 0 && time.Since(g.walked) >= max(forceEvery, 10*g.took)
+	if bound <= threshold && !due {
+		g.mu.Unlock()
+		return false
+	}
+	g.mu.Unlock()
+
+	start := time.Now()
+	usage := g.measure()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.usage, g.free, g.walked, g.took = usage, free, start, time.Since(start)
+	if usage <= g.Limit {
+		g.floor = 0
+		return false
+	}
+	if g.floor != 0 && usage <= g.floor+floorSlack {
+		return false // over the limit, but nothing more was written since the runs were ended
+	}
+	g.floor = usage
+	g.hits++
+	for hit := range g.runs {
+		close(hit)
+		delete(g.runs, hit)
+	}
+	return true
+}
+
+// watch registers a run: hit is closed when the guard ends the runs; done unregisters it.
+func (g *DiskGuard) watch() (hit <-chan struct{}, done func()) {
+	ch := make(chan struct{})
+	g.mu.Lock()
+	g.runs[ch] = struct{}{}
+	g.running++
+	g.mu.Unlock()
+	return ch, func() {
+		g.mu.Lock()
+		delete(g.runs, ch)
+		g.running--
+		g.mu.Unlock()
+	}
+}
+
+// Reason says what the guard found, for a run it ended.
+func (g *DiskGuard) Reason() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fmt.Sprintf("the sandbox's files reached its disk limit (%s used of %s): the run was ended; remove files to go on",
+		sizeText(g.usage), sizeText(g.Limit))
+}
+
+// measure returns the space the snippets' files take: the allocated blocks of every inode under
+// the roots (once each), plus the removed files that processes hold open.
+func (g *DiskGuard) measure() int64 {
+	seen := map[[2]uint64]bool{}
+	var total int64
+	add := func(st *syscall.Stat_t) {
+		if st.Nlink > 1 || st.Nlink == 0 {
+			k := [2]uint64{uint64(st.Dev), st.Ino}
+			if seen[k] {
+				return
+			}
+			seen[k] = true
+		}
+		// The larger of its size and its allocated blocks: fuse-overlayfs reports the blocks of
+		// data not yet written back (and of every removed file) as 0. A sparse file counts
+		// whole, but RLIMIT_FSIZE bounds its size.
+		total += max(st.Size, st.Blocks*512)
+	}
+	for _, root := range g.roots {
+		g.walk(root, add)
+	}
+	removedOpenFiles(add)
+	if g.all {
+		total -= g.baseline
+	}
+	return max(total, 0)
+}
+
+// walk calls add for every file and directory under root, without following symlinks or
+// leaving root's filesystem when the guard covers "/". A directory the snippets made unreadable
+// (chmod 0: the agent is their user, so it owns it) is made readable again to be counted.
+func (g *DiskGuard) walk(root string, add func(*syscall.Stat_t)) {
+	var visit func(path string)
+	visit = func(path string) {
+		var st syscall.Stat_t
+		if syscall.Lstat(path, &st) != nil {
+			return
+		}
+		if g.all && uint64(st.Dev) != g.rootDev {
+			return // /proc, /sys, /dev, the mounts Docker adds
+		}
+		add(&st)
+		if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+			return
+		}
+		d, err := os.Open(path)
+		if errors.Is(err, fs.ErrPermission) && st.Uid == uint32(os.Getuid()) {
+			os.Chmod(path, fs.FileMode(st.Mode&0o7777)|0o700)
+			d, err = os.Open(path)
+		}
+		if err != nil {
+			return
+		}
+		for {
+			names, err := d.Readdirnames(1024)
+			for _, name := range names {
+				visit(path + "/" + name)
+			}
+			if err != nil {
+				break
+			}
+		}
+		d.Close()
+	}
+	visit(strings.TrimSuffix(root, "/") + "/")
+}
+
+// removedOpenFiles calls add for every removed file a process of the sandbox still holds open
+// (readable in /proc for processes of the agent's user that are dumpable).
+func removedOpenFiles(add func(*syscall.Stat_t)) {
+	d, err := os.Open(procDir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	self := strconv.Itoa(os.Getpid())
+	for _, pid := range names {
+		if pid == self || pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		dir := procDir + "/" + pid + "/fd"
+		f, err := os.Open(dir)
+		if err != nil {
+			continue
+		}
+		fds, _ := f.Readdirnames(-1)
+		f.Close()
+		for _, fd := range fds {
+			target, err := os.Readlink(dir + "/" + fd)
+			if err != nil || !strings.HasSuffix(target, " (deleted)") {
+				continue
+			}
+			var st syscall.Stat_t
+			if syscall.Stat(dir+"/"+fd, &st) == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				add(&st)
+			}
+		}
+	}
+}
+
+// statfsFree returns the bytes free to unprivileged users on path's filesystem, or -1.
+func statfsFree(path string) int64 {
+	var s syscall.Statfs_t
+	if syscall.Statfs(path, &s) != nil {
+		return -1
+	}
+	return int64(s.Bavail) * s.Bsize
+}
+
+// sizeText writes a byte count for people: 1.5 GiB, 200 MiB, 12 KiB.
+func sizeText(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + " GiB"
+	case n >= 1<<20:
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	default:
+		return strconv.FormatInt(n>>10, 10) + " KiB"
+	}
+}
