@@ -196,6 +196,37 @@ func TestRunsThroughWorker(t *testing.T) {
 	}
 }
 
+// TestDiskLimitError: a run ended by the sandbox's disk limit is a result with the error code
+// disk_limit, the output so far and exit code 137; the sandbox and its files stay, and serve
+// again once the files are removed.
+func TestDiskLimitError(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	testutil.RequireDocker(t)
+	env, err := docker.New(docker.Config{Image: testutil.SandboxImage(), AgentPath: testutil.AgentBinary(t), Labels: testutil.TestLabels(), Disk: 32 << 20}, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Close() })
+	w := startWorker(t, ns, env, worker.Config{})
+	c := newClient(t, ns, w)
+	first := c.ok("filler", "bash", "echo keep > kept.txt")
+	res := c.run("filler", protocol.RunRequest{Language: "python", Code: `
+import os
+print("filling", flush=True)
+os.makedirs("d", exist_ok=True)
+for i in range(1000):
+    with open(f"d/{i}", "wb") as f:
+        f.write(os.urandom(1 << 20))
+print("done")`})
+	if res.Error == nil || res.Error.Code != protocol.CodeDiskLimit || res.ExitCode != 137 || res.Output != "filling\n" {
+		t.Fatalf("a run past the disk limit: %+v error %v, want disk_limit, exit 137 and the output so far", res, res.Error)
+	}
+	t.Logf("disk_limit: %s", res.Error.Message)
+	if again := c.ok("filler", "bash", "rm -rf d; cat kept.txt"); again.Output != "keep\n" || again.Sandbox.ID != first.Sandbox.ID {
+		t.Fatalf("after the disk limit: %+v %+v, want the same sandbox and its files", again, again.Sandbox)
+	}
+}
+
 // TestManyConversations: 20 conversations run concurrently on one worker, each in its own
 // sandbox, and their runs overlap in time.
 func TestManyConversations(t *testing.T) {
