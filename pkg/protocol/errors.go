@@ -26,12 +26,15 @@ const (
 	CodeWorkerLost Code = "worker_lost"
 	// CodeInternal: a bug or an unexpected fault.
 	CodeInternal Code = "internal"
+	// CodeQuotaExceeded: the tenant holds as many sandboxes, or has as many runs going, as its
+	// quota allows (the message names the quota and the tenant). Added after v1's first codes.
+	CodeQuotaExceeded Code = "quota_exceeded"
 )
 
 // Codes lists every error code of the contract.
 var Codes = []Code{
 	CodeBadRequest, CodeUnsupportedLanguage, CodeImageNotAllowed, CodeCapacity, CodeBusy,
-	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal,
+	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal, CodeQuotaExceeded,
 }
 
 // Error is the error object of RunResult and CloseResult. It implements error.
