@@ -97,8 +97,15 @@ type ExceededError struct {
 // Error says who, what and the quota: "tenant acme has 10 sandboxes, its quota (max_sandboxes
 // 10)".
 func (e *ExceededError) Error() string {
-	what := string(e.Kind)
-	if e.Kind == Runs {
+	var what string
+	switch {
+	case e.Kind == Sandboxes && e.Held == 1:
+		what = "sandbox"
+	case e.Kind == Sandboxes:
+		what = "sandboxes"
+	case e.Held == 1:
+		what = "run in flight"
+	default:
 		what = "runs in flight"
 	}
 	return fmt.Sprintf("tenant %s has %d %s, its quota (%s %d)", e.Tenant, e.Held, what, e.Kind.field(), e.Limit)

@@ -356,3 +356,19 @@ func TestBucketConfig(t *testing.T) {
 		t.Fatalf("bucket: storage %v, per-key TTL %v, history %d", cfg.Storage, cfg.AllowMsgTTL, cfg.MaxMsgsPerSubject)
 	}
 }
+
+func TestExceededMessage(t *testing.T) {
+	for _, tc := range []struct {
+		err  quota.ExceededError
+		want string
+	}{
+		{quota.ExceededError{Tenant: "acme", Kind: quota.Sandboxes, Held: 10, Limit: 10}, "tenant acme has 10 sandboxes, its quota (max_sandboxes 10)"},
+		{quota.ExceededError{Tenant: "acme", Kind: quota.Sandboxes, Held: 1, Limit: 1}, "tenant acme has 1 sandbox, its quota (max_sandboxes 1)"},
+		{quota.ExceededError{Tenant: "acme", Kind: quota.Runs, Held: 4, Limit: 4}, "tenant acme has 4 runs in flight, its quota (max_runs 4)"},
+		{quota.ExceededError{Tenant: "acme", Kind: quota.Runs, Held: 5, Limit: 2}, "tenant acme has 5 runs in flight, its quota (max_runs 2)"},
+	} {
+		if got := tc.err.Error(); got != tc.want {
+			t.Errorf("got %q, want %q", got, tc.want)
+		}
+	}
+}
