@@ -293,9 +293,6 @@ func (d *Dispatcher) handleClose(req micro.Request) {
 			return
 		}
 		if !ok {
-			// Its owner went without a close (a worker reaped its sandbox): a sandbox slot it
-			// may have left is free now rather than once its tenant is at the quota.
-			d.releaseSandboxSlots(ctx, tenant, conv)
 			d.replyClose(req, &protocol.CloseResult{Closed: false})
 			return
 		}

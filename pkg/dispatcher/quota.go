@@ -159,17 +159,6 @@ func (d *Dispatcher) owned(ctx context.Context, tenant, conv string) (bool, erro
 	return ok, err
 }
 
-// releaseSandboxSlots gives back the sandbox slots of a conversation that has no owner any more.
-// A failure leaves the slot to be reclaimed as stale.
-func (d *Dispatcher) releaseSandboxSlots(ctx context.Context, tenant, conv string) {
-	if d.quota == nil {
-		return
-	}
-	if err := d.quota.ReleaseConversation(ctx, tenant, conv); err != nil {
-		d.log.Warn().Err(err).Str("tenant", tenant).Str("conversation_id", conv).Msg("give back a sandbox slot (reclaimed when its tenant is at the quota)")
-	}
-}
-
 // backoff waits out passing JetStream faults (a stream leader being elected after a node loss,
 // a reconnect): 50 ms, doubling up to a second, within ctx.
 type backoff struct {

@@ -267,13 +267,24 @@ func (d *Dispatcher) fail(r *relay, perr *protocol.Error) {
 }
 
 // release drops a closed conversation's ownership, then gives back its sandbox slots: in this
-// order, a conversation never goes on without the slot it counts under.
+// order, a conversation never goes on without the slot it counts under. The slots are those
+// held before the ownership went, not one that a new placement of the conversation, on
+// another dispatcher, takes right after. A slot not given back (a failure, a slot this
+// dispatcher's cache did not know yet) is reclaimed as stale when its tenant is at its quota.
 func (d *Dispatcher) release(r *relay) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var slots []*quota.Slot
+	if d.quota != nil {
+		slots = d.quota.Holding(r.tenant, r.conv)
+	}
 	if err := d.store.Release(ctx, r.tenant, r.conv, 0); err != nil {
 		d.log.Warn().Err(err).Str("conversation_id", r.conv).Msg("release ownership")
 		return
 	}
-	d.releaseSandboxSlots(ctx, r.tenant, r.conv)
+	for _, s := range slots {
+		if err := s.Release(ctx); err != nil {
+			d.log.Warn().Err(err).Str("tenant", r.tenant).Str("conversation_id", r.conv).Msg("give back a sandbox slot (reclaimed when its tenant is at the quota)")
+		}
+	}
 }

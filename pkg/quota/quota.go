@@ -32,7 +32,7 @@
 // A sandbox slot holds its conversation's id. It is taken when a new conversation is placed,
 // before the conversation's affinity claim (so a conversation over quota never gets an owner),
 // given back at once when that claim loses a race or the placement fails, and when the
-// conversation is closed (ReleaseConversation). A conversation moved to another worker keeps its
+// conversation is closed (Holding). A conversation moved to another worker keeps its
 // slot: it still has one sandbox. A crash between those steps, or an owner that went away
 // without a close (a worker drops the affinity entry of a conversation whose sandbox it reaped),
 // leaves a slot behind; it is stale once it is older than Config.Grace and its conversation has
@@ -271,13 +271,6 @@ func (m *Manager) Check(ctx context.Context) error {
 
 // Limits returns the quotas of tenant.
 func (m *Manager) Limits(tenant string) Limit { return m.cfg.Limits.For(tenant) }
-
-// Held returns how many slots of kind the cache shows tenant holding.
-func (m *Manager) Held(tenant string, kind Kind) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.heldLocked(group{tenant, kind})
-}
 
 // reset forgets the cache before a new watch fills it again: slots deleted while no watch ran
 // are not delivered again.
@@ -581,26 +574,19 @@ func (m *Manager) delete(ctx context.Context, g group, i int, rev uint64) error 
 	}
 }
 
-// ReleaseConversation gives back the sandbox slots the cache shows conv of tenant holding: its
-// conversation was closed or lost its owner. Without one (none known, or the tenant has no
-// sandbox quota) it does no I/O.
-func (m *Manager) ReleaseConversation(ctx context.Context, tenant, conv string) error {
+// Holding returns the sandbox slots the cache shows conv of tenant holding, for the caller to
+// give back once the conversation's ownership is gone (closed): taken before, the list leaves
+// out a slot that a new placement of the conversation takes afterwards. Without one (none
+// known, or the tenant has no sandbox quota) it returns nil.
+func (m *Manager) Holding(tenant, conv string) []*Slot {
 	g := group{tenant, Sandboxes}
-	type held struct {
-		i   int
-		rev uint64
-	}
-	var hs []held
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Slot
 	for i, en := range m.slots[g] {
 		if !en.gone && en.conv == conv {
-			hs = append(hs, held{i, en.rev})
+			out = append(out, &Slot{m: m, g: g, i: i, rev: en.rev})
 		}
 	}
-	m.mu.Unlock()
-	var errs []error
-	for _, h := range hs {
-		errs = append(errs, m.delete(ctx, g, h.i, h.rev))
-	}
-	return errors.Join(errs...)
+	return out
 }

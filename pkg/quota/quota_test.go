@@ -48,6 +48,24 @@ func exceeded(t testing.TB, err error, tenant string, kind quota.Kind) {
 	}
 }
 
+// slotsHeld counts the slots of tenant's quota of kind held in the bucket.
+func slotsHeld(t testing.TB, ns *server.Server, tenant string, kind quota.Kind) int {
+	t.Helper()
+	kv, err := testutil.JetStream(t, ns).KeyValue(testutil.Context(t), protocol.Subjects{}.QuotasBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeysFiltered(testutil.Context(t), tenant+"."+string(kind)+".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range keys.Keys() {
+		n++
+	}
+	return n
+}
+
 // lastRevision returns the quota bucket's last revision: what any write to it moves.
 func lastRevision(t testing.TB, js jetstream.JetStream) uint64 {
 	t.Helper()
@@ -107,26 +125,16 @@ func TestRaceForTheLastSlots(t *testing.T) {
 			for err := range errs {
 				exceeded(t, err, "acme", kind)
 			}
-			for _, m := range ms {
-				testutil.Eventually(t, 5*time.Second, func() error {
-					if n := m.Held("acme", kind); n != limit {
-						return fmt.Errorf("a manager sees %d slots held, want %d", n, limit)
-					}
-					return nil
-				})
+			if n := slotsHeld(t, ns, "acme", kind); n != limit {
+				t.Fatalf("the bucket holds %d slots of the tenant, want %d", n, limit)
 			}
-			// A slot given back on one dispatcher is free at once on the other.
-			for s := range wins {
-				if err := s.Release(ctx); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := acquire(ms[1], "after-"+string(kind)); err != nil {
-					t.Fatalf("a slot given back on d1 is not free on d2 at once: %v", err)
-				}
-				if err := ms[1].ReleaseConversation(ctx, "acme", "after-"+string(kind)); err != nil {
-					t.Fatal(err)
-				}
-				break
+			// A slot given back through one dispatcher is free at once on the other.
+			s := <-wins
+			if err := s.Release(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := acquire(ms[1], "after"); err != nil {
+				t.Fatalf("a slot given back on d1 is not free on d2 at once: %v", err)
 			}
 		})
 	}
@@ -256,8 +264,9 @@ func TestStaleSandboxSlotsReclaimed(t *testing.T) {
 	}
 }
 
-// TestReleaseConversation gives back the slots of one conversation and none of another's.
-func TestReleaseConversation(t *testing.T) {
+// TestHolding: the sandbox slots of one conversation, given back through another dispatcher
+// than the one that took them, and none of another conversation's.
+func TestHolding(t *testing.T) {
 	ns := testutil.StartNATS(t)
 	limits := quota.Limits{Default: quota.Limit{MaxSandboxes: 2}}
 	m1, m2 := open(t, ns, quota.Config{Limits: limits}), open(t, ns, quota.Config{Limits: limits})
@@ -267,14 +276,14 @@ func TestReleaseConversation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var held []*quota.Slot
 	testutil.Eventually(t, 5*time.Second, func() error {
-		if n := m2.Held("acme", quota.Sandboxes); n != 2 {
-			return fmt.Errorf("d2 sees %d slots", n)
+		if held = m2.Holding("acme", "a"); len(held) != 1 {
+			return fmt.Errorf("d2 sees %d slots of a", len(held))
 		}
 		return nil
 	})
-	// Closed through the other dispatcher.
-	if err := m2.ReleaseConversation(ctx, "acme", "a"); err != nil {
+	if err := held[0].Release(ctx); err != nil { // a closed through d2
 		t.Fatal(err)
 	}
 	if _, err := m1.AcquireSandbox(ctx, "acme", "c"); err != nil {
@@ -282,8 +291,8 @@ func TestReleaseConversation(t *testing.T) {
 	}
 	_, err := m1.AcquireSandbox(ctx, "acme", "d")
 	exceeded(t, err, "acme", quota.Sandboxes)
-	if err := m2.ReleaseConversation(ctx, "acme", "unknown"); err != nil {
-		t.Fatal(err)
+	if held := m2.Holding("acme", "unknown"); held != nil {
+		t.Fatalf("slots of a conversation without any: %v", held)
 	}
 }
 
@@ -319,8 +328,8 @@ func TestOtherTenantsUnaffected(t *testing.T) {
 			if s, err := m.AcquireRun(ctx, tenant, conv, time.Minute); s != nil || err != nil {
 				t.Fatalf("%s without a run quota: %v %v", tenant, s, err)
 			}
-			if err := m.ReleaseConversation(ctx, tenant, conv); err != nil {
-				t.Fatal(err)
+			if held := m.Holding(tenant, conv); held != nil {
+				t.Fatalf("%s holds sandbox slots: %v", tenant, held)
 			}
 		}
 		if s, err := m.AcquireSandbox(ctx, "gamma", conv); s != nil || err != nil {
