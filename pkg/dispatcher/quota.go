@@ -53,23 +53,21 @@ func (d *Dispatcher) admit(r *relay) {
 	go d.admitQueue(key, a)
 }
 
-// admitQueue takes a run slot for each run of a, in order, and routes it, or refuses it.
+// admitQueue takes a run slot for each run of a, in order, and routes it, or refuses it. A run
+// leaves the queue once routed or answered, so that Stop, counting the queue, never misses it.
 func (d *Dispatcher) admitQueue(key string, a *admission) {
 	d.mu.Lock()
 	for len(a.queue) > 0 {
 		r := a.queue[0]
 		d.mu.Unlock()
-		slot, perr := d.acquireRun(r)
-		d.mu.Lock()
-		a.queue = a.queue[1:]
-		d.mu.Unlock()
-		if perr != nil {
+		if slot, perr := d.acquireRun(r); perr != nil {
 			d.failRun(r, perr)
 		} else {
 			r.runSlot = slot
 			d.route(r)
 		}
 		d.mu.Lock()
+		a.queue = a.queue[1:]
 	}
 	delete(d.admitting, key)
 	d.mu.Unlock()

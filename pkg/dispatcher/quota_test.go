@@ -266,6 +266,47 @@ func TestRunQuota(t *testing.T) {
 	}
 }
 
+// TestSandboxQuotaThroughWorkerLoss: a tenant's conversations moved off a lost worker keep
+// their sandbox slots (one sandbox each still), so the tenant is still at its quota; a close
+// frees one.
+func TestSandboxQuotaThroughWorkerLoss(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	_, doomedNC := testutil.StartDoomedWorker(t, ns, worker.Config{ID: "doomed"}, fake.New())
+	limits := quota.Limits{Default: quota.Limit{MaxSandboxes: 2}}
+	ds := []*dispatcher.Dispatcher{
+		testutil.StartDispatcher(t, ns, dispatcher.Config{Quotas: limits}),
+		testutil.StartDispatcher(t, ns, dispatcher.Config{Quotas: limits}),
+	}
+	testutil.WaitWorkers(t, 1, ds...)
+	c, err := client.New(testutil.Connect(t, ns), client.WithTenant("acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Context(t)
+	for _, conv := range []string{"one", "two"} {
+		if res, err := c.Conversation(conv).Run(ctx, "true", "bash", nil); err != nil || res.Sandbox.Worker != "doomed" {
+			t.Fatalf("%s: %+v %v", conv, res, err)
+		}
+	}
+	startWorker(t, ns, "survivor", fake.New())
+	testutil.WaitWorkers(t, 2, ds...)
+	doomedNC.Close()
+	testutil.WaitWorkers(t, 1, ds...)
+	for _, conv := range []string{"one", "two"} {
+		if res, err := c.Conversation(conv).Run(ctx, "true", "bash", nil); err != nil || res.Sandbox.Worker != "survivor" || !res.Sandbox.Recreated {
+			t.Fatalf("%s after its worker was lost: %+v %v, want it recreated on survivor", conv, res, err)
+		}
+	}
+	_, err = c.Conversation("three").Run(ctx, "true", "bash", nil)
+	refused(t, err, "acme", "max_sandboxes")
+	if res, err := c.Conversation("one").Close(ctx); err != nil || !res.Closed {
+		t.Fatalf("close: %+v %v", res, err)
+	}
+	if _, err := c.Conversation("three").Run(ctx, "true", "bash", nil); err != nil {
+		t.Fatalf("a new conversation after a close: %v", err)
+	}
+}
+
 // TestReapedConversationFreesItsSlot: a conversation whose sandbox its worker reaped (idle)
 // no longer counts against its tenant's sandbox quota: the worker drops its ownership, and its
 // slot is reclaimed as soon as the tenant needs it. The conversation's next run is a new
