@@ -74,8 +74,8 @@ const DefaultGrace = time.Minute
 const markerTTL = time.Minute
 
 // catchUpWait bounds the wait for the watch to deliver the bucket's last revision before a
-// refusal. The watch delivers within milliseconds; the bound only matters when the last
-// revision is a marker that expired before a new watch started, which no watch delivers.
+// refusal. The watch delivers within milliseconds; the bound matters while a watch is being
+// started again, after which the refusal goes by what the cache shows.
 const catchUpWait = time.Second
 
 // maxConflicts bounds, on top of the quota, the Creates that find their slot taken in one
@@ -194,15 +194,8 @@ type Manager struct {
 	mu    sync.Mutex
 	slots map[group]map[int]entry
 	// watched is the highest revision the watch delivered; floor the bucket's last revision
-	// before the current watch started, which its initial values reflect.
+	// before the current watch started, which its initial values reflect (seenLocked).
 	watched, floor uint64
-	// waiters wait for watched to reach their revision (catchUp).
-	waiters []waiter
-}
-
-type waiter struct {
-	rev  uint64
-	done chan struct{}
 }
 
 // Open creates or updates the quota bucket, starts a watch of it and returns once the slots
@@ -226,7 +219,6 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, er
 	if err := m.noteFloor(ctx); err != nil {
 		return nil, fmt.Errorf("quota: bucket %s: %w", bucket, err)
 	}
-	m.reset()
 	// A watch that ends (its bucket deleted, or lost by a NATS server without storage) is
 	// started anew, the bucket made again first.
 	ensure := func(ctx context.Context) error {
@@ -235,10 +227,13 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Manager, er
 		}
 		return m.noteFloor(ctx)
 	}
-	m.f, err = jskv.Follow(ctx, kv, ensure, m.reset, m.apply)
+	f, err := jskv.Follow(ctx, kv, ensure, m.reset, m.apply)
 	if err != nil {
 		return nil, fmt.Errorf("quota: watch %s: %w", bucket, err)
 	}
+	m.mu.Lock() // seenLocked reads it
+	m.f = f
+	m.mu.Unlock()
 	return m, nil
 }
 
@@ -278,8 +273,18 @@ func (m *Manager) reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	clear(m.slots)
-	m.watched = m.floor
-	m.wakeLocked()
+	m.watched = 0
+}
+
+// seenLocked returns the revision up to which the cache is current: the highest the watch
+// delivered or, once a watch has loaded its initial values, the bucket's last revision before
+// that watch started (a last revision that expired since, such as a marker's, no watch
+// delivers again). m.mu is held.
+func (m *Manager) seenLocked() uint64 {
+	if m.f != nil && m.f.Watching() {
+		return max(m.watched, m.floor)
+	}
+	return m.watched
 }
 
 // apply takes one watch entry (in revision order).
@@ -288,7 +293,6 @@ func (m *Manager) apply(e jetstream.KeyValueEntry) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.watched = max(m.watched, e.Revision())
-	defer m.wakeLocked()
 	if !ok {
 		return
 	}
@@ -323,7 +327,7 @@ func (m *Manager) setLocked(g group, i int, en entry) {
 func (m *Manager) learn(g group, i int, en entry) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if en.rev <= m.watched {
+	if en.rev <= m.seenLocked() {
 		return // the watch delivered this revision or a later one
 	}
 	if cur, has := m.slots[g][i]; has && cur.rev >= en.rev {
@@ -337,7 +341,7 @@ func (m *Manager) released(g group, i int, rev uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, has := m.slots[g][i]
-	if (has && cur.rev > rev) || (!has && m.watched >= rev) {
+	if (has && cur.rev > rev) || (!has && m.seenLocked() >= rev) {
 		return // the watch went past the delete already
 	}
 	m.setLocked(g, i, entry{rev: rev, gone: true})
@@ -468,46 +472,29 @@ func lastRevision(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
 	return bs.StreamInfo().State.LastSeq, nil
 }
 
-// catchUp waits until the watch has delivered every revision the bucket had when it is called
-// (up to catchUpWait), so the cache shows the slots given back through other dispatchers up to
-// now.
+// catchUp waits until the cache is current up to the bucket's last revision when it is called
+// (up to catchUpWait), so that it shows the slots given back through other dispatchers until
+// then. It polls: the watch is normally there already, or a few milliseconds behind, and this
+// runs only before a refusal.
 func (m *Manager) catchUp(ctx context.Context) error {
 	last, err := lastRevision(ctx, m.kv)
 	if err != nil {
 		return fmt.Errorf("quota: bucket %s: %w", m.kv.Bucket(), err)
 	}
-	m.mu.Lock()
-	if m.watched >= last {
+	deadline := time.Now().Add(catchUpWait)
+	for {
+		m.mu.Lock()
+		seen := m.seenLocked()
 		m.mu.Unlock()
-		return nil
-	}
-	w := waiter{rev: last, done: make(chan struct{})}
-	m.waiters = append(m.waiters, w)
-	m.mu.Unlock()
-	timer := time.NewTimer(catchUpWait)
-	defer timer.Stop()
-	select {
-	case <-w.done:
-	case <-timer.C:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return nil
-}
-
-// wakeLocked releases the waiters whose revision the watch has reached (on a reset: the
-// revision the new watch's initial values reflect).
-func (m *Manager) wakeLocked() {
-	kept := m.waiters[:0]
-	for _, w := range m.waiters {
-		if w.rev <= m.watched {
-			close(w.done)
-		} else {
-			kept = append(kept, w)
+		if seen >= last || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
-	clear(m.waiters[len(kept):])
-	m.waiters = kept
 }
 
 // reclaim deletes the stale sandbox slots of g: older than Grace, and whose conversation has no

@@ -381,3 +381,27 @@ func TestExceededMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestBucketMadeAgain: a quota bucket deleted under the dispatchers (an operator, a NATS server
+// without storage) is made again and watched anew, and slots are taken from it as before.
+func TestBucketMadeAgain(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	limits := quota.Limits{Default: quota.Limit{MaxSandboxes: 1}}
+	m := open(t, ns, quota.Config{Limits: limits})
+	ctx := testutil.Context(t)
+	if _, err := m.AcquireSandbox(ctx, "acme", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.JetStream(t, ns).DeleteKeyValue(ctx, protocol.Subjects{}.QuotasBucket()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if err := m.Check(ctx); err != nil {
+			return err
+		}
+		_, err := m.AcquireSandbox(ctx, "acme", "b")
+		return err
+	})
+	_, err := m.AcquireSandbox(ctx, "acme", "c")
+	exceeded(t, err, "acme", quota.Sandboxes)
+}
