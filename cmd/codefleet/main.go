@@ -36,6 +36,7 @@ import (
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/daemon"
 	"github.com/codefleet/codefleet/internal/ops"
+	"github.com/codefleet/codefleet/internal/quotaflags"
 	"github.com/codefleet/codefleet/pkg/client"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -271,6 +272,8 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	httpAddr := fs.String("http-addr", DevHTTPAddr, "address to serve the worker's and the dispatcher's /metrics, /healthz and /readyz on (empty: none)")
 	var b backend.Options
 	b.Register(fs)
+	var q quotaflags.Options // the dispatcher's
+	q.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -278,6 +281,10 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := b.Check(); err != nil {
+		return err
+	}
+	quotas, err := q.Limits()
+	if err != nil {
 		return err
 	}
 	authOpts, err := auth.Options()
@@ -340,7 +347,7 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		return devConnectError("dispatcher", url, err)
 	}
 	defer dnc.Close()
-	d, err := dispatcher.New(dispatcher.Config{Name: "dev", Version: config.SemVer(version), Metrics: daemon.Metrics(srv)}, dnc, log)
+	d, err := dispatcher.New(dispatcher.Config{Name: "dev", Version: config.SemVer(version), Metrics: daemon.Metrics(srv), Quotas: quotas}, dnc, log)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 	"github.com/codefleet/codefleet/pkg/worker"
 )
 
@@ -127,7 +128,8 @@ func connectAs(t *testing.T, url string, auth config.NATSAuth, errs asyncErrs, o
 // and its subscriptions to the worker and run subjects are refused by the server; it cannot
 // read B's replies (even subscribed to _INBOX.>), nor make a dispatcher answer into B's
 // affinity. B's conversation is untouched: same sandbox, its file still there. The fleet's
-// users never hit a permissions violation: the configuration gives them all they use.
+// users never hit a permissions violation: the configuration gives them all they use (A's runs
+// and conversation count against quotas, in the quota bucket; the worker drops an ownership).
 func TestSecurityConfig(t *testing.T) {
 	testutil.RequireDocker(t)
 	image, agent := testutil.SandboxImage(), testutil.AgentBinary(t)
@@ -166,7 +168,11 @@ func TestSecurityConfig(t *testing.T) {
 		t.Fatalf("worker start as user worker: %v", err)
 	}
 	t.Cleanup(func() { w.Shutdown(context.Background()) })
-	d, err := dispatcher.New(dispatcher.Config{Name: "secure", HeartbeatTTL: testutil.FleetTTL}, dnc, testutil.Logger(t))
+	// Quotas for A: its runs and its conversation take and give back slots in codefleet-quotas
+	// (two runs: the one A sends with a reflected reply subject may still be in flight when A
+	// runs again).
+	quotas := quota.Limits{Tenants: map[string]quota.Limit{"tenant-a": {MaxSandboxes: 1, MaxRuns: 2}}}
+	d, err := dispatcher.New(dispatcher.Config{Name: "secure", HeartbeatTTL: testutil.FleetTTL, Quotas: quotas}, dnc, testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,6 +309,15 @@ func TestSecurityConfig(t *testing.T) {
 	}
 	if res, err := bc.Conversation(conv).Run(ctx, "cat b.txt", protocol.LangBash, nil); err != nil || res.Output != "secret-b\n" || res.Sandbox.ID != first.Sandbox.ID {
 		t.Errorf("B's run after A closed its own: %+v, %v", res, err)
+	}
+	// The worker's user drops an ownership of its own, as its reaper does once it reaped the
+	// conversation's sandbox.
+	owners := affinity.NewOwners(wjs, protocol.Subjects{})
+	if err := owners.Release(ctx, "tenant-b", conv, id); err != nil {
+		t.Errorf("B's ownership released as user worker: %v", err)
+	}
+	if owner, ok, err := owners.Owner(ctx, "tenant-b", conv); ok || err != nil {
+		t.Errorf("B's owner after its release: %q %v %v, want none", owner, ok, err)
 	}
 	workerErrs.none(t, "user worker")
 	dispatcherErrs.none(t, "user dispatcher")

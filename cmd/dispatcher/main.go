@@ -18,6 +18,7 @@ import (
 
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/daemon"
+	"github.com/codefleet/codefleet/internal/quotaflags"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
@@ -34,6 +35,7 @@ func main() { daemon.Main("dispatcher", run) }
 type options struct {
 	daemon     daemon.Options
 	dispatcher dispatcher.Config
+	quotas     quotaflags.Options
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -41,12 +43,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := o.daemon.FlagSet("dispatcher", "codefleet dispatcher "+version+": routes conversations to the codefleet workers that hold their sandboxes, over NATS.", stderr)
 	d := &o.dispatcher
 	fs.StringVar(&d.Name, "name", "", "dispatcher name in logs and service discovery (default: the host name)")
-	fs.StringVar(&d.Prefix, "prefix", protocol.DefaultPrefix, "the fleet's name, one token of [A-Za-z0-9_-]: the first token of its subjects and of its KV bucket names (<prefix>-workers, <prefix>-affinity), so fleets of different prefixes share NATS without seeing each other")
+	fs.StringVar(&d.Prefix, "prefix", protocol.DefaultPrefix, "the fleet's name, one token of [A-Za-z0-9_-]: the first token of its subjects and of its KV bucket names (<prefix>-workers, <prefix>-affinity, <prefix>-quotas), so fleets of different prefixes share NATS without seeing each other")
 	fs.DurationVar(&d.HeartbeatTTL, "heartbeat-ttl", dispatcher.DefaultHeartbeatTTL, "age after which a silent worker counts as dead (the registry bucket's TTL; match the workers')")
 	fs.IntVar(&d.KVReplicas, "kv-replicas", 1, "replicas of the KV buckets the dispatcher creates (1 on a single NATS server, 3 on a cluster)")
 	fs.DurationVar(&d.MaxTimeout, "max-timeout", dispatcher.DefaultMaxTimeout, "cap on the run timeout the dispatcher waits for")
 	fs.DurationVar(&d.RelayOverhead, "relay-overhead", dispatcher.DefaultRelayOverhead, "added to a run's timeout to bound the wait for its worker's answer (room for creating a sandbox)")
 	fs.DurationVar(&d.CloseTimeout, "close-timeout", dispatcher.DefaultCloseTimeout, "bound on a close relayed to a worker")
+	o.quotas.Register(fs)
 
 	if err := daemon.Parse(fs, args); err != nil {
 		return nil, err
@@ -78,7 +81,9 @@ func (o *options) check() error {
 	if d.KVReplicas < 1 || d.KVReplicas > 5 {
 		return fmt.Errorf("--kv-replicas %d: want 1 to 5", d.KVReplicas)
 	}
-	return nil
+	var err error
+	d.Quotas, err = o.quotas.Limits()
+	return err
 }
 
 // run is the whole command: it returns when ctx is cancelled (SIGTERM, SIGINT) and the

@@ -14,6 +14,7 @@ import (
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/dispatcher"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 func TestParseFlagsDefaults(t *testing.T) {
@@ -53,6 +54,25 @@ func TestParseFlagsEnvAndFlags(t *testing.T) {
 	}
 }
 
+// TestParseFlagsQuotas: the quota flags and their variables reach the dispatcher's config; by
+// default they limit nothing.
+func TestParseFlagsQuotas(t *testing.T) {
+	testutil.ClearEnv(t)
+	o, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil || o.dispatcher.Quotas.Enabled() {
+		t.Fatalf("default quotas %+v (%v): want none", o.dispatcher.Quotas, err)
+	}
+	t.Setenv("CODEFLEET_TENANT_MAX_RUNS", "4")
+	o, err = parseFlags([]string{"--tenant-max-sandboxes", "10", "--tenant-quotas", `{"acme":{"max_sandboxes":2}}`}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := o.dispatcher.Quotas
+	if q.For("other") != (quota.Limit{MaxSandboxes: 10, MaxRuns: 4}) || q.For("acme") != (quota.Limit{MaxSandboxes: 2, MaxRuns: 4}) {
+		t.Fatalf("quotas %+v", q)
+	}
+}
+
 func TestStartupErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -62,6 +82,8 @@ func TestStartupErrors(t *testing.T) {
 		{"stray argument", []string{"serve"}, "unexpected arguments"},
 		{"empty NATS URL", []string{"--nats-url="}, "--nats-url is empty"},
 		{"bad replicas", []string{"--kv-replicas", "9"}, "--kv-replicas 9"},
+		{"bad quota", []string{"--tenant-max-runs", "-1"}, "--tenant-max-runs -1"},
+		{"bad tenant quotas", []string{"--tenant-quotas", `{"acme":{"max_run":1}}`}, `--tenant-quotas: want a JSON object`},
 		{"bad log format", []string{"--log-format", "xml"}, "log format"},
 		{"single dash", []string{"-name", "x"}, "flags take two dashes: --name"},
 		{"help", []string{"--help"}, "help requested"},

@@ -10,11 +10,8 @@
 package backend
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -134,23 +131,10 @@ func (o *Options) Check() error {
 
 // parseTenants reads --daytona-tenants: a JSON object, or @file holding one.
 func (o *Options) parseTenants() error {
-	src := strings.TrimSpace(o.tenants)
-	if src == "" {
-		return nil
-	}
-	what := "--daytona-tenants"
-	if name, ok := strings.CutPrefix(src, "@"); ok {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		src, what = string(b), what+" file "+name
-	}
-	dec := json.NewDecoder(strings.NewReader(src))
-	dec.DisallowUnknownFields()
 	var tenants map[string]daytona.Account
-	if err := dec.Decode(&tenants); err != nil {
-		return fmt.Errorf(`%s: want a JSON object {"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}: %w`, what, err)
+	what, err := config.DecodeJSONFlag("daytona-tenants", o.tenants, `a JSON object {"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}`, &tenants)
+	if err != nil || what == "" {
+		return err
 	}
 	for t := range tenants {
 		if !protocol.ValidID(t) {

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/codefleet/codefleet/internal/config"
+	"github.com/codefleet/codefleet/internal/quotaflags"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 var rel = Release{Name: "cf", Namespace: "fleet"}
@@ -221,7 +226,10 @@ worker:
   maxOutput: 128KiB
   allowedImages: ["python:3.12", "node:22"]
   sandbox: {user: "1000:1000", workdir: /work, capAdd: [CHOWN, SETUID], readonlyRootfs: true, runtime: runsc, cpus: 0.5}
-dispatcher: {relayOverhead: 1m, closeTimeout: 30s}
+dispatcher:
+  relayOverhead: 1m
+  closeTimeout: 30s
+  quotas: {maxSandboxes: 20, maxRuns: 8, tenants: {acme: {max_sandboxes: 100}, internal: {max_sandboxes: 0, max_runs: 0}}}
 `,
 	"every-flag-daytona": `
 worker: {backend: daytona, sandbox: {image: "snapshot:py"}}
@@ -628,6 +636,35 @@ func TestDispatcherLockedDown(t *testing.T) {
 	wantFlag(t, c.Args, "name", "$(POD_NAME)")
 }
 
+// TestDispatcherQuotas: dispatcher.quotas become the quota flags, the tenants one JSON object
+// the dispatcher's own parser takes; without quotas no quota flag is given (unlimited).
+func TestDispatcherQuotas(t *testing.T) {
+	_, c := dispatcher(t, render(t, ``))
+	for _, name := range []string{"tenant-max-sandboxes", "tenant-max-runs", "tenant-quotas"} {
+		noFlag(t, c.Args, name)
+	}
+	_, c = dispatcher(t, render(t, `
+dispatcher:
+  quotas: {maxSandboxes: 20, maxRuns: 8, tenants: {acme: {max_sandboxes: 100}, internal: {max_sandboxes: 0, max_runs: 0}}}
+`))
+	wantFlag(t, c.Args, "tenant-max-sandboxes", "20")
+	wantFlag(t, c.Args, "tenant-max-runs", "8")
+	tenants, _ := flag(c.Args, "tenant-quotas")
+	fs := config.New("dispatcher", io.Discard)
+	var q quotaflags.Options
+	q.Register(fs)
+	if err := fs.Parse([]string{"--tenant-max-sandboxes=20", "--tenant-max-runs=8", "--tenant-quotas=" + tenants}); err != nil {
+		t.Fatal(err)
+	}
+	limits, err := q.Limits()
+	if err != nil {
+		t.Fatalf("the dispatcher refuses the chart's --tenant-quotas=%s: %v", tenants, err)
+	}
+	if limits.For("acme") != (quota.Limit{MaxSandboxes: 100, MaxRuns: 8}) || limits.For("internal") != (quota.Limit{}) || limits.For("other") != (quota.Limit{MaxSandboxes: 20, MaxRuns: 8}) {
+		t.Errorf("quotas from the chart: %+v", limits)
+	}
+}
+
 // TestWorkerSecurity: with Docker the worker is root (the daemon's socket is root's), with
 // every capability dropped, no escalation and a read-only root file system; values may loosen
 // or tighten it.
@@ -943,6 +980,9 @@ func TestSchemaRefuses(t *testing.T) {
 		{`http: {port: 70000}`, "/http/port"},
 		{`dispatcher: {autoscaling: {enabled: "yes"}}`, "/dispatcher/autoscaling/enabled"},
 		{`dispatcher: {pdb: {maxUnavailable: 0}}`, "/dispatcher/pdb/maxUnavailable"},
+		{`dispatcher: {quotas: {maxRuns: -1}}`, "/dispatcher/quotas/maxRuns"},
+		{`dispatcher: {quotas: {tenants: {acme: {max_sandbox: 3}}}}`, "max_sandbox"},
+		{`dispatcher: {quotas: {tenants: {a.b: {max_runs: 3}}}}`, "invalid propertyName 'a.b'"},
 		{`replicas: 3`, "additional properties 'replicas'"},
 		{`natsUrl: nats://x:4222`, "additional properties 'natsUrl'"},
 	} {
@@ -1042,6 +1082,7 @@ func TestFlagsExistInBinaries(t *testing.T) {
 		"worker --id", "worker --http-addr", "worker --capacity", "worker --docker-host", "worker --socket-dir", "worker --cap-add",
 		"worker --daytona-api-url", "worker --daytona-auto-stop", "worker --nats-creds", "worker --nats-nkey", "worker --nats-tls-ca",
 		"worker --nats-tls-cert", "worker --nats-tls-key", "worker --nats-user", "dispatcher --relay-overhead", "dispatcher --http-addr",
+		"dispatcher --tenant-max-sandboxes", "dispatcher --tenant-max-runs", "dispatcher --tenant-quotas",
 		"worker $CODEFLEET_NATS_PASSWORD", "dispatcher $CODEFLEET_NATS_TOKEN", "worker $CODEFLEET_DAYTONA_API_KEY",
 		"worker $CODEFLEET_DAYTONA_TENANTS", "dispatcher $CODEFLEET_PREFIX", "worker $CODEFLEET_KV_REPLICAS",
 	} {

@@ -1,7 +1,7 @@
-// Package jskv holds what codefleet's two owners of JetStream KV state, the affinity store and
-// the worker registry, share: the watch behind their caches (Watch: every key of a bucket, fed
-// in order to one function, returning once the bucket's current values are applied) and the
-// test for a lost compare-and-set (IsConflict).
+// Package jskv holds what codefleet's owners of JetStream KV state, the affinity store, the
+// worker registry and the quota counts, share: the watch behind their caches (Watch: every key
+// of a bucket, fed in order to one function, returning once the bucket's current values are
+// applied) and the test for a lost compare-and-set (IsConflict).
 package jskv
 
 import (

@@ -17,3 +17,18 @@ func Send(req micro.Request, body []byte, perr *protocol.Error, opts ...micro.Re
 	}
 	return req.Respond(body, opts...)
 }
+
+// SendLater is Send for an answer sent after the handler has returned, from another goroutine.
+// micro's Request.Error records the error in the request for the service's statistics, which
+// micro reads as soon as the handler returns: an error answer from another goroutine would
+// race with that read. SendLater sets the same error headers itself instead (as a worker's
+// error does when a dispatcher relays it), and `nats micro stats` leaves the answer out of the
+// endpoint's error count.
+func SendLater(req micro.Request, body []byte, perr *protocol.Error) error {
+	if perr == nil {
+		return req.Respond(body)
+	}
+	return req.Respond(body, micro.WithHeaders(micro.Headers{
+		micro.ErrorHeader: {perr.Message}, micro.ErrorCodeHeader: {string(perr.Code)},
+	}))
+}

@@ -13,9 +13,11 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 // instant is a fake backend that answers every run at once.
@@ -68,6 +70,45 @@ func BenchmarkHop(b *testing.B) {
 	b.ReportMetric(us(p50r), "routed-p50-us")
 	b.ReportMetric(us(percentile(viaDispatcher, 0.99)), "routed-p99-us")
 	b.ReportMetric(us(p50r-p50d), "hop-p50-us")
+}
+
+// BenchmarkQuotaHop measures what a run quota adds to a run: each iteration sends the same warm
+// run through the dispatcher for a tenant without quotas and for one with a run quota (a slot
+// taken before the run is routed, given back before its answer), on loopback with an instant
+// backend. Reported: p50 of both and the difference (quota-p50-us).
+//
+//	go test -run '^$' -bench QuotaHop -benchtime 5000x ./pkg/dispatcher/
+func BenchmarkQuotaHop(b *testing.B) {
+	ns := testutil.StartNATS(b)
+	fleetWorker(b, ns, "w1", instant())
+	d := testutil.StartDispatcher(b, ns, dispatcher.Config{HeartbeatTTL: loadTTL, Quotas: quota.Limits{Tenants: map[string]quota.Limit{"limited": {MaxRuns: 4}}}})
+	testutil.WaitWorkers(b, 1, d)
+	nc := testutil.Connect(b, ns)
+	subjects := protocol.Subjects{Prefix: protocol.DefaultPrefix}
+	data := protocol.Encode(&protocol.RunRequest{Code: "print(1)", Language: "python"})
+	send := func(tenant string) time.Duration {
+		start := time.Now()
+		reply, err := nc.Request(subjects.Run(tenant, "hop"), data, 10*time.Second)
+		took := time.Since(start)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res, err := protocol.DecodeRunResult(reply.Data); err != nil || res.Error != nil {
+			b.Fatalf("%s: %+v %v", tenant, res, err)
+		}
+		return took
+	}
+	send("free") // place the conversations, create their sandboxes
+	send("limited")
+	var free, limited []time.Duration
+	for b.Loop() {
+		free = append(free, send("free"))
+		limited = append(limited, send("limited"))
+	}
+	p50f, p50l := percentile(free, 0.5), percentile(limited, 0.5)
+	b.ReportMetric(us(p50f), "free-p50-us")
+	b.ReportMetric(us(p50l), "limited-p50-us")
+	b.ReportMetric(us(p50l-p50f), "quota-p50-us")
 }
 
 // BenchmarkRouted measures routed requests per second: 2 dispatchers and 3 workers with an

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 // ErrInvalidConfig wraps every configuration error.
@@ -46,6 +47,14 @@ type Config struct {
 	// Metrics, when set, is where the dispatcher registers its Prometheus metrics
 	// (codefleet_dispatcher_*).
 	Metrics prometheus.Registerer
+	// Quotas are the tenants' sandbox and run quotas, counted fleet-wide in the quota bucket
+	// (pkg/quota); every dispatcher of a fleet should have the same. The zero value limits
+	// nothing, and the dispatcher then opens no quota bucket.
+	Quotas quota.Limits
+	// QuotaGrace is how old a sandbox slot must be before it can be found stale (its
+	// conversation without an owner) and reclaimed; default quota.DefaultGrace, longer than a
+	// placement takes.
+	QuotaGrace time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -57,6 +66,7 @@ func (c *Config) setDefaults() {
 	c.RelayOverhead = cmp.Or(c.RelayOverhead, DefaultRelayOverhead)
 	c.CloseTimeout = cmp.Or(c.CloseTimeout, DefaultCloseTimeout)
 	c.Version = cmp.Or(c.Version, "0.1.0")
+	c.QuotaGrace = cmp.Or(c.QuotaGrace, quota.DefaultGrace)
 }
 
 // Validate checks the configuration (after defaults).
@@ -64,10 +74,13 @@ func (c *Config) Validate() error {
 	switch {
 	case !protocol.ValidPrefix(c.Prefix):
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, protocol.CheckPrefix(c.Prefix))
-	case c.HeartbeatTTL < 0, c.MaxTimeout < 0, c.RelayOverhead < 0, c.CloseTimeout < 0:
-		return fmt.Errorf("%w: heartbeat TTL, max timeout, relay overhead and close timeout must not be negative", ErrInvalidConfig)
+	case c.HeartbeatTTL < 0, c.MaxTimeout < 0, c.RelayOverhead < 0, c.CloseTimeout < 0, c.QuotaGrace < 0:
+		return fmt.Errorf("%w: heartbeat TTL, max timeout, relay overhead, close timeout and quota grace must not be negative", ErrInvalidConfig)
 	case c.KVReplicas < 0 || c.KVReplicas > 5:
 		return fmt.Errorf("%w: KV replicas %d: want 1 to 5", ErrInvalidConfig, c.KVReplicas)
+	}
+	if err := c.Quotas.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }

@@ -6,7 +6,8 @@
 //
 // Files: dispatcher.go (lifecycle, the two request handlers), placement.go (finding or making
 // a conversation's owner), relay.go (the runs in flight to workers and how each is answered),
-// config.go.
+// quota.go (the tenants' quotas: run slots taken before a run is routed, sandbox slots before a
+// new conversation is claimed), config.go.
 //
 // The relay is asynchronous: a request is published to the worker with a reply subject of the
 // dispatcher's own inbox and answered from the inbox's callback, so one dispatcher carries many
@@ -38,6 +39,7 @@ import (
 	"github.com/codefleet/codefleet/internal/reply"
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 	"github.com/codefleet/codefleet/pkg/registry"
 )
 
@@ -53,17 +55,26 @@ type Dispatcher struct {
 
 	store *affinity.Store
 	reg   *registry.Registry
+	// quota counts the tenants' quotas; nil when Config.Quotas limits nothing, and then no
+	// request does anything for quotas.
+	quota *quota.Manager
 	svc   micro.Service
 	inbox *nats.Subscription
 	// inboxPrefix is this dispatcher's reply subject prefix; a relay's reply is prefix+token.
 	inboxPrefix string
 	seq         atomic.Uint64
 
-	// mu guards flights and placing. It is not held across a KV call.
+	// mu guards flights, placing and admitting. It is not held across a KV call.
 	mu      sync.Mutex
 	flights flights
 	// placing holds the conversations being placed, by key, with the runs waiting for them.
 	placing map[string]*placement
+	// admitting holds the conversations whose runs wait for run slots, by key.
+	admitting map[string]*admission
+	// answering counts the answers waiting for KV writes to land first (later). A request
+	// counts in flights, placing or admitting until it is taken for its answer, then here:
+	// Stop waits for both.
+	answering atomic.Int64
 
 	relayed  atomic.Int64
 	arrivals atomic.Uint64
@@ -85,10 +96,11 @@ func New(cfg Config, nc *nats.Conn, log zerolog.Logger) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{
 		cfg: cfg, nc: nc, subjects: protocol.Subjects{Prefix: cfg.Prefix},
-		log:     log.With().Str("component", "dispatcher").Str("dispatcher", cfg.Name).Logger(),
-		flights: newFlights(),
-		placing: map[string]*placement{},
-		metrics: newMetrics(),
+		log:       log.With().Str("component", "dispatcher").Str("dispatcher", cfg.Name).Logger(),
+		flights:   newFlights(),
+		placing:   map[string]*placement{},
+		admitting: map[string]*admission{},
+		metrics:   newMetrics(),
 	}
 	if cfg.Metrics != nil {
 		if err := d.registerMetrics(cfg.Metrics); err != nil {
@@ -99,7 +111,8 @@ func New(cfg Config, nc *nats.Conn, log zerolog.Logger) (*Dispatcher, error) {
 }
 
 // Ready reports whether the dispatcher can route requests now: it serves, its NATS connection
-// is up, and both KV buckets answer with their watches running.
+// is up, and its KV buckets (the quota bucket too, with quotas) answer with their watches
+// running.
 func (d *Dispatcher) Ready(ctx context.Context) error {
 	switch {
 	case !d.serving.Load():
@@ -112,10 +125,16 @@ func (d *Dispatcher) Ready(ctx context.Context) error {
 	if err := d.reg.Check(ctx); err != nil {
 		return err
 	}
+	if d.quota != nil {
+		if err := d.quota.Check(ctx); err != nil {
+			return err
+		}
+	}
 	return d.store.Check(ctx)
 }
 
-// Start opens the affinity store and the worker registry and starts answering requests.
+// Start opens the affinity store, the worker registry and, with quotas, the quota bucket, and
+// starts answering requests.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	js, err := jetstream.New(d.nc)
 	if err != nil {
@@ -129,6 +148,17 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err != nil {
 		d.reg.Stop()
 		return fmt.Errorf("dispatcher: affinity store: %w", err)
+	}
+	if d.cfg.Quotas.Enabled() {
+		d.quota, err = quota.Open(ctx, js, quota.Config{
+			Fleet: d.subjects, Replicas: d.cfg.KVReplicas, Limits: d.cfg.Quotas, Holder: d.cfg.Name,
+			Owned: d.owned, Grace: d.cfg.QuotaGrace,
+		})
+		if err != nil {
+			d.store.Stop()
+			d.reg.Stop()
+			return fmt.Errorf("dispatcher: %w", err)
+		}
 	}
 	d.inboxPrefix = d.nc.NewRespInbox() + "."
 	d.inbox, err = d.nc.Subscribe(d.inboxPrefix+"*", d.onReply)
@@ -173,7 +203,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	}
 	for {
 		d.mu.Lock()
-		n := d.flights.len() + len(d.placing)
+		n := d.pendingLocked() + int(d.answering.Load())
 		d.mu.Unlock()
 		if n == 0 || ctx.Err() != nil {
 			break
@@ -186,6 +216,9 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	if d.inbox != nil {
 		d.inbox.Unsubscribe()
 	}
+	if d.quota != nil {
+		d.quota.Stop()
+	}
 	if d.store != nil {
 		d.store.Stop()
 	}
@@ -193,6 +226,19 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 		d.reg.Stop()
 	}
 	return errors.Join(errs...)
+}
+
+// pendingLocked counts the requests taken and not yet answered: relayed, waiting for their
+// conversation's placement, or for a run slot. d.mu is held.
+func (d *Dispatcher) pendingLocked() int {
+	n := d.flights.len()
+	for _, p := range d.placing {
+		n += len(p.waiters)
+	}
+	for _, a := range d.admitting {
+		n += len(a.queue)
+	}
+	return n
 }
 
 // Relayed returns how many replies of workers this dispatcher has relayed to clients.
@@ -224,7 +270,7 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 	if run.Sandbox != nil {
 		r.backend = run.Sandbox.Backend
 	}
-	d.route(r)
+	d.admit(r)
 }
 
 // handleClose relays a close to the owner and drops the ownership.
@@ -276,17 +322,27 @@ func (d *Dispatcher) refuseReply(verb string, req micro.Request) bool {
 	return true
 }
 
-// replyError answers a run with an error result carrying the client's request id.
+// replyError answers a run with an error result carrying the client's request id, from the
+// request's handler; replyErrorLater does from any other goroutine (see reply.SendLater).
 func (d *Dispatcher) replyError(req micro.Request, perr *protocol.Error) {
 	d.metrics.answered(verbRun, outcomeOf(perr))
-	if err := reply.Send(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr); err != nil {
-		d.log.Warn().Err(err).Msg("reply")
-	}
+	d.sent(reply.Send(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr))
 }
 
+func (d *Dispatcher) replyErrorLater(req micro.Request, perr *protocol.Error) {
+	d.metrics.answered(verbRun, outcomeOf(perr))
+	d.sent(reply.SendLater(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr))
+}
+
+// replyClose answers a close, from any goroutine: closes are answered from goroutines of their
+// own (see reply.SendLater).
 func (d *Dispatcher) replyClose(req micro.Request, res *protocol.CloseResult) {
 	d.metrics.answered(verbClose, outcomeOf(res.Error))
-	if err := reply.Send(req, protocol.Encode(res), res.Error); err != nil {
+	d.sent(reply.SendLater(req, protocol.Encode(res), res.Error))
+}
+
+func (d *Dispatcher) sent(err error) {
+	if err != nil {
 		d.log.Warn().Err(err).Msg("reply")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 // outcomeOK is the outcome label of a request answered with a result rather than an error
@@ -21,12 +22,14 @@ const outcomeDropped = "dropped"
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 600}
 
 // metrics are the dispatcher's Prometheus metrics. Label values are bounded: a verb (run,
-// close) and an outcome (ok or a wire error code); never a tenant, conversation or worker id.
+// close), an outcome (ok or a wire error code), a quota kind (sandboxes, runs); never a tenant,
+// conversation or worker id.
 type metrics struct {
 	requests  *prometheus.CounterVec
 	relay     *prometheus.HistogramVec
 	placement *prometheus.HistogramVec
 	lost      prometheus.Counter
+	refusals  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -49,7 +52,21 @@ func newMetrics() *metrics {
 			Name: "codefleet_dispatcher_workers_lost_total",
 			Help: "Workers whose registration disappeared or expired while this dispatcher watched.",
 		}),
+		refusals: refusals(),
 	}
+}
+
+// refusals is the counter of requests refused with quota_exceeded, by the quota the tenant was
+// at; both kinds' series exist from the start, at 0.
+func refusals() *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "codefleet_dispatcher_quota_refusals_total",
+		Help: "Requests refused with quota_exceeded because their tenant was at its quota, by quota: sandboxes (a new conversation) or runs.",
+	}, []string{"quota"})
+	for _, k := range quota.Kinds {
+		c.WithLabelValues(string(k))
+	}
+	return c
 }
 
 func (d *Dispatcher) registerMetrics(reg prometheus.Registerer) error {
@@ -58,16 +75,12 @@ func (d *Dispatcher) registerMetrics(reg prometheus.Registerer) error {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{
-		m.requests, m.relay, m.placement, m.lost,
-		gauge("codefleet_dispatcher_relays_in_flight", "Requests relayed to workers and not yet answered, and those waiting for their conversation's placement.",
+		m.requests, m.relay, m.placement, m.lost, m.refusals,
+		gauge("codefleet_dispatcher_relays_in_flight", "Requests relayed to workers and not yet answered, and those waiting for their conversation's placement or a run slot of their tenant.",
 			func() float64 {
 				d.mu.Lock()
 				defer d.mu.Unlock()
-				n := d.flights.len()
-				for _, p := range d.placing {
-					n += len(p.waiters)
-				}
-				return float64(n)
+				return float64(d.pendingLocked())
 			}),
 		gauge("codefleet_dispatcher_workers", "Live workers of the fleet, as this dispatcher's registry watch sees them.",
 			func() float64 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 // placement is a conversation being placed (claimed for a worker, or moved to a live one),
@@ -51,7 +52,7 @@ func (d *Dispatcher) live(worker string) bool {
 
 // place finds or makes the conversation's owner, then sends the runs that waited for it.
 func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoid string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
 	defer cancel()
 	if avoid != "" && d.awaitWorker(ctx, avoid) {
 		avoid = "" // it was only reconnecting: the conversation stays
@@ -65,7 +66,7 @@ func (d *Dispatcher) place(key string, p *placement, tenant, conv, backend, avoi
 	delete(d.placing, key)
 	for _, r := range p.waiters {
 		if perr != nil {
-			d.replyError(r.req, perr)
+			d.failRun(r, perr)
 			continue
 		}
 		r.owner, r.recreated = owner, recreated
@@ -104,26 +105,28 @@ func (d *Dispatcher) awaitWorker(ctx context.Context, worker string) bool {
 // resolve returns the live owner of a conversation, claiming or moving it as needed. avoid
 // names a worker known not to answer (its registration may not have expired yet): it is
 // treated as dead. recreated is true when the conversation had an owner that is gone.
+//
+// A new conversation of a tenant with a sandbox quota takes a sandbox slot before its claim;
+// the slot is kept only if the claim wins, and given back otherwise (another dispatcher placed
+// the conversation first, with a slot of its own, or the placement failed). A moved
+// conversation keeps the slot it has.
 func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid string) (affinity.Owner, bool, *protocol.Error) {
 	usable := func(worker string) bool { return worker != avoid && d.live(worker) }
-	backoff := 50 * time.Millisecond
-	// wait reports whether err is a passing JetStream fault (a stream leader being elected
-	// after a node loss, a reconnect) worth retrying, after waiting a little.
-	wait := func(err error) bool {
-		if !transient(err) {
-			return false
+	b := backoff{ctx: ctx}
+	var slot *quota.Slot // taken for this conversation; nil once its claim has won
+	defer func() {
+		if slot != nil {
+			// On a context of its own: ctx may be what ended the placement.
+			rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := slot.Release(rctx); err != nil {
+				d.log.Warn().Err(err).Str("tenant", tenant).Str("conversation_id", conv).Msg("give back a sandbox slot (reclaimed when its tenant is at the quota)")
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-		return true
-	}
+	}()
 	for attempt := 0; attempt < 5; attempt++ {
 		cur, ok, err := d.store.Get(ctx, tenant, conv)
-		if err != nil && wait(err) {
+		if err != nil && b.wait(err) {
 			attempt--
 			continue
 		}
@@ -144,9 +147,22 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid s
 		if ok {
 			got, won, err = d.store.Move(ctx, tenant, conv, cur, next)
 		} else {
+			if slot == nil {
+				slot, err = d.acquireSandbox(ctx, tenant, conv)
+				if err != nil && b.wait(err) {
+					attempt--
+					continue
+				}
+				if err != nil {
+					return affinity.Owner{}, false, d.quotaError(err)
+				}
+			}
 			got, won, err = d.store.Claim(ctx, tenant, conv, next)
+			if err == nil && won {
+				slot = nil // the conversation's now
+			}
 		}
-		if err != nil && wait(err) {
+		if err != nil && b.wait(err) {
 			attempt--
 			continue
 		}

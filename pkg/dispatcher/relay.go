@@ -12,6 +12,7 @@ import (
 
 	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/protocol"
+	"github.com/codefleet/codefleet/pkg/quota"
 )
 
 // Verbs of the worker subjects a dispatcher relays to.
@@ -20,10 +21,12 @@ const (
 	verbClose = "close"
 )
 
-// relay is one run or close in flight to a worker. Its life: routed (sent at once to a live
-// owner, or queued behind the conversation's placement), sent (in flights, under a token, with a
-// timer), then answered exactly once, by whichever comes first: the worker's reply (onReply),
-// the timer (expire), the owner lost (failInFlight), or no responders (resent once, then lost).
+// relay is one run or close in flight to a worker. Its life: admitted (a run slot taken, when
+// its tenant has a run quota), routed (sent at once to a live owner, or queued behind the
+// conversation's placement), sent (in flights, under a token, with a timer), then answered
+// exactly once, by whichever comes first: the worker's reply (onReply), the timer (expire), the
+// owner lost (failInFlight), or no responders (resent once, then lost). A run's answer gives its
+// run slot back first (settle).
 type relay struct {
 	verb         string // verbRun or verbClose
 	req          micro.Request
@@ -38,6 +41,7 @@ type relay struct {
 	arrived      time.Time // when the client's request arrived
 	token        string
 	timer        *time.Timer
+	runSlot      *quota.Slot // the tenant's run slot this run holds; nil without a run quota
 }
 
 // flights are the relays sent and not yet answered, by token, and the tokens of each worker,
@@ -135,6 +139,24 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 		return
 	}
 	d.relayed.Add(1)
+	switch {
+	case r.verb == verbClose:
+		// The client hears of the close once the conversation's ownership and sandbox slot are
+		// gone: its next request (a new conversation of a tenant at its sandbox quota, the
+		// same conversation again) finds them gone.
+		d.later(func() { d.release(r) }, func() { d.respond(r, msg) })
+	case r.runSlot != nil:
+		d.settle(r, func() { d.respond(r, msg) })
+	default:
+		d.respond(r, msg) // as settle would, without a closure on the hot path
+	}
+	if id := msg.Header.Get(protocol.HeaderSandboxCreated); r.verb == verbRun && id != "" {
+		go d.recordSandbox(r, id)
+	}
+}
+
+// respond relays a worker's reply to the client of r.
+func (d *Dispatcher) respond(r *relay, msg *nats.Msg) {
 	d.metrics.answered(r.verb, cmp.Or(msg.Header.Get(micro.ErrorCodeHeader), outcomeOK))
 	d.metrics.relayed(r.verb, r.arrived)
 	// Only the error headers reach the client: the others are the worker's, for the dispatcher.
@@ -145,14 +167,6 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 	})
 	if err != nil {
 		d.log.Warn().Err(err).Msg("reply to client")
-	}
-	switch r.verb {
-	case verbRun:
-		if id := msg.Header.Get(protocol.HeaderSandboxCreated); id != "" {
-			go d.recordSandbox(r, id)
-		}
-	case verbClose:
-		go d.release(r)
 	}
 }
 
@@ -237,11 +251,10 @@ func (d *Dispatcher) failInFlight(worker string) {
 // closed false.
 func (d *Dispatcher) ownerGone(r *relay, what string) {
 	if r.verb == verbClose {
-		go d.release(r)
-		d.replyClose(r.req, &protocol.CloseResult{Closed: false})
+		d.later(func() { d.release(r) }, func() { d.replyClose(r.req, &protocol.CloseResult{Closed: false}) })
 		return
 	}
-	d.replyError(r.req, protocol.Errorf(protocol.CodeWorkerLost, "worker %s holding conversation %s %s", r.owner.Worker, r.conv, what))
+	d.failRun(r, protocol.Errorf(protocol.CodeWorkerLost, "worker %s holding conversation %s %s", r.owner.Worker, r.conv, what))
 }
 
 // fail answers a relay with an error in the shape of its verb's result.
@@ -250,13 +263,28 @@ func (d *Dispatcher) fail(r *relay, perr *protocol.Error) {
 		d.replyClose(r.req, &protocol.CloseResult{Error: perr})
 		return
 	}
-	d.replyError(r.req, perr)
+	d.failRun(r, perr)
 }
 
+// release drops a closed conversation's ownership, then gives back its sandbox slots: in this
+// order, a conversation never goes on without the slot it counts under. The slots are those
+// held before the ownership went, not one that a new placement of the conversation, on
+// another dispatcher, takes right after. A slot not given back (a failure, a slot this
+// dispatcher's cache did not know yet) is reclaimed as stale when its tenant is at its quota.
 func (d *Dispatcher) release(r *relay) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var slots []*quota.Slot
+	if d.quota != nil {
+		slots = d.quota.Holding(r.tenant, r.conv)
+	}
 	if err := d.store.Release(ctx, r.tenant, r.conv, 0); err != nil {
 		d.log.Warn().Err(err).Str("conversation_id", r.conv).Msg("release ownership")
+		return
+	}
+	for _, s := range slots {
+		if err := s.Release(ctx); err != nil {
+			d.log.Warn().Err(err).Str("tenant", r.tenant).Str("conversation_id", r.conv).Msg("give back a sandbox slot (reclaimed when its tenant is at the quota)")
+		}
 	}
 }

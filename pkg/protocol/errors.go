@@ -29,12 +29,15 @@ const (
 	// CodeDiskLimit: the run was ended because the sandbox's files reached its disk limit. The
 	// result keeps the output so far and the exit code (137); the sandbox and its files survive.
 	CodeDiskLimit Code = "disk_limit"
+	// CodeQuotaExceeded: the tenant holds as many sandboxes, or has as many runs going, as its
+	// quota allows (the message names the quota and the tenant). Added after v1's first codes.
+	CodeQuotaExceeded Code = "quota_exceeded"
 )
 
 // Codes lists every error code of the contract.
 var Codes = []Code{
 	CodeBadRequest, CodeUnsupportedLanguage, CodeImageNotAllowed, CodeCapacity, CodeBusy,
-	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal, CodeDiskLimit,
+	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal, CodeDiskLimit, CodeQuotaExceeded,
 }
 
 // Error is the error object of RunResult and CloseResult. It implements error.

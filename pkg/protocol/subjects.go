@@ -106,6 +106,10 @@ func (s Subjects) WorkersBucket() string { return s.prefix() + "-workers" }
 // <tenant>.<conversation> to the worker that holds its sandbox: <prefix>-affinity.
 func (s Subjects) AffinityBucket() string { return s.prefix() + "-affinity" }
 
+// QuotasBucket returns the name of the fleet's quota bucket, which holds the slots of the
+// tenants' sandbox and run quotas (pkg/quota): <prefix>-quotas.
+func (s Subjects) QuotasBucket() string { return s.prefix() + "-quotas" }
+
 // Key returns the affinity key of a conversation: <tenant>.<conversation>.
 func Key(tenant, conversation string) string { return tenant + "." + conversation }
 

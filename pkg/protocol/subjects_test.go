@@ -29,6 +29,8 @@ func TestSubjectBuilders(t *testing.T) {
 		{def.AffinityBucket(), "codefleet-affinity"},
 		{custom.WorkersBucket(), "acme-cf-workers"},
 		{custom.AffinityBucket(), "acme-cf-affinity"},
+		{def.QuotasBucket(), "codefleet-quotas"},
+		{custom.QuotasBucket(), "acme-cf-quotas"},
 		{protocol.Key("t", "c"), "t.c"},
 		{def.String(), "subjects(codefleet)"},
 	}

@@ -47,6 +47,9 @@ type manager struct {
 	// ownerOf returns the worker the affinity store gives a conversation to; nil when there is
 	// no affinity store to ask (a worker used without dispatchers).
 	ownerOf func(ctx context.Context, tenant, conv string) (worker string, ok bool, err error)
+	// disown drops a conversation's ownership if this worker holds it; nil without an affinity
+	// store.
+	disown func(ctx context.Context, tenant, conv string) error
 
 	metrics *metrics
 

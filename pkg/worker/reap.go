@@ -8,16 +8,17 @@ import (
 	"github.com/codefleet/codefleet/pkg/protocol"
 )
 
-// reap ends sessions idle past IdleTTL or older than MaxLife (when not running) and those whose
-// conversation the affinity store gives to another worker, replaces free pool sandboxes older
-// than MaxLife (free ones are never idle), and removes sandboxes labelled with this worker
-// that neither a session nor the pool holds (orphans of a crash or a race).
+// reap ends sessions idle past IdleTTL or older than MaxLife (when not running), dropping their
+// conversations' ownership, and those whose conversation the affinity store gives to another
+// worker, replaces free pool sandboxes older than MaxLife (free ones are never idle), and
+// removes sandboxes labelled with this worker that neither a session nor the pool holds
+// (orphans of a crash or a race).
 func (m *manager) reap(ctx context.Context) {
 	now := time.Now()
 	if m.pool != nil {
 		m.pool.expire(now, m.cfg.MaxLife)
 	}
-	m.retire(func(s *session) (string, bool) {
+	reaped := m.retire(func(s *session) (string, bool) {
 		switch {
 		case now.Sub(s.lastUsed) > m.cfg.IdleTTL:
 			return reasonIdle, true
@@ -26,13 +27,40 @@ func (m *manager) reap(ctx context.Context) {
 		}
 		return "", false
 	})
+	m.disownReaped(ctx, reaped)
 	m.evictMoved(ctx)
 	m.removeOrphans(ctx, now)
 }
 
+// disownReaped drops the ownership of the conversations whose sessions were reaped: with its
+// sandbox gone the conversation is over for the fleet, so its next run is placed as a new
+// conversation's (created, as it would be here), the affinity bucket does not keep every
+// conversation ever opened, and the dispatchers count the conversation out of its tenant's
+// sandbox quota (a conversation with an owner holds a sandbox slot). A conversation that got a
+// run since (a new session) stays this worker's; one whose run comes in between the check and
+// the delete gets a sandbox here without an owner, and its next run is placed anew (this copy
+// then removed as moved, or reaped when idle).
+func (m *manager) disownReaped(ctx context.Context, reaped []*session) {
+	if m.disown == nil {
+		return
+	}
+	for _, s := range reaped {
+		m.mu.Lock()
+		_, again := m.sessions[s.key]
+		m.mu.Unlock()
+		if again {
+			continue
+		}
+		if err := m.disown(ctx, s.tenant, s.conv); err != nil {
+			s.log.Warn().Err(err).Msg("drop the ownership of a reaped conversation")
+		}
+	}
+}
+
 // retire ends the sessions without runs for which why returns a reason (a reason* label),
-// destroying their sandboxes or, when why says not to, only letting go of them.
-func (m *manager) retire(why func(*session) (reason string, destroy bool)) {
+// destroying their sandboxes or, when why says not to, only letting go of them, and returns
+// them once they have ended.
+func (m *manager) retire(why func(*session) (reason string, destroy bool)) []*session {
 	var ended []*session
 	m.mu.Lock()
 	for _, s := range m.sessions {
@@ -52,6 +80,7 @@ func (m *manager) retire(why func(*session) (reason string, destroy bool)) {
 		s.cancel()
 		<-s.done
 	}
+	return ended
 }
 
 // evictMoved removes the sandboxes of conversations that were moved to another worker while

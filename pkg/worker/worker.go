@@ -147,7 +147,11 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.bg.Add(1)
 	go w.every(bgctx, w.cfg.HeartbeatInterval, w.beat())
 
-	w.m.ownerOf = affinity.NewOwners(js, w.subjects).Owner
+	owners := affinity.NewOwners(js, w.subjects)
+	w.m.ownerOf = owners.Owner
+	w.m.disown = func(ctx context.Context, tenant, conv string) error {
+		return owners.Release(ctx, tenant, conv, w.cfg.ID)
+	}
 	n, err := w.m.adopt(ctx)
 	if err != nil {
 		// The backend may be down for now; sandboxes left behind are found by the reconciler.

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/codefleet/codefleet/internal/testutil"
+	"github.com/codefleet/codefleet/pkg/affinity"
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/envs/docker"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
@@ -553,6 +554,41 @@ func TestReapingAndOrphans(t *testing.T) {
 	})
 	if n := w.Info().Load; n != 0 {
 		t.Fatalf("load %d after reaping", n)
+	}
+}
+
+// TestReapedConversationsDisowned: a conversation whose sandbox the worker reaps (idle) loses
+// its ownership, so its next run is placed as a new conversation's and its tenant's sandbox
+// quota counts it out; the ownership of a conversation moved to another worker meanwhile is
+// left alone.
+func TestReapedConversationsDisowned(t *testing.T) {
+	ns := testutil.StartNATS(t)
+	ctx := testutil.Context(t)
+	store, err := affinity.OpenStore(ctx, testutil.JetStream(t, ns), affinity.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Stop)
+	env := fake.New()
+	w := startWorker(t, ns, env, worker.Config{IdleTTL: 300 * time.Millisecond, ReapInterval: 50 * time.Millisecond})
+	c := newClient(t, ns, w)
+	for conv, owner := range map[string]string{"idle": w.ID(), "elsewhere": "other-worker"} {
+		if _, _, err := store.Claim(ctx, protocol.DefaultTenant, conv, affinity.Owner{Worker: owner, Backend: fake.Name}); err != nil {
+			t.Fatal(err)
+		}
+		c.ok(conv, "bash", "true")
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := env.Live(); n != 0 {
+			return fmt.Errorf("%d sandboxes not reaped yet", n)
+		}
+		if _, ok, err := store.Get(ctx, protocol.DefaultTenant, "idle"); ok || err != nil {
+			return fmt.Errorf("idle still has an owner (%v)", err)
+		}
+		return nil
+	})
+	if o, ok, err := store.Get(ctx, protocol.DefaultTenant, "elsewhere"); !ok || err != nil || o.Worker != "other-worker" {
+		t.Fatalf("the ownership of a conversation moved away: %+v %v %v, want it left to other-worker", o, ok, err)
 	}
 }
 
