@@ -312,7 +312,7 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	}
 	allow, egress := e.egressOf(spec.Tenant, free)
 	if egress && sockDir == "" {
-		return nil, egressNeedsSockets(spec.Tenant, "sandboxes here have none (see the log)")
+		return nil, egressNeedsSockets(spec.Tenant, "new sandboxes get none here (the daemon does not see it, or it cannot be made: see the log)")
 	}
 
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
@@ -326,8 +326,7 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	created, err := e.cli.ContainerCreate(cctx, cfg, host, nil, nil, name)
 	if err != nil && sockDir != "" && cctx.Err() == nil && egress {
 		e.removeSocketDir(sockDir)
-		return nil, fmt.Errorf("%w (%v)", e.classify("create container", err),
-			egressNeedsSockets(spec.Tenant, "the daemon may have refused its mount: give the worker and the daemon the same directory at the same path"))
+		return nil, egressNeedsSockets(spec.Tenant, "the daemon refused the container with its mount (give the worker and the daemon the same directory at the same path): "+err.Error())
 	}
 	if err != nil && sockDir != "" && cctx.Err() == nil {
 		// The daemon may refuse the mount (it does not see the directory: a remote daemon, a
