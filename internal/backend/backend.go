@@ -3,7 +3,7 @@
 // cmd/worker and `codefleet dev` share.
 //
 //	var b backend.Options
-//	b.Register(fs)          // --backend, --image, the Docker flags, the --daytona-* flags
+//	b.Register(fs)          // --backend, --image, the Docker flags, --egress-*, the --daytona-* flags
 //	fs.Parse(args)
 //	err := b.Check()        // before anything connects
 //	env, err := b.New(log)  // finds the sandbox agent (Docker), makes the envs.Env
@@ -38,9 +38,11 @@ type Options struct {
 	Docker  docker.Config
 	Daytona daytona.Config
 
-	cpus      float64 // --cpus, turned into Docker.NanoCPUs
-	maxOutput int64   // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
-	tenants   string  // --daytona-tenants, turned into Daytona.Tenants
+	cpus          float64  // --cpus, turned into Docker.NanoCPUs
+	maxOutput     int64    // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
+	tenants       string   // --daytona-tenants, turned into Daytona.Tenants
+	egressAllow   []string // --egress-allow and --egress-tenants, turned into Docker.Egress
+	egressTenants string   // and Daytona.Egress
 }
 
 // Register declares the backend's flags on fs, with their defaults.
@@ -62,6 +64,8 @@ func (o *Options) Register(fs *config.FlagSet) {
 	fs.StringVar(&d.Runtime, "runtime", "", "OCI runtime for stronger isolation, e.g. runsc (gVisor) (default: the daemon's)")
 	fs.StringVar(&d.SocketDir, "socket-dir", docker.DefaultSocketDir, "directory the worker shares with the Docker daemon (same path for both) for the fast channel to the sandboxes; none: the attached stream only")
 	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
+	fs.StringListVar(&o.egressAllow, "egress-allow", nil, "what the sandboxes may reach through the worker's egress proxy, comma-separated host:port (pypi.org:443, *.example.org:443, 10.0.0.5:5432, 10.0.0.0/8:*); the sandboxes stay on network none and get HTTP_PROXY (default: nothing)")
+	fs.StringVar(&o.egressTenants, "egress-tenants", "", `per-tenant egress allowlists, JSON or @file: {"acme":["pypi.org:443","files.pythonhosted.org:443"]}; a tenant's list replaces --egress-allow ([] for nothing)`)
 
 	dt := &o.Daytona
 	fs.StringVar(&dt.APIKey, "daytona-api-key", "", "Daytona API key (prefer the variable to the flag, which shows in ps); may hold ${name} placeholders filled from a request's sandbox.variables")
@@ -97,15 +101,26 @@ func (o *Options) Check() error {
 	}
 	o.Docker.MaxOutput = int(o.maxOutput)
 	o.Daytona.MaxOutput = int(o.maxOutput)
+	egress, err := o.parseEgress()
+	if err != nil {
+		return err
+	}
+	o.Docker.Egress, o.Daytona.Egress = egress, egress
 	switch o.Backend {
 	case docker.Name:
 		if o.Image == "" {
 			o.Image = docker.DefaultImage
 		}
 		o.Docker.Image = o.Image
+		if err := o.checkDockerEgress(); err != nil {
+			return err
+		}
 	case daytona.Name:
 		o.Daytona.Image = o.Image
 		if err := o.parseTenants(); err != nil {
+			return err
+		}
+		if err := o.Daytona.CheckEgress(); err != nil {
 			return err
 		}
 		if o.Daytona.APIKey == "" && len(o.Daytona.Tenants) == 0 {
@@ -124,23 +139,10 @@ func (o *Options) Check() error {
 
 // parseTenants reads --daytona-tenants: a JSON object, or @file holding one.
 func (o *Options) parseTenants() error {
-	src := strings.TrimSpace(o.tenants)
-	if src == "" {
-		return nil
-	}
-	what := "--daytona-tenants"
-	if name, ok := strings.CutPrefix(src, "@"); ok {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		src, what = string(b), what+" file "+name
-	}
-	dec := json.NewDecoder(strings.NewReader(src))
-	dec.DisallowUnknownFields()
 	var tenants map[string]daytona.Account
-	if err := dec.Decode(&tenants); err != nil {
-		return fmt.Errorf(`%s: want a JSON object {"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}: %w`, what, err)
+	what, err := readTenants("--daytona-tenants", o.tenants, `{"<tenant>": {"api_key": ..., "api_url": ..., "target": ...}}`, &tenants)
+	if err != nil {
+		return err
 	}
 	for t := range tenants {
 		if !protocol.ValidID(t) {
@@ -148,6 +150,77 @@ func (o *Options) parseTenants() error {
 		}
 	}
 	o.Daytona.Tenants = tenants
+	return nil
+}
+
+// readTenants decodes the per-tenant flag named flag, whose value is a JSON object or @file
+// holding one (shape says what it looks like), into v; what names the flag (and file) in errors.
+func readTenants(flag, value, shape string, v any) (what string, err error) {
+	src, what := strings.TrimSpace(value), flag
+	if src == "" {
+		return what, nil
+	}
+	if name, ok := strings.CutPrefix(src, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return what, fmt.Errorf("%s: %w", what, err)
+		}
+		src, what = string(b), what+" file "+name
+	}
+	dec := json.NewDecoder(strings.NewReader(src))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return what, fmt.Errorf("%s: want a JSON object %s: %w", what, shape, err)
+	}
+	return what, nil
+}
+
+// parseEgress reads --egress-allow and --egress-tenants.
+func (o *Options) parseEgress() (envs.Egress, error) {
+	var e envs.Egress
+	var err error
+	if e.Allow, err = envs.ParseAllowlist(o.egressAllow); err != nil {
+		return e, fmt.Errorf("--egress-allow: %w", err)
+	}
+	var tenants map[string][]string
+	what, err := readTenants("--egress-tenants", o.egressTenants, `{"<tenant>": ["host:port", ...]}`, &tenants)
+	if err != nil {
+		return e, err
+	}
+	for t, entries := range tenants {
+		if !protocol.ValidID(t) {
+			return e, fmt.Errorf("%s: tenant %q must match [A-Za-z0-9_-]{1,128}", what, t)
+		}
+		a, err := envs.ParseAllowlist(entries)
+		if err != nil {
+			return e, fmt.Errorf("%s: tenant %s: %w", what, t, err)
+		}
+		if e.Tenants == nil {
+			e.Tenants = map[string]envs.Allowlist{}
+		}
+		e.Tenants[t] = a
+	}
+	return e, nil
+}
+
+// checkDockerEgress refuses an allowlist the Docker sandboxes could not keep to: on a network
+// other than none they would have a route besides the proxy, and without the socket directory
+// no proxy.
+func (o *Options) checkDockerEgress() error {
+	if !o.Docker.Egress.Enabled() {
+		return nil
+	}
+	flag := "--egress-allow"
+	if len(o.Docker.Egress.Allow) == 0 {
+		flag = "--egress-tenants"
+	}
+	if o.Docker.Network != docker.DefaultNetwork {
+		return fmt.Errorf("%s and --network %s: a sandbox with an egress allowlist stays on network %s, the proxy its only way out; drop one of them",
+			flag, o.Docker.Network, docker.DefaultNetwork)
+	}
+	if o.Docker.SocketDir == docker.NoSocketDir {
+		return fmt.Errorf("%s and --socket-dir %s: the egress proxy needs the socket directory shared with the Docker daemon", flag, docker.NoSocketDir)
+	}
 	return nil
 }
 
