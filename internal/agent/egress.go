@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,8 +33,11 @@ type egress struct {
 // egressGatewayDown answers a connection the worker's egress socket did not take (no worker is
 // listening: it is restarting, or it closed the sandbox's proxy). A client of the port speaks
 // HTTP to a proxy, so it reads an HTTP answer.
-const egressGatewayDown = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 57\r\nConnection: close\r\n\r\n" +
-	"codefleet egress: the worker's egress proxy is not there\n"
+var egressGatewayDown = func() string {
+	const body = "codefleet egress: the worker's egress proxy is not there\n"
+	return "HTTP/1.1 502 Bad Gateway: " + strings.TrimSpace(body) + "\r\nContent-Type: text/plain\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body
+}()
 
 // startEgress listens on 127.0.0.1:port and carries what it accepts to a.EgressPath. Asked again
 // for the same port (a worker re-attaching) it does nothing; the listener lasts until Serve

@@ -21,11 +21,18 @@ func egressAgent(t *testing.T) (*testSession, string) {
 	a := New(t.TempDir(), os.Environ(), testReaper)
 	a.EgressPath = filepath.Join(t.TempDir(), "egress.sock")
 	s := serve(t, a)
-	port := testutil.FreePort(t)
-	if r := s.call(wire.Request{Op: wire.OpEgress, ID: "e1", Port: port}); r.Op != wire.OpEgress {
-		t.Fatalf("egress: %+v", r)
+	// A free port may be taken again before the agent binds it (another test's connection
+	// given it as its own port): then another.
+	for i := 0; ; i++ {
+		port := testutil.FreePort(t)
+		r := s.call(wire.Request{Op: wire.OpEgress, ID: "e" + strconv.Itoa(i), Port: port})
+		if r.Op == wire.OpEgress {
+			return s, "127.0.0.1:" + strconv.Itoa(port)
+		}
+		if !strings.Contains(r.Error, "address already in use") || i == 10 {
+			t.Fatalf("egress: %+v", r)
+		}
 	}
-	return s, "127.0.0.1:" + strconv.Itoa(port)
 }
 
 // TestEgressCarries: every connection to the egress port becomes a connection to the worker's

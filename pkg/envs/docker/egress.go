@@ -137,6 +137,10 @@ func (s *sandbox) startEgress(ctx context.Context, dir string, allow envs.Allowl
 	if err != nil {
 		return fail(err)
 	}
+	// Closing must not remove the path, which may be another listener's by then (the sandbox
+	// opened again before the one it replaces was closed); a file left with no listener makes
+	// the agent answer 502, and goes with the directory.
+	ln.SetUnlinkOnClose(false)
 	// The sandbox's user connects to it through the agent, or itself: the policy is the same.
 	if err := os.Chmod(path, 0o666); err != nil {
 		ln.Close()
@@ -157,11 +161,12 @@ func (s *sandbox) startEgress(ctx context.Context, dir string, allow envs.Allowl
 	}
 	es := &s.env.egress
 	es.mu.Lock()
-	if old := es.proxies[s.info.ID]; old != nil {
-		old.Close() // the sandbox was opened again while still open here
-	}
+	old := es.proxies[s.info.ID]
 	es.proxies[s.info.ID] = p
 	es.mu.Unlock()
+	if old != nil {
+		old.Close() // the sandbox was opened again while still open here: the new one serves it
+	}
 	return nil
 }
 
