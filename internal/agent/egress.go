@@ -59,8 +59,8 @@ func (a *Agent) startEgress(port int) error {
 	if err != nil {
 		return fmt.Errorf("egress: %w", os.NewSyscallError("socket", err))
 	}
-	// SO_REUSEADDR: an agent started again in the same sandbox (a restarted container) finds
-	// the port of its predecessor's connections in TIME_WAIT.
+	// SO_REUSEADDR, as net.Listen sets it: a listener made again (Serve started anew) is not
+	// refused for the last one's connections still in TIME_WAIT.
 	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
 		syscall.Close(fd)
 		return fmt.Errorf("egress: %w", os.NewSyscallError("setsockopt", err))
@@ -73,11 +73,12 @@ func (a *Agent) startEgress(port int) error {
 		syscall.Close(fd)
 		return fmt.Errorf("egress: %w", os.NewSyscallError("listen", err))
 	}
-	e.ln, e.port, e.conns = os.NewFile(uintptr(fd), "egress-listener"), port, map[*os.File]struct{}{}
+	ln := os.NewFile(uintptr(fd), "egress-listener")
+	e.ln, e.port, e.conns = ln, port, map[*os.File]struct{}{}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		a.acceptEgress(e.ln)
+		a.acceptEgress(ln)
 	}()
 	return nil
 }

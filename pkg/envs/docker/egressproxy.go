@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -320,6 +321,9 @@ func (p *egressProxy) forward(c *idleConn, br *bufio.Reader, req *http.Request) 
 		resp.Body.Close() // an informational answer (103 Early Hints): dropped
 	}
 	removeHopHeaders(resp.Header)
+	if resp.ContentLength < 0 && !slices.Contains(resp.TransferEncoding, "chunked") {
+		keep = false // the body ends where the connection does: Write says Connection: close
+	}
 	resp.Close = !keep
 	werr := resp.Write(c)
 	resp.Body.Close()

@@ -108,8 +108,16 @@ func portOf(t *testing.T, rawURL string) string {
 // headers dropped, bodies both ways, several on one connection, and redirects passed on.
 func TestEgressProxyHTTP(t *testing.T) {
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/redirect" {
+		switch r.URL.Path {
+		case "/redirect":
 			http.Redirect(w, r, "http://elsewhere.example/", http.StatusFound)
+			return
+		case "/until-close/1.0", "/until-close/1.1":
+			// A body without a length, ended by closing the connection.
+			c, bw, _ := w.(http.Hijacker).Hijack()
+			fmt.Fprintf(bw, "HTTP/%s 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", strings.TrimPrefix(r.URL.Path, "/until-close/"))
+			bw.Flush()
+			c.Close()
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
@@ -153,8 +161,19 @@ func TestEgressProxyHTTP(t *testing.T) {
 	if res.StatusCode != http.StatusFound || res.Header.Get("Location") != "http://elsewhere.example/" {
 		t.Fatalf("redirect: %d %q, want the 302 as it came", res.StatusCode, res.Header.Get("Location"))
 	}
-	if got := promtest.ToFloat64(p.m.proxied); got != 5 {
-		t.Errorf("proxied = %v, want 5", got)
+	for _, path := range []string{"/until-close/1.0", "/until-close/1.1"} {
+		res, err := c.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || string(body) != "until close" {
+			t.Fatalf("GET %s: %q, %v: want the body, ended by the connection's close", path, body, err)
+		}
+	}
+	if got := promtest.ToFloat64(p.m.proxied); got != 7 {
+		t.Errorf("proxied = %v, want 7", got)
 	}
 }
 
