@@ -371,8 +371,18 @@ func TestEgressProxyBounds(t *testing.T) {
 		t.Fatalf("a quiet tunnel was closed after %s", d)
 	}
 
-	c2, _, _ := p.connect(t, addr)
-	c3, _, _ := p.connect(t, addr)
+	// The quiet tunnel's slot is given back once its goroutine is done, a moment after the close.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if n := len(p.slots); n != 0 {
+			return fmt.Errorf("%d connections hold a slot", n)
+		}
+		return nil
+	})
+	c2, _, status2 := p.connect(t, addr)
+	c3, _, status3 := p.connect(t, addr)
+	if status2 != "HTTP/1.1 200 Connection established" || status3 != status2 {
+		t.Fatalf("two connections: %q, %q", status2, status3)
+	}
 	_, br4, status := p.connect(t, addr)
 	if !strings.HasPrefix(status, "HTTP/1.1 503 Service Unavailable: codefleet egress: this sandbox has 2 connections open") {
 		t.Fatalf("third connection: %q", status)
