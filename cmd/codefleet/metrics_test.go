@@ -93,6 +93,11 @@ func TestDevMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", g.name, g.labels, got, g.want)
 		}
 	}
+	// The Docker backend's own metrics are the worker's: the egress proxy's, every refusal
+	// reason shown from the start.
+	if f := after.Families["codefleet_worker_egress_refused_total"]; f == nil || len(f.GetMetric()) != 5 {
+		t.Errorf("egress refusals: %v, want a sample per reason", f)
+	}
 	// The run duration of the timed-out run is its timeout, in the 1 s to 2.5 s bucket.
 	if h := after.Families["codefleet_worker_run_duration_seconds"]; h == nil || h.GetMetric()[0].GetHistogram().GetSampleSum() < 1 {
 		t.Errorf("run duration sum: %v", h)

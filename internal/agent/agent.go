@@ -38,6 +38,9 @@ type Agent struct {
 	// SocketPath is where the worker's socket is when it sends wire.OpConnect; wire.SocketPath
 	// by default.
 	SocketPath string
+	// EgressPath is the worker's egress socket, where the connections to the egress port go
+	// (egress.go); wire.EgressSocketPath by default.
+	EgressPath string
 	// WorkerOutside, when set, refuses a socket made inside the agent's pid namespace: the
 	// worker is outside the sandbox, and a snippet that managed to put its own socket at
 	// SocketPath (the directory is a read-only mount, but a root snippet could move its
@@ -69,11 +72,14 @@ type Agent struct {
 	// connects again replaces the old one, whose runs are killed).
 	sockMu sync.Mutex
 	sock   io.Closer
+
+	// egress is the egress port's listener, once the worker asked for it (egress.go).
+	egress egress
 }
 
 // New returns an Agent that starts processes through reaper.
 func New(dir string, environ []string, reaper *Reaper) *Agent {
-	return &Agent{Dir: dir, Environ: environ, SocketPath: wire.SocketPath, reaper: reaper}
+	return &Agent{Dir: dir, Environ: environ, SocketPath: wire.SocketPath, EgressPath: wire.EgressSocketPath, reaper: reaper}
 }
 
 // Serve reads requests from in and writes responses to out until in ends or ctx is done.
@@ -82,6 +88,7 @@ func New(dir string, environ []string, reaper *Reaper) *Agent {
 // before it returns.
 func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	defer a.closeDir() // last: runs still going are answered first
+	defer a.stopEgress()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := newPool(a)
@@ -160,6 +167,12 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 				a.serveSocket(ctx, conn)
 			}()
 			s.send(&wire.Response{Op: wire.OpConnect, ID: req.ID})
+		case wire.OpEgress:
+			if err := a.startEgress(req.Port); err != nil {
+				s.send(&wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeEgressFailed, Error: err.Error()})
+				continue
+			}
+			s.send(&wire.Response{Op: wire.OpEgress, ID: req.ID})
 		case wire.OpCancel:
 			s.mu.Lock()
 			if stop := s.runs[req.ID]; stop != nil {

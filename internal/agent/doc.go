@@ -2,7 +2,9 @@
 // every Docker sandbox (cmd/sandbox-agent calls Main). It serves the worker's protocol, whose
 // frames and constants are in package wire (internal/agent/wire: framing, hello, runs, the
 // socket upgrade and its token), on the container's attached stdin and stdout, and on the unix
-// socket the worker asks it to dial (socket.go).
+// socket the worker asks it to dial (socket.go). When the worker asks for it, it also carries
+// the sandbox's egress: it listens on a port of the sandbox's loopback and splices each
+// connection to the worker's egress socket, which decides where it may go (egress.go).
 //
 // Besides the protocol it does what PID 1 of a sandbox has to: it reaps every process (Reaper),
 // starts each snippet in a process group of its own with the run's environment, merges its

@@ -3,7 +3,7 @@
 // cmd/worker and `codefleet dev` share.
 //
 //	var b backend.Options
-//	b.Register(fs)          // --backend, --image, the Docker flags, the --daytona-* flags
+//	b.Register(fs)          // --backend, --image, the Docker flags, --egress-*, the --daytona-* flags
 //	fs.Parse(args)
 //	err := b.Check()        // before anything connects
 //	env, err := b.New(log)  // finds the sandbox agent (Docker), makes the envs.Env
@@ -35,10 +35,12 @@ type Options struct {
 	Docker  docker.Config
 	Daytona daytona.Config
 
-	cpus      float64 // --cpus, turned into Docker.NanoCPUs
-	maxOutput int64   // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
-	tenants   string  // --daytona-tenants, turned into Daytona.Tenants
-	disk      int64   // --disk, turned into Docker.Disk and Daytona.DiskGiB
+	cpus          float64  // --cpus, turned into Docker.NanoCPUs
+	maxOutput     int64    // --max-output, turned into Docker.MaxOutput and Daytona.MaxOutput
+	tenants       string   // --daytona-tenants, turned into Daytona.Tenants
+	disk          int64    // --disk, turned into Docker.Disk and Daytona.DiskGiB
+	egressAllow   []string // --egress-allow and --egress-tenants, turned into Docker.Egress
+	egressTenants string   // and Daytona.Egress
 }
 
 // DefaultDisk is --disk's default: what a sandbox's snippets may write.
@@ -64,6 +66,8 @@ func (o *Options) Register(fs *config.FlagSet) {
 	fs.StringVar(&d.SocketDir, "socket-dir", docker.DefaultSocketDir, "directory the worker shares with the Docker daemon (same path for both) for the fast channel to the sandboxes; none: the attached stream only")
 	fs.SizeVar(&o.maxOutput, "max-output", docker.DefaultMaxOutput, "cap on one run's output; head and tail are kept")
 	fs.SizeVar(&o.disk, "disk", DefaultDisk, "most a sandbox's snippets may write (workspace, /tmp, everything); 0: no limit. Docker: the storage driver's size option where it has one, else the agent's watchdog; Daytona: the disk of sandboxes built from an image, in whole GiB")
+	fs.StringListVar(&o.egressAllow, "egress-allow", nil, "what the sandboxes may reach through the worker's egress proxy, comma-separated host:port (pypi.org:443, *.example.org:443, 10.0.0.5:5432, 10.0.0.0/8:*); the sandboxes stay on network none and get HTTP_PROXY (default: nothing)")
+	fs.StringVar(&o.egressTenants, "egress-tenants", "", `per-tenant egress allowlists, JSON or @file: {"acme":["pypi.org:443","files.pythonhosted.org:443"]}; a tenant's list replaces --egress-allow ([] for nothing)`)
 
 	dt := &o.Daytona
 	fs.StringVar(&dt.APIKey, "daytona-api-key", "", "Daytona API key (prefer the variable to the flag, which shows in ps); may hold ${name} placeholders filled from a request's sandbox.variables")
@@ -104,15 +108,26 @@ func (o *Options) Check() error {
 	o.Docker.Disk = o.disk
 	o.Daytona.DiskGiB = int((o.disk + 1<<30 - 1) >> 30)
 	o.Daytona.MaxOutput = int(o.maxOutput)
+	egress, err := o.parseEgress()
+	if err != nil {
+		return err
+	}
+	o.Docker.Egress, o.Daytona.Egress = egress, egress
 	switch o.Backend {
 	case docker.Name:
 		if o.Image == "" {
 			o.Image = docker.DefaultImage
 		}
 		o.Docker.Image = o.Image
+		if err := o.checkDockerEgress(); err != nil {
+			return err
+		}
 	case daytona.Name:
 		o.Daytona.Image = o.Image
 		if err := o.parseTenants(); err != nil {
+			return err
+		}
+		if err := o.Daytona.CheckEgress(); err != nil {
 			return err
 		}
 		if o.Daytona.APIKey == "" && len(o.Daytona.Tenants) == 0 {
@@ -142,6 +157,55 @@ func (o *Options) parseTenants() error {
 		}
 	}
 	o.Daytona.Tenants = tenants
+	return nil
+}
+
+// parseEgress reads --egress-allow and --egress-tenants.
+func (o *Options) parseEgress() (envs.Egress, error) {
+	var e envs.Egress
+	var err error
+	if e.Allow, err = envs.ParseAllowlist(o.egressAllow); err != nil {
+		return e, fmt.Errorf("--egress-allow: %w", err)
+	}
+	var tenants map[string][]string
+	what, err := config.DecodeJSONFlag("egress-tenants", o.egressTenants, `a JSON object {"<tenant>": ["host:port", ...]}`, &tenants)
+	if err != nil {
+		return e, err
+	}
+	for t, entries := range tenants {
+		if !protocol.ValidID(t) {
+			return e, fmt.Errorf("%s: tenant %q must match [A-Za-z0-9_-]{1,128}", what, t)
+		}
+		a, err := envs.ParseAllowlist(entries)
+		if err != nil {
+			return e, fmt.Errorf("%s: tenant %s: %w", what, t, err)
+		}
+		if e.Tenants == nil {
+			e.Tenants = map[string]envs.Allowlist{}
+		}
+		e.Tenants[t] = a
+	}
+	return e, nil
+}
+
+// checkDockerEgress refuses an allowlist the Docker sandboxes could not keep to: on a network
+// other than none they would have a route besides the proxy, and without the socket directory
+// no proxy.
+func (o *Options) checkDockerEgress() error {
+	if !o.Docker.Egress.Enabled() {
+		return nil
+	}
+	flag := "--egress-allow"
+	if len(o.Docker.Egress.Allow) == 0 {
+		flag = "--egress-tenants"
+	}
+	if o.Docker.Network != docker.DefaultNetwork {
+		return fmt.Errorf("%s and --network %s: a sandbox with an egress allowlist stays on network %s, the proxy its only way out; drop one of them",
+			flag, o.Docker.Network, docker.DefaultNetwork)
+	}
+	if o.Docker.SocketDir == docker.NoSocketDir {
+		return fmt.Errorf("%s and --socket-dir %s: the egress proxy needs the socket directory shared with the Docker daemon", flag, docker.NoSocketDir)
+	}
 	return nil
 }
 

@@ -208,3 +208,59 @@ func TestNew(t *testing.T) {
 		t.Errorf("backend %s", env.Name())
 	}
 }
+
+func TestCheckEgress(t *testing.T) {
+	testutil.ClearEnv(t)
+	tenants := filepath.Join(t.TempDir(), "egress.json")
+	if err := os.WriteFile(tenants, []byte(`{"acme": ["pypi.org:443", "files.pythonhosted.org:443"], "locked": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parse(t, "--egress-allow", "registry.npmjs.org:443,*.example.org:443", "--egress-tenants", "@"+tenants)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := o.Docker.Egress
+	if len(e.Allow) != 2 || e.Allow[1].String() != "*.example.org:443" || len(e.For("acme")) != 2 || e.For("acme")[1].Name != "files.pythonhosted.org" ||
+		len(e.For("locked")) != 0 || len(e.For("other")) != 2 || len(o.Daytona.Egress.Allow) != 2 {
+		t.Errorf("egress %+v", e)
+	}
+	t.Setenv("DAYTONA_API_KEY", "dtn_env")
+	o, err = parse(t, "--backend", "daytona", "--egress-tenants", `{"acme": ["10.0.0.0/8:*"]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.Daytona.Egress.For("acme"); len(got) != 1 || got[0].String() != "10.0.0.0/8:*" {
+		t.Errorf("daytona egress %+v", o.Daytona.Egress)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"no port", []string{"--egress-allow", "pypi.org"}, []string{"--egress-allow", `"pypi.org"`, "a port is required"}},
+		{"metadata", []string{"--egress-allow", "169.254.169.254:80"}, []string{"--egress-allow", "link-local", "which no sandbox may reach"}},
+		{"bad tenants JSON", []string{"--egress-tenants", `{"acme": "pypi.org:443"}`}, []string{"--egress-tenants", `want a JSON object {"<tenant>": ["host:port", ...]}`}},
+		{"bad tenant id", []string{"--egress-tenants", `{"a.b": []}`}, []string{"--egress-tenants", `tenant "a.b"`}},
+		{"bad tenant entry", []string{"--egress-tenants", `{"acme": ["pypi.org:https"]}`}, []string{"--egress-tenants: tenant acme", "pypi.org:https"}},
+		{"tenants file missing", []string{"--egress-tenants", "@/nonexistent.json"}, []string{"--egress-tenants", "no such file"}},
+		{"network", []string{"--egress-allow", "pypi.org:443", "--network", "bridge"}, []string{"--egress-allow and --network bridge", "stays on network none"}},
+		{"tenants and network", []string{"--egress-tenants", `{"acme":["pypi.org:443"]}`, "--network", "host"}, []string{"--egress-tenants and --network host"}},
+		{"no socket dir", []string{"--egress-allow", "pypi.org:443", "--socket-dir", "none"}, []string{"--egress-allow and --socket-dir none", "needs the socket directory"}},
+		{"daytona host name", []string{"--backend", "daytona", "--daytona-api-key", "k", "--egress-allow", "pypi.org:443"}, []string{"--egress-allow: pypi.org:443", "IPv4 addresses and CIDRs for every port"}},
+		{"daytona block all", []string{"--backend", "daytona", "--daytona-api-key", "k", "--egress-allow", "10.0.0.0/8:*", "--daytona-network-block-all"}, []string{"--daytona-network-block-all exclude each other"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.ClearEnv(t)
+			_, err := parse(t, tc.args...)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}

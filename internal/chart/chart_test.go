@@ -22,6 +22,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/codefleet/codefleet/internal/backend"
 	"github.com/codefleet/codefleet/internal/config"
 	"github.com/codefleet/codefleet/internal/quotaflags"
 	"github.com/codefleet/codefleet/pkg/quota"
@@ -189,6 +190,13 @@ daytona: {existingSecret: daytona-account, existingSecretKey: key, existingSecre
 	"servicemonitor": `metrics: {serviceMonitor: {enabled: true, labels: {release: prometheus}}}`,
 	"hpa":            `dispatcher: {autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 12, targetMemoryUtilizationPercentage: 80}}`,
 	"networkpolicy":  `networkPolicy: {enabled: true}`,
+	"egress": `
+worker:
+  egress:
+    allow: ["pypi.org:443", "files.pythonhosted.org:443", "*.example.org:8443"]
+    tenants: {acme: ["git.acme.example:443", "10.1.2.3:5432"], locked: []}
+networkPolicy: {enabled: true}
+`,
 	"networkpolicy-daytona-no-metrics": `
 networkPolicy: {enabled: true}
 metrics: {enabled: false}
@@ -983,6 +991,9 @@ func TestSchemaRefuses(t *testing.T) {
 		{`dispatcher: {quotas: {maxRuns: -1}}`, "/dispatcher/quotas/maxRuns"},
 		{`dispatcher: {quotas: {tenants: {acme: {max_sandbox: 3}}}}`, "max_sandbox"},
 		{`dispatcher: {quotas: {tenants: {a.b: {max_runs: 3}}}}`, "invalid propertyName 'a.b'"},
+		{`worker: {egress: {allow: [pypi.org]}}`, "/worker/egress/allow/0"},
+		{`worker: {egress: {tenants: {acme: pypi.org:443}}}`, "/worker/egress/tenants/acme"},
+		{`worker: {egress: {tenants: {a.b: []}}}`, "'a.b' does not match pattern"},
 		{`replicas: 3`, "additional properties 'replicas'"},
 		{`natsUrl: nats://x:4222`, "additional properties 'natsUrl'"},
 	} {
@@ -1085,6 +1096,7 @@ func TestFlagsExistInBinaries(t *testing.T) {
 		"dispatcher --tenant-max-sandboxes", "dispatcher --tenant-max-runs", "dispatcher --tenant-quotas",
 		"worker $CODEFLEET_NATS_PASSWORD", "dispatcher $CODEFLEET_NATS_TOKEN", "worker $CODEFLEET_DAYTONA_API_KEY",
 		"worker $CODEFLEET_DAYTONA_TENANTS", "dispatcher $CODEFLEET_PREFIX", "worker $CODEFLEET_KV_REPLICAS",
+		"worker --egress-allow", "worker --egress-tenants",
 	} {
 		if !seen[want] {
 			t.Errorf("no scenario renders %s", want)
@@ -1106,6 +1118,56 @@ func TestExpand(t *testing.T) {
 	} {
 		if got := Expand(in, env); got != want {
 			t.Errorf("Expand(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestEgress: worker.egress becomes --egress-allow and --egress-tenants, which the worker's
+// flags take as they are; with NetworkPolicies on, a Docker worker may dial the allowlists'
+// ports for its sandboxes (any port when an entry says *).
+func TestEgress(t *testing.T) {
+	r := render(t, scenarios["egress"])
+	_, c := worker(t, r)
+	wantFlag(t, c.Args, "egress-allow", "pypi.org:443,files.pythonhosted.org:443,*.example.org:8443")
+	wantFlag(t, c.Args, "egress-tenants", `{"acme":["git.acme.example:443","10.1.2.3:5432"],"locked":[]}`)
+	var b backend.Options
+	fs := config.New("worker", io.Discard)
+	b.Register(fs)
+	allow, _ := flag(c.Args, "egress-allow")
+	tenants, _ := flag(c.Args, "egress-tenants")
+	if err := fs.Parse([]string{"--egress-allow=" + allow, "--egress-tenants=" + tenants}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Check(); err != nil {
+		t.Fatalf("the worker refuses the chart's egress flags: %v", err)
+	}
+	if e := b.Docker.Egress; len(e.Allow) != 3 || len(e.For("acme")) != 2 || len(e.For("locked")) != 0 {
+		t.Errorf("egress as the worker reads it: %+v", e)
+	}
+
+	np := get[networkingv1.NetworkPolicy](t, r, workerName)
+	last := np.Spec.Egress[len(np.Spec.Egress)-1]
+	var ports []string
+	for _, p := range last.Ports {
+		ports = append(ports, string(*p.Protocol)+"/"+p.Port.String())
+	}
+	if want := []string{"TCP/443", "TCP/8443", "TCP/5432"}; !slices.Equal(ports, want) || last.To[0].IPBlock.CIDR != "0.0.0.0/0" || !slices.Equal(last.To[0].IPBlock.Except, []string{"169.254.0.0/16"}) {
+		t.Errorf("sandboxes' egress rule: ports %v to %+v, want %v anywhere but link-local", ports, last.To, want)
+	}
+	if np := get[networkingv1.NetworkPolicy](t, r, dispatcherName); len(np.Spec.Egress) != 2 {
+		t.Errorf("the dispatchers get the sandboxes' egress too: %+v", np.Spec.Egress)
+	}
+
+	r = render(t, `{worker: {egress: {tenants: {acme: ["10.0.0.0/8:*"]}}}, networkPolicy: {enabled: true}}`)
+	np = get[networkingv1.NetworkPolicy](t, r, workerName)
+	if last := np.Spec.Egress[len(np.Spec.Egress)-1]; len(last.Ports) != 0 || last.To[0].IPBlock == nil {
+		t.Errorf("an entry for any port: %+v, want no port restriction", last)
+	}
+	for _, v := range []string{``, `worker: {egress: {tenants: {locked: []}}}`} {
+		_, c := worker(t, render(t, v+"\nnetworkPolicy: {enabled: true}"))
+		noFlag(t, c.Args, "egress-allow")
+		if np := get[networkingv1.NetworkPolicy](t, render(t, v+"\nnetworkPolicy: {enabled: true}"), workerName); len(np.Spec.Egress) != 2 {
+			t.Errorf("%q: the worker may dial for its sandboxes: %+v", v, np.Spec.Egress)
 		}
 	}
 }

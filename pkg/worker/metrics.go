@@ -140,6 +140,9 @@ func (w *Worker) registerMetrics(reg prometheus.Registerer) error {
 			ConstLabels: prometheus.Labels{"backend": w.env.Name(), "version": w.cfg.Version},
 		}, func() float64 { return 1 }),
 	}
+	if c, ok := w.env.(prometheus.Collector); ok {
+		cs = append(cs, c) // the backend's own: the Docker egress proxy's
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err

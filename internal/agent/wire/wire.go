@@ -33,6 +33,15 @@
 // must be 0: outside its pid namespace). Only the attached stream takes OpConnect; a worker
 // that connects again replaces the earlier socket session, and the runs of a socket session
 // are killed when its connection ends.
+//
+// Egress. A sandbox whose policy lets it reach some hosts stays on network none; instead the
+// worker listens on a second unix socket in the same directory (EgressSocketPath) and sends
+// OpEgress with a port. The agent listens on 127.0.0.1 at that port inside the sandbox (the
+// sandbox's HTTP_PROXY) and carries each connection it accepts, byte for byte, over a new
+// connection to EgressSocketPath, where the worker reads the proxy request, applies the policy
+// and dials. It answers with an OpEgress frame once it listens (again OpEgress for the same
+// port: it already does), or an OpError frame with ErrCodeEgressFailed. The agent decides
+// nothing: a snippet that connects to EgressSocketPath itself meets the same policy.
 package wire
 
 import "time"
@@ -46,6 +55,7 @@ const (
 	OpRun     = "run"
 	OpCancel  = "cancel"
 	OpConnect = "connect"
+	OpEgress  = "egress"
 	OpResult  = "result"
 	OpError   = "error"
 )
@@ -55,6 +65,9 @@ const (
 const (
 	SocketDir  = "/.codefleet/run"
 	SocketPath = SocketDir + "/worker.sock"
+	// EgressSocketPath is the worker's egress proxy: one connection per connection a snippet
+	// opens to the agent's egress port.
+	EgressSocketPath = SocketDir + "/egress.sock"
 )
 
 // Arguments of the agent: the worker passes them as the container's command.
@@ -81,6 +94,8 @@ type Request struct {
 	MaxOutput int `json:"max_output,omitempty"`
 	// Token is the connect field: the agent presents it on the socket.
 	Token string `json:"token,omitempty"`
+	// Port is the egress field: the port to listen on at 127.0.0.1 in the sandbox.
+	Port int `json:"port,omitempty"`
 }
 
 // Response is a frame from the agent to the worker.
@@ -112,6 +127,7 @@ const (
 	ErrCodeBadFrame            = "bad_frame"
 	ErrCodeStartFailed         = "start_failed"
 	ErrCodeConnectFailed       = "connect_failed"
+	ErrCodeEgressFailed        = "egress_failed"
 )
 
 // Duration returns the run's duration.

@@ -175,6 +175,9 @@ type CreateSandboxRequest struct {
 	Labels          map[string]string `json:"labels,omitempty"`
 	Public          bool              `json:"public,omitempty"`
 	NetworkBlockAll bool              `json:"networkBlockAll,omitempty"`
+	// NetworkAllowList is comma-separated IPv4 CIDRs (at most 10), the only destinations the
+	// sandbox reaches; empty for no list.
+	NetworkAllowList string `json:"networkAllowList,omitempty"`
 	// Target is the region; sent only when set (the organisation's default otherwise).
 	Target string `json:"target,omitempty"`
 	CPU    int    `json:"cpu,omitempty"`

@@ -79,6 +79,9 @@ type Config struct {
 	// DiskGiB is the disk of a sandbox built from an image, in GiB (0: Daytona's default, 3).
 	// Daytona takes resources only with a build: a snapshot's sandboxes have the snapshot's disk.
 	DiskGiB int
+	// Egress is what the sandboxes may reach, mapped onto the service's network allow list
+	// where it can be (egress.go); New refuses an allowlist that cannot.
+	Egress envs.Egress
 	// AutoStopInterval stops a sandbox after this many idle minutes. 0 (the default) disables
 	// auto-stop, as AG2 does: a long run makes no toolbox traffic and would be stopped; the
 	// worker's idle TTL ends sandboxes instead. Stopped sandboxes are started again on use.

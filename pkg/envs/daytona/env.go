@@ -62,6 +62,9 @@ func New(cfg Config, log zerolog.Logger) (*Env, error) {
 	if cfg.APIKey == "" && len(cfg.Tenants) == 0 {
 		return nil, errors.New("daytona: config: an API key is required (DAYTONA_API_KEY, or per tenant)")
 	}
+	if err := cfg.CheckEgress(); err != nil {
+		return nil, err
+	}
 	// Accounts without placeholders are made now, so that List sees their sandboxes from the
 	// start (a restarted worker re-adopts them).
 	if !hasPlaceholder(cfg.Account) && cfg.APIKey != "" {
@@ -200,12 +203,14 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		return nil, err
 	}
 	auto := e.cfg.AutoStopInterval
+	blockAll, allowList := e.cfg.network(spec.Tenant)
 	req := CreateSandboxRequest{
 		Name:             sandboxName(spec),
 		Env:              map[string]string{},
 		Labels:           e.labelsFor(spec),
 		Target:           acct.Target,
-		NetworkBlockAll:  e.cfg.NetworkBlockAll,
+		NetworkBlockAll:  blockAll,
+		NetworkAllowList: allowList,
 		AutoStopInterval: &auto,
 	}
 	for k, v := range spec.Env {

@@ -103,6 +103,11 @@ type Config struct {
 	// (remote, or the worker in a container without it mounted at the same path) is detected,
 	// and sandboxes use the attached stream then.
 	SocketDir string
+	// Egress is what the sandboxes may reach, through the worker's proxy (egress.go); none by
+	// default. It needs Network none and the socket directory.
+	Egress envs.Egress
+	// EgressLimits bound each sandbox's egress proxy.
+	EgressLimits EgressLimits
 	// APITimeout bounds each short Docker call; PullTimeout bounds an image pull.
 	APITimeout  time.Duration
 	PullTimeout time.Duration
@@ -126,6 +131,7 @@ func (c *Config) setDefaults() {
 	}
 	c.APITimeout = cmp.Or(c.APITimeout, DefaultAPITimeout)
 	c.PullTimeout = cmp.Or(c.PullTimeout, DefaultPullTimeout)
+	c.EgressLimits.setDefaults()
 }
 
 // apiClient is the part of the Docker client this backend uses.
@@ -165,6 +171,8 @@ type Env struct {
 	// diskMode is how Disk is held (DiskMode), found out on first use.
 	diskMu   sync.Mutex
 	diskMode string
+	// egress holds the sandboxes' egress proxies and their metrics (egress.go).
+	egress egressState
 
 	// pulls lets concurrent creations share one pull of the same image.
 	pullMu sync.Mutex
@@ -189,6 +197,9 @@ func New(cfg Config, log zerolog.Logger) (*Env, error) {
 	if cfg.AgentPath == "" {
 		return nil, errors.New("docker: config: AgentPath (the sandbox-agent binary) is required")
 	}
+	if err := cfg.checkEgress(); err != nil {
+		return nil, err
+	}
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if cfg.Host != "" {
 		opts = append(opts, client.WithHost(cfg.Host))
@@ -197,7 +208,8 @@ func New(cfg Config, log zerolog.Logger) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker: client: %w", err)
 	}
-	return &Env{cfg: cfg, cli: cli, log: log.With().Str("component", "envs.docker").Logger(), pulls: map[string]*pull{}}, nil
+	return &Env{cfg: cfg, cli: cli, log: log.With().Str("component", "envs.docker").Logger(), pulls: map[string]*pull{},
+		egress: egressState{m: newEgressMetrics(), proxies: map[string]*egressProxy{}}}, nil
 }
 
 // Name returns "docker".
@@ -309,6 +321,10 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	if host.Mounts != nil {
 		sockDir = host.Mounts[0].Source
 	}
+	allow, egress := e.egressOf(spec.Tenant, free)
+	if egress && sockDir == "" {
+		return nil, egressNeedsSockets(spec.Tenant, "new sandboxes get none here (the daemon does not see it, or it cannot be made: see the log)")
+	}
 
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
@@ -319,6 +335,10 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.APITimeout)
 	defer ccancel()
 	created, err := e.cli.ContainerCreate(cctx, cfg, host, nil, nil, name)
+	if err != nil && sockDir != "" && cctx.Err() == nil && egress {
+		e.removeSocketDir(sockDir)
+		return nil, egressNeedsSockets(spec.Tenant, "the daemon refused the container with its mount (give the worker and the daemon the same directory at the same path): "+err.Error())
+	}
 	if err != nil && sockDir != "" && cctx.Err() == nil {
 		// The daemon may refuse the mount (it does not see the directory: a remote daemon, a
 		// worker in a container without it). Without it, the container may do.
@@ -362,6 +382,12 @@ func (e *Env) create(ctx context.Context, spec envs.Spec, free bool) (envs.Sandb
 		return fail(err)
 	}
 	sb.upgrade(actx, sockDir)
+	if egress {
+		if err := sb.startEgress(actx, sockDir, allow); err != nil {
+			sb.Close()
+			return fail(err)
+		}
+	}
 	sb.info = envs.Info{ID: id, Backend: Name, Tenant: spec.Tenant, Conversation: spec.Conversation, Image: img, Labels: labels, Created: time.Now(), Pool: free}
 	log.Debug().Str("image", img).Strs("languages", sb.languages).Str("transport", sb.transport()).Msg("sandbox created")
 	return sb, nil
@@ -407,6 +433,11 @@ func (e *Env) Open(ctx context.Context, id string) (envs.Sandbox, error) {
 		return nil, err
 	}
 	sb.upgrade(actx, e.socketDirOf(c))
+	if allow, egress := e.egressOf(info.Tenant, info.Free()); egress {
+		if err := sb.startEgress(actx, e.socketDirOf(c), allow); err != nil {
+			log.Warn().Err(err).Msg("sandbox re-attached without egress (its network is none: nothing gets out)")
+		}
+	}
 	sb.info, sb.runEnv = info, runEnv
 	log.Debug().Str("transport", sb.transport()).Msg("sandbox re-attached")
 	return sb, nil
@@ -452,6 +483,7 @@ func (e *Env) List(ctx context.Context, match map[string]string) ([]envs.Info, e
 
 // Destroy removes a container and its files. An unknown id is not an error.
 func (e *Env) Destroy(ctx context.Context, id string) error {
+	e.stopEgress(id)
 	actx, cancel := context.WithTimeout(ctx, e.cfg.APITimeout)
 	defer cancel()
 	sockDir := ""

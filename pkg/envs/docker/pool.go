@@ -110,6 +110,7 @@ func (e *Env) Claim(ctx context.Context, sbi envs.Sandbox, spec envs.Spec) error
 	if len(spec.Env) > 0 {
 		sb.runEnv = maps.Clone(spec.Env)
 	}
+	sb.claimEgress(spec.Tenant)
 	e.log.Debug().Str("sandbox_id", short(id)).Str("tenant", spec.Tenant).Str("conversation_id", spec.Conversation).Msg("pool sandbox claimed")
 	return nil
 }

@@ -53,6 +53,11 @@ type sandbox struct {
 	// (pool.go), put under every run's own env: a pool sandbox was started without it. Set by
 	// Claim or Open before the sandbox runs anything, then only read.
 	runEnv map[string]string
+	// egress is the sandbox's egress proxy (egress.go), nil when it has none; egressEnv the
+	// proxy variables every run gets when its allowlist is not empty. Set before the sandbox
+	// runs anything (Create, Claim, Open), then only read.
+	egress    *egressProxy
+	egressEnv map[string]string
 }
 
 var _ envs.Sandbox = (*sandbox)(nil)
@@ -308,8 +313,8 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		timeout = 60 * time.Second
 	}
 	env := ex.Env
-	if s.runEnv != nil {
-		env = envs.MergeEnv(s.runEnv, ex.Env)
+	if s.runEnv != nil || s.egressEnv != nil {
+		env = envs.MergeEnv(envs.MergeEnv(s.egressEnv, s.runEnv), ex.Env)
 	}
 	req := wire.Request{
 		Op:        wire.OpRun,
@@ -352,6 +357,9 @@ func (s *sandbox) Close() error {
 	s.conn.Close() // also ends a write blocked on it (wmu is not taken here)
 	if c := s.sock.Load(); c != nil {
 		c.Close() // the agent kills the runs of this session
+	}
+	if s.egress != nil {
+		s.env.dropEgress(s.info.ID, s.egress)
 	}
 	return nil
 }
