@@ -30,7 +30,9 @@ import (
 // files are still over the limit is ended too.
 //
 // Measuring walks the directories, so it is not done on every tick: the free space of the
-// filesystem (statfs, one cheap call) bounds how much can have been written since the last walk,
+// filesystem (statfs, one cheap call) and the sandbox's dirty pages (data not written back yet,
+// which a FUSE filesystem's free space does not show) bound how much can have been written
+// since the last walk,
 // and the guard walks only when that bound passes the limit, and at least every forceEvery
 // while runs go on (other sandboxes removing files on the same filesystem would hide writes
 // from the bound). What passes the limit between two ticks is the overshoot (docs/security.md).
@@ -157,7 +159,9 @@ func (g *DiskGuard) check() bool {
 	// What the snippets removed since frees space as surely as what they wrote takes it; what
 	// other sandboxes on the filesystem do moves the bound too (up: a walk for nothing; down:
 	// writes hidden until the forced walk).
-	bound := max(0, g.usage+g.free-free)
+	// Data written and not yet on the filesystem (dirty pages of the sandbox's cgroup: a FUSE
+	// filesystem learns of it, and statfs with it, only when it is written back) counts too.
+	bound := max(0, g.usage+g.free-free) + unwritten()
 	if bound <= g.Limit {
 		g.floor = 0
 	}
@@ -311,6 +315,31 @@ func removedOpenFiles(add func(*syscall.Stat_t)) {
 			}
 		}
 	}
+}
+
+// memoryStats are the memory cgroup's statistics as a sandbox sees them: cgroup v1 and v2.
+var memoryStats = []string{"/sys/fs/cgroup/memory/memory.stat", "/sys/fs/cgroup/memory.stat"}
+
+// unwritten returns the bytes of file data the sandbox's processes wrote that are not written
+// back yet (dirty and under writeback, by the sandbox's memory cgroup), or 0.
+func unwritten() int64 {
+	for _, path := range memoryStats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var n int64
+		for _, line := range strings.Split(string(b), "\n") {
+			key, value, _ := strings.Cut(line, " ")
+			switch key {
+			case "dirty", "writeback", "file_dirty", "file_writeback": // v1, v2
+				v, _ := strconv.ParseInt(value, 10, 64)
+				n += v
+			}
+		}
+		return n
+	}
+	return 0
 }
 
 // statfsFree returns the bytes free to unprivileged users on path's filesystem, or -1.
