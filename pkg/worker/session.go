@@ -133,22 +133,30 @@ func (m *manager) loop(s *session) {
 		select {
 		case j := <-s.queue:
 			if !m.execute(s, j) {
-				// No sandbox: end the session rather than hold a capacity slot, unless more
-				// runs came in meanwhile (submit enqueues under m.mu, so this check is exact).
 				m.mu.Lock()
-				if len(s.queue) == 0 && m.sessions[s.key] == s {
-					delete(m.sessions, s.key)
-					m.mu.Unlock()
-					m.wakePool()
+				gone := m.sessions[s.key] != s // execute ended it (see dropIdle)
+				m.mu.Unlock()
+				if gone {
 					return
 				}
-				m.mu.Unlock()
 			}
 		case <-s.ctx.Done():
 			m.end(s, "stopped")
 			return
 		}
 	}
+}
+
+// dropIdle ends a session that has no sandbox, unless more runs came in meanwhile (submit
+// enqueues under m.mu, so this check is exact); it reports whether it did.
+func (m *manager) dropIdle(s *session) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(s.queue) == 0 && m.sessions[s.key] == s {
+		delete(m.sessions, s.key)
+		return true
+	}
+	return false
 }
 
 // end answers what is still queued and destroys or detaches the sandbox.
@@ -203,7 +211,13 @@ func (m *manager) execute(s *session, j *job) bool {
 		if err != nil {
 			m.metrics.createErrors.Inc()
 			log.Warn().Err(err).Msg("create sandbox")
+			// Without a sandbox the session ends rather than hold a capacity slot, and before
+			// the answer: a client told of the failure may open another conversation at once.
+			gone := m.dropIdle(s)
 			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
+			if gone {
+				m.wakePool()
+			}
 			return false
 		}
 		born := time.Now()
