@@ -99,11 +99,12 @@ func (a *Agent) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	}()
 	p.fill()
 	if a.Disk != nil {
-		var leftovers func() int
+		var ga guardedAgent
 		if a.EndLeftovers {
-			leftovers = a.endLeftovers
+			ga.endLeftovers = a.endLeftovers
+			ga.lingering = func() bool { return len(leftovers(scanProcs(), os.Getpid(), a.reaper.running())) > 0 }
 		}
-		go a.Disk.Run(ctx, leftovers)
+		go a.Disk.Run(ctx, ga)
 	}
 	var socks sync.WaitGroup
 	defer socks.Wait() // the socket session ends with the attached stream's (serve cancels its ctx)

@@ -53,17 +53,26 @@ type DiskGuard struct {
 	mu      sync.Mutex
 	runs    map[chan struct{}]struct{} // hit channels of the runs going on
 	running int
-	usage   int64 // what the last walk found
-	free    int64 // the free space when the last walk started
-	floor   int64 // usage when the runs were last ended for it; 0 when under the limit
-	walked  time.Time
-	took    time.Duration // how long the last walk took
-	hits    int
+	// lingering: processes earlier runs left behind live (Run looked between runs).
+	lingering bool
+	wake      chan struct{} // a run started: Run checks at once and goes on ticking fast
+	usage     int64         // what the last walk found
+	free      int64         // the free space when the last walk started
+	floor     int64         // usage when the runs were last ended for it; 0 when under the limit
+	walked    time.Time
+	took      time.Duration // how long the last walk took
+	// hitUsage is what the walk that ended runs found; hitPending counts the runs it ended that
+	// are not over yet. Once they are (their processes gone), rebase asks the next walk to take
+	// what it finds as the floor: what they wrote until they were killed is not a later run's.
+	hitUsage   int64
+	hitPending int
+	rebase     bool
 }
 
 const (
 	fastTick   = 20 * time.Millisecond  // while runs go on
-	slowTick   = 250 * time.Millisecond // between runs (processes left behind may write)
+	slowTick   = 250 * time.Millisecond // between runs, when the agent cannot tell whether processes were left behind
+	scanEvery  = time.Second            // how often processes left behind are looked for between runs
 	forceEvery = time.Second            // a walk at least this often while runs go on
 	// floorSlack is what a run may still write while the files are over the limit (a shell's
 	// history, a small log) before it is ended.
@@ -73,7 +82,7 @@ const (
 // NewDiskGuard returns a guard of limit bytes for snippets run in dir (their working directory)
 // by user uid with home directory home.
 func NewDiskGuard(limit int64, dir, home string, uid int) *DiskGuard {
-	g := &DiskGuard{Limit: limit, statPath: dir, runs: map[chan struct{}]struct{}{}}
+	g := &DiskGuard{Limit: limit, statPath: dir, runs: map[chan struct{}]struct{}{}, wake: make(chan struct{}, 1)}
 	if uid == 0 {
 		g.all, g.roots = true, []string{"/"}
 		var st syscall.Stat_t
@@ -113,8 +122,19 @@ func outermost(paths []string) []string {
 	return out
 }
 
-// Run checks the disk until ctx ends; a calls it with the agent's endLeftovers as leftovers.
-func (g *DiskGuard) Run(ctx context.Context, leftovers func() int) {
+// guardedAgent is what Run needs of the agent: ending what earlier runs left behind, and whether they
+// left any (nil for both where the agent is not PID 1 of the sandbox and cannot tell).
+type guardedAgent struct {
+	endLeftovers func() int
+	lingering    func() bool
+}
+
+// Run checks the disk until ctx ends: every fastTick while runs go on or processes that earlier
+// runs left behind live (they may write between runs; looked for every scanEvery), and not at
+// all otherwise (nothing but the agent and its idle interpreters runs then: nothing writes)
+// until a run starts. Without a way to tell (a.lingering nil) it checks every slowTick between
+// runs.
+func (g *DiskGuard) Run(ctx context.Context, a guardedAgent) {
 	if g.all {
 		g.baseline = g.measure()
 	}
@@ -123,22 +143,43 @@ func (g *DiskGuard) Run(ctx context.Context, leftovers func() int) {
 	g.mu.Unlock()
 	t := time.NewTimer(slowTick)
 	defer t.Stop()
+	var scanned time.Time
+	lingering := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-g.wake:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		case <-t.C:
 		}
-		if g.check() && leftovers != nil {
-			leftovers()
+		if g.check() && a.endLeftovers != nil {
+			a.endLeftovers()
 		}
 		g.mu.Lock()
-		next := slowTick
-		if g.running > 0 {
-			next = fastTick
-		}
+		running := g.running > 0
 		g.mu.Unlock()
-		t.Reset(next)
+		switch {
+		case running:
+			t.Reset(fastTick)
+		case a.lingering == nil:
+			t.Reset(slowTick)
+		default:
+			if time.Since(scanned) >= scanEvery || !lingering {
+				lingering, scanned = a.lingering(), time.Now()
+			}
+			g.mu.Lock()
+			g.lingering = lingering
+			g.mu.Unlock()
+			if lingering {
+				t.Reset(fastTick)
+			} // else: wait for the next run (watch wakes the loop)
+		}
 	}
 }
 
@@ -162,10 +203,10 @@ func (g *DiskGuard) check() bool {
 	// Data written and not yet on the filesystem (dirty pages of the sandbox's cgroup: a FUSE
 	// filesystem learns of it, and statfs with it, only when it is written back) counts too.
 	bound := max(0, g.usage+g.free-free) + unwritten()
-	if bound <= g.Limit {
-		g.floor = 0
-	}
-	due := g.running > 0 && time.Since(g.walked) >= max(forceEvery, 10*g.took)
+	due := (g.running > 0 || g.lingering) && time.Since(g.walked) >= max(forceEvery, 10*g.took)
+	// Over the limit until files were removed: a walk says whether they are under it again (the
+	// bound alone may be moved down by other sandboxes removing files).
+	due = due || g.floor != 0 && bound <= g.Limit || g.rebase
 	if bound <= threshold && !due {
 		g.mu.Unlock()
 		return false
@@ -178,18 +219,23 @@ func (g *DiskGuard) check() bool {
 	defer g.mu.Unlock()
 	g.usage, g.free, g.walked, g.took = usage, free, start, time.Since(start)
 	if usage <= g.Limit {
-		g.floor = 0
+		g.floor, g.rebase = 0, false
+		return false
+	}
+	if g.rebase {
+		g.floor, g.rebase = max(g.floor, usage), false
 		return false
 	}
 	if g.floor != 0 && usage <= g.floor+floorSlack {
 		return false // over the limit, but nothing more was written since the runs were ended
 	}
-	g.floor = usage
-	g.hits++
+	g.floor, g.hitUsage = usage, usage
 	for hit := range g.runs {
 		close(hit)
 		delete(g.runs, hit)
+		g.hitPending++
 	}
+	g.rebase = g.hitPending == 0 // only processes left behind: ended before the next check
 	return true
 }
 
@@ -200,9 +246,17 @@ func (g *DiskGuard) watch() (hit <-chan struct{}, done func()) {
 	g.runs[ch] = struct{}{}
 	g.running++
 	g.mu.Unlock()
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
 	return ch, func() {
 		g.mu.Lock()
-		delete(g.runs, ch)
+		if _, ok := g.runs[ch]; ok {
+			delete(g.runs, ch)
+		} else if g.hitPending--; g.hitPending == 0 {
+			g.rebase = true // the runs ended for the limit are over
+		}
 		g.running--
 		g.mu.Unlock()
 	}
@@ -213,7 +267,7 @@ func (g *DiskGuard) Reason() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return fmt.Sprintf("the sandbox's files reached its disk limit (%s used of %s): the run was ended; remove files to go on",
-		sizeText(g.usage), sizeText(g.Limit))
+		sizeText(g.hitUsage), sizeText(g.Limit))
 }
 
 // measure returns the space the snippets' files take: the allocated blocks of every inode under
