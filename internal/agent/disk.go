@@ -67,6 +67,10 @@ type DiskGuard struct {
 	hitUsage   int64
 	hitPending int
 	rebase     bool
+	// started: a run started since the last check. Files already over the limit then are an
+	// earlier run's doing (one stopped by the file size limit, say): that check takes them as
+	// the floor instead of ending the new run for them.
+	started bool
 }
 
 const (
@@ -206,6 +210,10 @@ func (g *DiskGuard) check() bool {
 	due := (g.running > 0 || g.lingering) && time.Since(g.walked) >= max(forceEvery, 10*g.took)
 	// Over the limit until files were removed: a walk says whether they are under it again (the
 	// bound alone may be moved down by other sandboxes removing files).
+	if g.started {
+		g.started = false
+		g.rebase = g.rebase || bound > threshold
+	}
 	due = due || g.floor != 0 && bound <= g.Limit || g.rebase
 	if bound <= threshold && !due {
 		g.mu.Unlock()
@@ -245,6 +253,7 @@ func (g *DiskGuard) watch() (hit <-chan struct{}, done func()) {
 	g.mu.Lock()
 	g.runs[ch] = struct{}{}
 	g.running++
+	g.started = true
 	g.mu.Unlock()
 	select {
 	case g.wake <- struct{}{}:
