@@ -180,16 +180,28 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 				stop()
 			}
 			s.mu.Unlock()
+		case wire.OpFile:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.send(a.File(req.ID, req.File))
+			}()
 		case wire.OpRun:
 			rctx, rcancel := context.WithCancel(ctx)
 			s.mu.Lock()
 			s.runs[req.ID] = rcancel
 			s.mu.Unlock()
+			var emit func(output.Chunk)
+			if req.Stream {
+				emit = func(c output.Chunk) {
+					s.send(&wire.Response{Op: wire.OpOutput, ID: req.ID, Seq: c.Seq, Output: c.Data, Dropped: c.Dropped})
+				}
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer rcancel()
-				resp := a.Run(rctx, &req)
+				resp := a.RunStream(rctx, &req, emit)
 				s.mu.Lock()
 				delete(s.runs, req.ID)
 				s.mu.Unlock()
@@ -372,6 +384,13 @@ func (a *Agent) Languages() []string {
 // is wrong (an unknown or missing language). A run whose process cannot be started is a result
 // too: exit code 126 and an output that says why (startable.go).
 func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
+	return a.RunStream(ctx, req, nil)
+}
+
+// RunStream is Run that, when emit is set, also hands the output to emit as it is read, in
+// chunks numbered from 1 (output.Streamer: bounded, never slowing the snippet down); every emit
+// has returned when RunStream returns, and the result says how many chunks there were.
+func (a *Agent) RunStream(ctx context.Context, req *wire.Request, emit func(output.Chunk)) *wire.Response {
 	var lang *language
 	for i := range languages {
 		if languages[i].name == req.Language {
@@ -410,7 +429,7 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 		if w != nil {
 			if proc := w.handoff(req.Env, req.Code); proc != nil {
 				a.warmRuns.Add(1)
-				return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes)
+				return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes, emit)
 			}
 		}
 	}
@@ -464,7 +483,7 @@ func (a *Agent) Run(ctx context.Context, req *wire.Request) *wire.Response {
 	if err != nil {
 		return a.startFailed(req.ID, notes, fmt.Sprintf("cannot start %s in %s", filepath.Base(argv[0]), a.Dir), err)
 	}
-	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes)
+	return a.wait(ctx, req.ID, proc, timeout, req.MaxOutput, notes, emit)
 }
 
 // process is a started snippet: a cold one (spawn) or a warm interpreter that was handed its run.
@@ -511,16 +530,23 @@ func (a *Agent) spawn(argv, env []string, extra *os.File) (*process, error) {
 
 // wait collects p's output until it exits, enforcing the timeout and cancellation, and returns
 // the run's result; the output starts with notes (the agent's own lines, see startable.go).
-func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int, notes string) *wire.Response {
+func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Duration, maxOutput int, notes string, emit func(output.Chunk)) *wire.Response {
 	defer p.out.Close()
 	buf := output.NewBuffer(maxOutput)
+	var w io.Writer = buf
+	var stream *output.Streamer
+	if emit != nil {
+		stream = output.NewStreamer(emit)
+		defer stream.Close() // a no-op once the result has its counts
+		w = io.MultiWriter(buf, stream)
+	}
 	if notes != "" {
-		buf.Write([]byte(notes))
+		w.Write([]byte(notes))
 	}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		io.Copy(buf, p.out)
+		io.Copy(w, p.out)
 	}()
 
 	timer := time.NewTimer(timeout)
@@ -561,13 +587,17 @@ func (a *Agent) wait(ctx context.Context, id string, p *process, timeout time.Du
 		// before it exited (on a loaded machine it may not run for longer than the grace):
 		// that is in the pipe now, and is taken without waiting for more.
 		p.out.SetReadDeadline(time.Time{})
-		drainNow(p.out, buf)
+		drainNow(p.out, w)
 	}
 	if p.input != nil {
 		<-p.input // the reader is gone, so the write has ended
 	}
 
 	resp := &wire.Response{Op: wire.OpResult, ID: id, Output: buf.String(), Truncated: buf.Truncated(), DurationUS: duration.Microseconds()}
+	if stream != nil {
+		// Every chunk is sent before the result: they share the channel, in this order.
+		resp.Chunks, resp.StreamDropped = stream.Close()
+	}
 	switch {
 	case timedOut:
 		resp.ExitCode, resp.TimedOut = 124, true

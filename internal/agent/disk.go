@@ -425,3 +425,21 @@ func sizeText(n int64) string {
 		return strconv.FormatInt(n>>10, 10) + " KiB"
 	}
 }
+
+// Admit returns nil when n more bytes (a file put) keep the snippets' files under the limit,
+// else an error saying what they take: the free space bounds what was written since the last
+// walk, and a walk is made only when that bound leaves no room.
+func (g *DiskGuard) Admit(n int64) error {
+	free := statfsFree(g.statPath)
+	g.mu.Lock()
+	bound := max(0, g.usage+g.free-free) + unwritten()
+	walked := !g.walked.IsZero()
+	g.mu.Unlock()
+	if walked && free >= 0 && bound+n <= g.Limit {
+		return nil
+	}
+	if usage := g.measure(); usage+n > g.Limit {
+		return fmt.Errorf("the sandbox's files take %d bytes of its disk limit of %d: %d more do not fit", usage, g.Limit, n)
+	}
+	return nil
+}

@@ -131,6 +131,10 @@ type Exec struct {
 	// Timeout bounds the run; when it passes, the run's processes are killed, the output so far
 	// is kept, ExitCode is 124 and TimedOut is true. The sandbox and its files survive.
 	Timeout time.Duration
+	// Stream, when set, is given the output as it is produced, in numbered chunks, bounded as
+	// protocol.StreamChunkBytes, StreamInterval and StreamBufferBytes say (output.Streamer):
+	// in order, from one goroutine at a time, every call returned before Run returns.
+	Stream func(Chunk)
 }
 
 // Result is the outcome of a snippet that ran.
@@ -147,6 +151,10 @@ type Result struct {
 	// DiskLimit, when set, says that the run was ended because the sandbox's files reached its
 	// disk limit, and what was measured. The sandbox and its files survive.
 	DiskLimit string
+	// Chunks and StreamDropped, for a run with Exec.Stream, are how many chunks were streamed
+	// and how many bytes of output were left out of the stream.
+	Chunks        int64
+	StreamDropped int64
 }
 
 // Env is a backend: it makes and finds sandboxes.
@@ -174,6 +182,8 @@ type Sandbox interface {
 	Info() Info
 	// Languages returns the languages the sandbox's image can run.
 	Languages() []string
+	// FileSystem moves files in and out of the sandbox's workspace.
+	FileSystem
 	// Run runs one snippet as a fresh process and returns its Result. A context cancelled
 	// before the run ends kills the run. A run that could not start because of the sandbox's
 	// own state (a working directory made unusable, no pid or memory left) is a Result too,

@@ -32,15 +32,29 @@ const (
 	// CodeQuotaExceeded: the tenant holds as many sandboxes, or has as many runs going, as its
 	// quota allows (the message names the quota and the tenant). Added after v1's first codes.
 	CodeQuotaExceeded Code = "quota_exceeded"
+	// CodeFileNotFound: a file request names a path that does not exist in the workspace.
+	CodeFileNotFound Code = "file_not_found"
+	// CodePathRefused: a file request's path leaves the workspace (.., an absolute path outside
+	// it) or goes through a symbolic link: file requests never follow one, so a link a snippet
+	// planted cannot make a get read, or a put write, outside the workspace.
+	CodePathRefused Code = "path_refused"
+	// CodeFileTooLarge: the file is larger than the worker's file size limit (the message says
+	// both sizes).
+	CodeFileTooLarge Code = "file_too_large"
+	// CodeFileFailed: the file request reached the sandbox and failed there (permission denied,
+	// disk full, a directory where a file was expected, an upload's checksum that differs);
+	// the message says why.
+	CodeFileFailed Code = "file_failed"
 )
 
 // Codes lists every error code of the contract.
 var Codes = []Code{
 	CodeBadRequest, CodeUnsupportedLanguage, CodeImageNotAllowed, CodeCapacity, CodeBusy,
 	CodeSandboxFailed, CodeBackendUnavailable, CodeWorkerLost, CodeInternal, CodeDiskLimit, CodeQuotaExceeded,
+	CodeFileNotFound, CodePathRefused, CodeFileTooLarge, CodeFileFailed,
 }
 
-// Error is the error object of RunResult and CloseResult. It implements error.
+// Error is the error object of RunResult, CloseResult and FileResult. It implements error.
 type Error struct {
 	Code    Code   `json:"code"`
 	Message string `json:"message"`

@@ -66,6 +66,10 @@ type RunRequest struct {
 	Env map[string]string `json:"env,omitempty"`
 	// Sandbox applies only when the conversation's sandbox is created.
 	Sandbox *SandboxOptions `json:"sandbox,omitempty"`
+	// Stream asks for the output as it is produced: numbered OutputChunks published on
+	// Subjects.Stream(tenant, conversation, id) before the RunResult (stream.go). It needs an
+	// id, which names the subject. Added after v1's first fields.
+	Stream bool `json:"stream,omitempty"`
 }
 
 // SandboxOptions shape the sandbox a conversation's first run creates.
@@ -99,7 +103,10 @@ type RunResult struct {
 	Truncated  bool         `json:"truncated"`
 	DurationMS int64        `json:"duration_ms"`
 	Sandbox    *SandboxInfo `json:"sandbox,omitempty"`
-	Error      *Error       `json:"error,omitempty"`
+	// Stream, set on the result of a run that asked for a stream, says what was published on
+	// the stream subject. Added after v1's first fields.
+	Stream *StreamInfo `json:"stream,omitempty"`
+	Error  *Error      `json:"error,omitempty"`
 }
 
 // SandboxInfo says where a run ran.

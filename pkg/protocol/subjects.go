@@ -64,11 +64,25 @@ func (s Subjects) Close(tenant, conversation string) string {
 	return s.prefix() + ".close." + tenant + "." + conversation
 }
 
-// RunAll and CloseAll are the wildcard subjects dispatchers subscribe to.
+// Files returns the subject of a file request: <prefix>.files.<tenant>.<conversation>.
+func (s Subjects) Files(tenant, conversation string) string {
+	return s.prefix() + ".files." + tenant + "." + conversation
+}
+
+// Stream returns the subject a streamed run's output chunks are published on:
+// <prefix>.stream.<tenant>.<conversation>.<id>, with the run's request id. It is under the
+// tenant's <prefix>.*.<tenant>.> like the request subjects, so a tenant's permissions cover it.
+func (s Subjects) Stream(tenant, conversation, id string) string {
+	return s.prefix() + ".stream." + tenant + "." + conversation + "." + id
+}
+
+// RunAll, CloseAll and FilesAll are the wildcard subjects dispatchers subscribe to.
 func (s Subjects) RunAll() string   { return s.prefix() + ".run.*.*" }
 func (s Subjects) CloseAll() string { return s.prefix() + ".close.*.*" }
+func (s Subjects) FilesAll() string { return s.prefix() + ".files.*.*" }
 
-// Worker returns the subject of one worker's verb ("run", "close"): <prefix>.worker.<id>.<verb>.
+// Worker returns the subject of one worker's verb ("run", "close", "files"):
+// <prefix>.worker.<id>.<verb>.
 func (s Subjects) Worker(workerID, verb string) string {
 	return s.prefix() + ".worker." + workerID + "." + verb
 }
@@ -78,7 +92,7 @@ func (s Subjects) WorkerGroup(workerID string) string {
 	return s.prefix() + ".worker." + workerID
 }
 
-// ParseConversation extracts tenant and conversation from a run or close subject and checks
+// ParseConversation extracts tenant and conversation from a run, close or files subject and checks
 // both. The error is a CodeBadRequest Error.
 func (s Subjects) ParseConversation(subject string) (verb, tenant, conversation string, err error) {
 	p := s.prefix() + "."
@@ -86,8 +100,8 @@ func (s Subjects) ParseConversation(subject string) (verb, tenant, conversation 
 		return "", "", "", Errorf(CodeBadRequest, "subject %q is not under %q", trimForMessage(subject), s.prefix())
 	}
 	parts := strings.Split(subject[len(p):], ".")
-	if len(parts) != 3 || (parts[0] != "run" && parts[0] != "close") {
-		return "", "", "", Errorf(CodeBadRequest, "subject %q is not %s.run|close.<tenant>.<conversation>", trimForMessage(subject), s.prefix())
+	if len(parts) != 3 || (parts[0] != "run" && parts[0] != "close" && parts[0] != "files") {
+		return "", "", "", Errorf(CodeBadRequest, "subject %q is not %s.run|close|files.<tenant>.<conversation>", trimForMessage(subject), s.prefix())
 	}
 	if !isToken(parts[1]) {
 		return "", "", "", Errorf(CodeBadRequest, "tenant %q must match [A-Za-z0-9_-]{1,%d}", trimForMessage(parts[1]), MaxIDLen)

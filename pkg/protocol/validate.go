@@ -64,6 +64,9 @@ func DecodeRunRequest(data []byte) (*RunRequest, *Error) {
 			return nil, perr
 		}
 	}
+	if r.Stream, perr = decodeOptBool(obj, "stream", "stream"); perr != nil {
+		return nil, perr
+	}
 	if perr := r.Validate(); perr != nil {
 		return nil, perr
 	}
@@ -114,7 +117,7 @@ func DecodeCloseResult(data []byte) (*CloseResult, error) {
 }
 
 // Validate checks a request against the contract and returns the first problem found, or nil.
-// Fields are checked in the order id, code, language, timeout_ms, env, sandbox. An unknown
+// Fields are checked in the order id, code, language, timeout_ms, env, sandbox, stream. An unknown
 // language is CodeUnsupportedLanguage; every other problem is CodeBadRequest. The messages name
 // the field and quote the offending value (shortened).
 //
@@ -124,7 +127,8 @@ func DecodeCloseResult(data []byte) (*CloseResult, error) {
 // ([A-Za-z_][A-Za-z0-9_]*, at most MaxEnvKeyLen bytes) and values without NUL;
 // sandbox.backend, when set, is one of Backends; sandbox.image, when set, has at most
 // MaxImageLen characters and no whitespace or control character; sandbox.variables has at most
-// MaxEnvVars entries, names matching [A-Za-z0-9_.-]{1,128} and values without NUL.
+// MaxEnvVars entries, names matching [A-Za-z0-9_.-]{1,128} and values without NUL; stream
+// needs an id.
 func (r *RunRequest) Validate() *Error {
 	if r == nil {
 		return Errorf(CodeBadRequest, "request is missing")
@@ -158,6 +162,9 @@ func (r *RunRequest) Validate() *Error {
 		if perr := r.Sandbox.validate(); perr != nil {
 			return perr
 		}
+	}
+	if r.Stream && r.ID == "" {
+		return Errorf(CodeBadRequest, "stream is true but id is missing: the chunks go to <prefix>.stream.<tenant>.<conversation>.<id>, which the client subscribes to before it sends")
 	}
 	return nil
 }

@@ -34,6 +34,15 @@
 // that connects again replaces the earlier socket session, and the runs of a socket session
 // are killed when its connection ends.
 //
+// Streaming. A run with Stream set is answered, before its OpResult, with OpOutput frames of
+// its id carrying its output as it is read (Seq from 1, Output, Dropped), bounded as the
+// output package's Streamer says; the OpResult then has Chunks and StreamDropped.
+//
+// Files. OpFile carries a FileRequest (put a piece, get a piece, list, delete) in the
+// workspace, and is answered with an OpFile frame carrying a FileResponse, or an OpError frame
+// with one of the ErrCodeFile codes. The agent does it as itself, the snippets' user, opening
+// every path element relative to the one before without following links.
+//
 // Egress. A sandbox whose policy lets it reach some hosts stays on network none; instead the
 // worker listens on a second unix socket in the same directory (EgressSocketPath) and sends
 // OpEgress with a port. The agent listens on 127.0.0.1 at that port inside the sandbox (the
@@ -56,6 +65,8 @@ const (
 	OpCancel  = "cancel"
 	OpConnect = "connect"
 	OpEgress  = "egress"
+	OpFile    = "file"
+	OpOutput  = "output"
 	OpResult  = "result"
 	OpError   = "error"
 )
@@ -96,6 +107,60 @@ type Request struct {
 	Token string `json:"token,omitempty"`
 	// Port is the egress field: the port to listen on at 127.0.0.1 in the sandbox.
 	Port int `json:"port,omitempty"`
+	// Stream asks for OpOutput frames of the run's output as it is read.
+	Stream bool `json:"stream,omitempty"`
+	// File is the OpFile field.
+	File *FileRequest `json:"file,omitempty"`
+}
+
+// File ops.
+const (
+	FilePut    = "put"
+	FileGet    = "get"
+	FileList   = "list"
+	FileDelete = "delete"
+)
+
+// FileRequest is a file operation in the workspace (OpFile).
+type FileRequest struct {
+	Op   string `json:"op"`
+	Path string `json:"path,omitempty"`
+	// Put: Upload names a file sent in pieces (its pieces land in a file of the upload until
+	// the last, without More, is renamed to Path); Offset is where Data goes.
+	Upload string `json:"upload,omitempty"`
+	Offset int64  `json:"offset,omitempty"`
+	Data   []byte `json:"data,omitempty"`
+	More   bool   `json:"more,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	Mode   uint32 `json:"mode,omitempty"`
+	// MaxSize bounds a put's file and a get's; DeclaredSize is a put's whole size, when known.
+	MaxSize      int64 `json:"max_size,omitempty"`
+	DeclaredSize int64 `json:"declared_size,omitempty"`
+	// Get: Length bytes from Offset.
+	Length int64 `json:"length,omitempty"`
+	// List and delete.
+	Recursive  bool `json:"recursive,omitempty"`
+	MaxEntries int  `json:"max_entries,omitempty"`
+}
+
+// FileInfo describes one file (Type: "file", "dir", "symlink", "other").
+type FileInfo struct {
+	Path      string `json:"path"`
+	Type      string `json:"type"`
+	Size      int64  `json:"size"`
+	Mode      uint32 `json:"mode"`
+	ModTimeNS int64  `json:"mtime_ns"`
+}
+
+// FileResponse answers a FileRequest.
+type FileResponse struct {
+	FileInfo
+	Data      []byte     `json:"data,omitempty"`
+	EOF       bool       `json:"eof,omitempty"`
+	SHA256    string     `json:"sha256,omitempty"`
+	Entries   []FileInfo `json:"entries,omitempty"`
+	Truncated bool       `json:"truncated,omitempty"`
+	Deleted   bool       `json:"deleted,omitempty"`
 }
 
 // Response is a frame from the agent to the worker.
@@ -116,6 +181,15 @@ type Response struct {
 	// DiskLimited: the run was ended because the sandbox's files reached its disk limit
 	// (the agent's --disk-limit); Error says what was measured.
 	DiskLimited bool `json:"disk_limited,omitempty"`
+	// Output frames (OpOutput): Seq numbers the run's chunks, Output holds the chunk's data,
+	// Dropped the bytes left out of the stream before it. A streamed run's result has Chunks
+	// and StreamDropped.
+	Seq           int64 `json:"seq,omitempty"`
+	Dropped       int64 `json:"dropped,omitempty"`
+	Chunks        int64 `json:"chunks,omitempty"`
+	StreamDropped int64 `json:"stream_dropped,omitempty"`
+	// File is the OpFile answer.
+	File *FileResponse `json:"file,omitempty"`
 	// Error fields: Code is one of the ErrCode constants.
 	Code  string `json:"code,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -128,6 +202,12 @@ const (
 	ErrCodeStartFailed         = "start_failed"
 	ErrCodeConnectFailed       = "connect_failed"
 	ErrCodeEgressFailed        = "egress_failed"
+	// File errors: nothing at the path; the path leaves the workspace or goes through a link;
+	// the file is over MaxSize; the operation failed (Error says why).
+	ErrCodeFileNotFound = "file_not_found"
+	ErrCodePathRefused  = "path_refused"
+	ErrCodeFileTooLarge = "file_too_large"
+	ErrCodeFileFailed   = "file_failed"
 )
 
 // Duration returns the run's duration.

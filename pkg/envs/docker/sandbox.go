@@ -20,6 +20,7 @@ import (
 
 	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/agentfs"
 )
 
 const (
@@ -44,6 +45,9 @@ type sandbox struct {
 
 	mu      sync.Mutex
 	pending map[string]chan wire.Response
+	// streams are the output callbacks of streamed runs, by run id: OpOutput frames go there,
+	// from the frame reader, so a run's chunks are handed over before its result.
+	streams map[string]func(envs.Chunk)
 	dead    error // set once the stream is gone; every later Run fails with it
 
 	languages []string
@@ -58,9 +62,16 @@ type sandbox struct {
 	// runs anything (Create, Claim, Open), then only read.
 	egress    *egressProxy
 	egressEnv map[string]string
+
+	// FS is the sandbox's files: OpFile requests to the agent (fileCall).
+	agentfs.FS
 }
 
 var _ envs.Sandbox = (*sandbox)(nil)
+
+// fileTimeout bounds the agent's answer to one file request: a get at offset 0 reads the whole
+// file (its checksum), up to the file size limit.
+const fileTimeout = 2 * time.Minute
 
 // attach opens the container's stdin/stdout stream and starts reading frames.
 func (e *Env) attach(ctx context.Context, id string, log zerolog.Logger) (*sandbox, error) {
@@ -68,8 +79,9 @@ func (e *Env) attach(ctx context.Context, id string, log zerolog.Logger) (*sandb
 	if err != nil {
 		return nil, e.classify("attach container", err)
 	}
-	sb := &sandbox{env: e, log: log, conn: conn, pending: map[string]chan wire.Response{}, closed: make(chan struct{})}
+	sb := &sandbox{env: e, log: log, conn: conn, pending: map[string]chan wire.Response{}, streams: map[string]func(envs.Chunk){}, closed: make(chan struct{})}
 	sb.info.ID = id
+	sb.FS = agentfs.FS{Call: sb.fileCall, Name: "docker: sandbox " + short(id)}
 	go sb.readLoop()
 	return sb, nil
 }
@@ -119,6 +131,15 @@ func (s *sandbox) readFrames(r *bufio.Reader) error {
 		var resp wire.Response
 		if jerr := json.Unmarshal(line, &resp); jerr != nil {
 			s.log.Warn().Err(jerr).Msg("bad frame from sandbox agent")
+			continue
+		}
+		if resp.Op == wire.OpOutput {
+			s.mu.Lock()
+			emit := s.streams[resp.ID]
+			s.mu.Unlock()
+			if emit != nil {
+				emit(envs.Chunk{Seq: resp.Seq, Data: resp.Output, Dropped: resp.Dropped})
+			}
 			continue
 		}
 		s.mu.Lock()
@@ -324,6 +345,19 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		Env:       env,
 		TimeoutMS: max(timeout.Milliseconds(), 1),
 		MaxOutput: s.env.cfg.MaxOutput,
+		Stream:    ex.Stream != nil,
+	}
+	if ex.Stream != nil {
+		// The frame reader calls it, one frame at a time: every chunk is handed over before
+		// the result frame reaches call.
+		s.mu.Lock()
+		s.streams[req.ID] = ex.Stream
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.streams, req.ID)
+			s.mu.Unlock()
+		}()
 	}
 	resp, err := s.call(ctx, req, timeout+answerGrace)
 	if err != nil {
@@ -331,7 +365,8 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	}
 	switch resp.Op {
 	case wire.OpResult:
-		res := envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}
+		res := envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration(),
+			Chunks: resp.Chunks, StreamDropped: resp.StreamDropped}
 		if resp.DiskLimited {
 			res.DiskLimit = cmp.Or(resp.Error, "the sandbox's files reached its disk limit: the run was ended")
 		}
@@ -344,6 +379,15 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	default:
 		return envs.Result{}, fmt.Errorf("%w: docker: sandbox %s: unexpected frame %q", envs.ErrSandboxFailed, short(s.info.ID), resp.Op)
 	}
+}
+
+// fileCall sends one file request to the agent.
+func (s *sandbox) fileCall(ctx context.Context, fr *wire.FileRequest) (*wire.Response, error) {
+	resp, err := s.call(ctx, wire.Request{Op: wire.OpFile, ID: "file-" + strconv.FormatUint(s.nextID.Add(1), 10), File: fr}, fileTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }
 
 // Close detaches; the container keeps running with the agent waiting for the next attachment.

@@ -53,6 +53,7 @@ func Run(t *testing.T, cfg Config) {
 		t.Run("ReopenKeepsFiles", s.reopen)
 	}
 	t.Run("ListAndDestroy", s.listDestroy)
+	s.fileCases(t)
 }
 
 type suite struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/codefleet/codefleet/internal/agent"
 	"github.com/codefleet/codefleet/internal/agent/wire"
 	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/envs/agentfs"
 )
 
 // Name is the backend's name.
@@ -87,6 +88,7 @@ func (e *Env) Create(ctx context.Context, spec envs.Spec) (envs.Sandbox, error) 
 		labels[k] = v
 	}
 	sb := &sandbox{env: e, info: envs.Info{ID: id, Backend: e.Name(), Tenant: spec.Tenant, Conversation: spec.Conversation, Image: spec.Image, Labels: labels, Created: time.Now()}}
+	sb.FS = agentfs.FS{Call: sb.fileCall, Name: "fake: sandbox " + id}
 	if e.RunFunc == nil {
 		if err := os.MkdirAll(Root, 0o700); err != nil {
 			return nil, fmt.Errorf("%w: fake: %v", envs.ErrSandboxFailed, err)
@@ -160,6 +162,19 @@ type sandbox struct {
 	agent     *agent.Agent
 	seq       atomic.Uint64
 	destroyed atomic.Bool
+
+	// FS is the sandbox's files, done by the same agent code as in Docker sandboxes.
+	agentfs.FS
+}
+
+func (s *sandbox) fileCall(ctx context.Context, fr *wire.FileRequest) (*wire.Response, error) {
+	if s.destroyed.Load() {
+		return nil, fmt.Errorf("%w: fake: sandbox %s was destroyed", envs.ErrSandboxGone, s.info.ID)
+	}
+	if s.agent == nil {
+		return nil, fmt.Errorf("%w: fake: sandbox %s runs RunFunc and has no files", envs.ErrSandboxFailed, s.info.ID)
+	}
+	return s.agent.File("file-"+strconv.FormatUint(s.seq.Add(1), 10), fr), nil
 }
 
 func (s *sandbox) Info() envs.Info { return s.info }
@@ -178,17 +193,18 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if s.env.RunFunc != nil {
 		return s.env.RunFunc(ctx, s.info, ex)
 	}
-	resp := s.agent.Run(ctx, &wire.Request{
+	resp := s.agent.RunStream(ctx, &wire.Request{
 		Op: wire.OpRun, ID: "run-" + strconv.FormatUint(s.seq.Add(1), 10), Code: ex.Code, Language: ex.Language,
 		Env: ex.Env, TimeoutMS: timeoutMS(ex.Timeout),
-	})
+	}, ex.Stream)
 	if resp.Op == wire.OpError {
 		if resp.Code == wire.ErrCodeUnsupportedLanguage {
 			return envs.Result{}, fmt.Errorf("%w: %s", envs.ErrUnsupportedLanguage, resp.Error)
 		}
 		return envs.Result{}, fmt.Errorf("%w: fake: %s", envs.ErrSandboxFailed, resp.Error)
 	}
-	return envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration()}, nil
+	return envs.Result{Output: resp.Output, ExitCode: resp.ExitCode, TimedOut: resp.TimedOut, Truncated: resp.Truncated, Duration: resp.Duration(),
+		Chunks: resp.Chunks, StreamDropped: resp.StreamDropped}, nil
 }
 
 func (s *sandbox) Close() error { return nil }
