@@ -438,7 +438,12 @@ func (g *DiskGuard) Admit(n int64) error {
 	if walked && free >= 0 && bound+n <= g.Limit {
 		return nil
 	}
-	if usage := g.measure(); usage+n > g.Limit {
+	start := time.Now()
+	usage := g.measure()
+	g.mu.Lock()
+	g.usage, g.free, g.walked, g.took = usage, free, start, time.Since(start)
+	g.mu.Unlock()
+	if usage+n > g.Limit {
 		return fmt.Errorf("the sandbox's files take %d bytes of its disk limit of %d: %d more do not fit", usage, g.Limit, n)
 	}
 	return nil

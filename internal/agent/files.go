@@ -46,9 +46,7 @@ type fileError struct {
 
 func (e *fileError) Error() string { return e.msg }
 
-func refused(format string, args ...any) error {
-	return &fileError{wire.ErrCodePathRefused, fmt.Sprintf(format, args...)}
-}
+func refused(format string, args ...any) error { return workspace.Refusef(format, args...) }
 
 func failed(format string, args ...any) error {
 	return &fileError{wire.ErrCodeFileFailed, fmt.Sprintf(format, args...)}

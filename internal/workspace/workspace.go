@@ -10,9 +10,21 @@ import (
 	"strings"
 )
 
-// ErrRefused is the error of every path refused here, and of the backends' refusals of a path
-// through a symbolic link.
+// ErrRefused is what every refusal of a path matches (errors.Is): those of Rel, and the
+// backends' refusals of a path through a symbolic link (Refusef).
 var ErrRefused = errors.New("path refused")
+
+// Refusal is a refused path. Its message says why, without a prefix: the error code or the
+// caller says it was refused.
+type Refusal struct{ Msg string }
+
+func (r *Refusal) Error() string        { return r.Msg }
+func (r *Refusal) Is(target error) bool { return target == ErrRefused }
+
+// Refusef returns a Refusal with a formatted message.
+func Refusef(format string, args ...any) error {
+	return &Refusal{Msg: fmt.Sprintf(format, args...)}
+}
 
 // Rel returns p relative to the workspace at root ("" for the workspace itself), with its
 // elements separated by single slashes. p is relative to the workspace, or absolute under root.
@@ -20,7 +32,7 @@ var ErrRefused = errors.New("path refused")
 // the error wraps ErrRefused and says why.
 func Rel(root, p string) (string, error) {
 	if strings.IndexByte(p, 0) >= 0 {
-		return "", fmt.Errorf("%w: the path contains a NUL byte", ErrRefused)
+		return "", Refusef("the path contains a NUL byte")
 	}
 	rel := p
 	if strings.HasPrefix(p, "/") {
@@ -31,7 +43,7 @@ func Rel(root, p string) (string, error) {
 		case strings.HasPrefix(p, r+"/"):
 			rel = p[len(r)+1:]
 		default:
-			return "", fmt.Errorf("%w: %q is outside the workspace %s", ErrRefused, trim(p), root)
+			return "", Refusef("%q is outside the workspace %s", trim(p), root)
 		}
 	}
 	var parts []string
@@ -39,7 +51,7 @@ func Rel(root, p string) (string, error) {
 		switch e {
 		case "", ".":
 		case "..":
-			return "", fmt.Errorf("%w: %q has a \"..\" element; paths stay in the workspace %s", ErrRefused, trim(p), root)
+			return "", Refusef("%q has a \"..\" element; paths stay in the workspace %s", trim(p), root)
 		default:
 			parts = append(parts, e)
 		}

@@ -183,6 +183,9 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.svc.AddEndpoint("close", micro.HandlerFunc(d.handleClose), micro.WithEndpointSubject(d.subjects.CloseAll())); err != nil {
 		return fmt.Errorf("dispatcher: endpoint close: %w", err)
 	}
+	if err := d.svc.AddEndpoint("files", micro.HandlerFunc(d.handleFiles), micro.WithEndpointSubject(d.subjects.FilesAll())); err != nil {
+		return fmt.Errorf("dispatcher: endpoint files: %w", err)
+	}
 	if err := d.nc.FlushTimeout(10 * time.Second); err != nil {
 		return fmt.Errorf("dispatcher: flush subscriptions: %w", err)
 	}
@@ -273,6 +276,34 @@ func (d *Dispatcher) handleRun(req micro.Request) {
 	d.admit(r)
 }
 
+// handleFiles validates a file request and relays it to its conversation's worker, placing a
+// new conversation as a run would: a file request may be the first of its conversation.
+func (d *Dispatcher) handleFiles(req micro.Request) {
+	arrived := time.Now()
+	if d.refuseReply(verbFiles, req) {
+		return
+	}
+	_, tenant, conv, err := d.subjects.ParseConversation(req.Subject())
+	if err != nil {
+		d.replyFileError(req, asProtocolError(err), false)
+		return
+	}
+	fr, perr := protocol.DecodeFileRequest(req.Data())
+	if perr != nil {
+		d.replyFileError(req, perr, false)
+		return
+	}
+	r := &relay{
+		verb: verbFiles, req: req, tenant: tenant, conv: conv, data: req.Data(), seq: d.arrivals.Add(1), arrived: arrived,
+		// It may wait behind the conversation's runs, the longest of which may take MaxTimeout.
+		timeout: d.cfg.MaxTimeout + d.cfg.RelayOverhead,
+	}
+	if fr.Sandbox != nil {
+		r.backend = fr.Sandbox.Backend
+	}
+	d.admit(r)
+}
+
 // handleClose relays a close to the owner and drops the ownership.
 func (d *Dispatcher) handleClose(req micro.Request) {
 	arrived := time.Now()
@@ -332,6 +363,18 @@ func (d *Dispatcher) replyError(req micro.Request, perr *protocol.Error) {
 func (d *Dispatcher) replyErrorLater(req micro.Request, perr *protocol.Error) {
 	d.metrics.answered(verbRun, outcomeOf(perr))
 	d.sent(reply.SendLater(req, protocol.Encode(protocol.ErrorResult(requestID(req.Data()), perr)), perr))
+}
+
+// replyFileError answers a file request with an error result carrying the client's request id;
+// later says the answer is sent after the handler returned (see reply.SendLater).
+func (d *Dispatcher) replyFileError(req micro.Request, perr *protocol.Error, later bool) {
+	d.metrics.answered(verbFiles, outcomeOf(perr))
+	body := protocol.Encode(protocol.FileErrorResult(requestID(req.Data()), "", perr))
+	if later {
+		d.sent(reply.SendLater(req, body, perr))
+		return
+	}
+	d.sent(reply.Send(req, body, perr))
 }
 
 // replyClose answers a close, from any goroutine: closes are answered from goroutines of their

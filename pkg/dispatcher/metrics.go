@@ -22,7 +22,7 @@ const outcomeDropped = "dropped"
 var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 600}
 
 // metrics are the dispatcher's Prometheus metrics. Label values are bounded: a verb (run,
-// close), an outcome (ok or a wire error code), a quota kind (sandboxes, runs); never a tenant,
+// close, files), an outcome (ok or a wire error code), a quota kind (sandboxes, runs); never a tenant,
 // conversation or worker id.
 type metrics struct {
 	requests  *prometheus.CounterVec
@@ -36,7 +36,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "codefleet_dispatcher_requests_total",
-			Help: "Run and close requests answered, by verb and outcome: ok (a result), or the error code of the reply.",
+			Help: "Run, close and file requests answered, by verb and outcome: ok (a result), or the error code of the reply.",
 		}, []string{"verb", "outcome"}),
 		relay: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "codefleet_dispatcher_relay_duration_seconds",

@@ -60,7 +60,9 @@ func (d *Dispatcher) admitQueue(key string, a *admission) {
 	for len(a.queue) > 0 {
 		r := a.queue[0]
 		d.mu.Unlock()
-		if slot, perr := d.acquireRun(r); perr != nil {
+		if r.verb != verbRun {
+			d.route(r) // a file request takes no run slot, but keeps its place among the runs
+		} else if slot, perr := d.acquireRun(r); perr != nil {
 			d.failRun(r, perr)
 		} else {
 			r.runSlot = slot
@@ -147,6 +149,10 @@ func (d *Dispatcher) later(first, answer func()) {
 // failRun answers a run relay with an error, after its handler returned, its run slot given
 // back first.
 func (d *Dispatcher) failRun(r *relay, perr *protocol.Error) {
+	if r.verb == verbFiles {
+		d.replyFileError(r.req, perr, true)
+		return
+	}
 	d.settle(r, func() { d.replyErrorLater(r.req, perr) })
 }
 

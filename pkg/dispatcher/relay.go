@@ -19,6 +19,7 @@ import (
 const (
 	verbRun   = "run"
 	verbClose = "close"
+	verbFiles = "files"
 )
 
 // relay is one run or close in flight to a worker. Its life: admitted (a run slot taken, when
@@ -28,7 +29,7 @@ const (
 // owner lost (failInFlight), or no responders (resent once, then lost). A run's answer gives its
 // run slot back first (settle).
 type relay struct {
-	verb         string // verbRun or verbClose
+	verb         string // verbRun, verbClose or verbFiles (relayed as a run is, without a run slot)
 	req          micro.Request
 	tenant, conv string
 	data         []byte // the client's request, relayed as is
@@ -150,7 +151,7 @@ func (d *Dispatcher) onReply(msg *nats.Msg) {
 	default:
 		d.respond(r, msg) // as settle would, without a closure on the hot path
 	}
-	if id := msg.Header.Get(protocol.HeaderSandboxCreated); r.verb == verbRun && id != "" {
+	if id := msg.Header.Get(protocol.HeaderSandboxCreated); r.verb != verbClose && id != "" {
 		go d.recordSandbox(r, id)
 	}
 }

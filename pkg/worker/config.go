@@ -87,6 +87,9 @@ type Config struct {
 	DedupeSize int
 	// CreateTimeout bounds the creation of one sandbox.
 	CreateTimeout time.Duration
+	// MaxFileSize is the largest file a file request may put or get; default
+	// protocol.DefaultMaxFileBytes, at most protocol.MaxFileBytes.
+	MaxFileSize int64
 	// Version is reported in the registration and in `nats micro info`.
 	Version string
 	// Metrics, when set, is where the worker registers its Prometheus metrics
@@ -111,6 +114,7 @@ func (c *Config) setDefaults() {
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
 	c.DedupeSize = cmp.Or(c.DedupeSize, DefaultDedupeSize)
 	c.CreateTimeout = cmp.Or(c.CreateTimeout, DefaultCreateTimeout)
+	c.MaxFileSize = cmp.Or(c.MaxFileSize, protocol.DefaultMaxFileBytes)
 	c.Version = cmp.Or(c.Version, "0.1.0")
 }
 
@@ -127,6 +131,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: the warm pool (%d) must be 0 (none) or more", ErrInvalidConfig, c.WarmPool)
 	case c.HeartbeatTTL <= c.HeartbeatInterval:
 		return fmt.Errorf("%w: heartbeat TTL %s must exceed the heartbeat interval %s", ErrInvalidConfig, c.HeartbeatTTL, c.HeartbeatInterval)
+	case c.MaxFileSize < 0 || c.MaxFileSize > protocol.MaxFileBytes:
+		return fmt.Errorf("%w: max file size %d out of range (1 to %d bytes)", ErrInvalidConfig, c.MaxFileSize, int64(protocol.MaxFileBytes))
 	case c.MaxTimeout < 0 || c.MaxTimeout > protocol.MaxTimeout:
 		return fmt.Errorf("%w: max timeout %s out of range", ErrInvalidConfig, c.MaxTimeout)
 	}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"encoding/json"
 
 	"github.com/nats-io/nats.go/micro"
@@ -30,19 +31,55 @@ func (w *Worker) handleRun(req micro.Request) {
 	if !dedupe {
 		run.ID = nuid.Next()
 	}
-	if perr := w.checkSandboxOptions(run); perr != nil {
+	if perr := w.checkSandboxOptions(run.Sandbox); perr != nil {
 		w.reply(req, run.Language, protocol.ErrorResult(run.ID, perr))
 		return
 	}
-	recreated := req.Headers().Get(protocol.HeaderRecreated) == "true"
-	respond := func(res *protocol.RunResult) { w.reply(req, run.Language, res) }
-	if perr := w.m.submit(tenant, conv, run, dedupe, recreated, respond); perr != nil {
-		respond(protocol.ErrorResult(run.ID, perr))
+	j := &job{req: run, recreated: req.Headers().Get(protocol.HeaderRecreated) == "true"}
+	j.respond = func(res *protocol.RunResult) { w.reply(req, run.Language, res) }
+	if run.Stream { // validated: a streamed run has a client's id
+		j.stream = &streamer{nc: w.nc, chunks: w.m.metrics.streamChunks, subject: w.subjects.Stream(tenant, conv, run.ID), id: run.ID}
+	}
+	if perr := w.m.submit(tenant, conv, j, dedupe); perr != nil {
+		j.respond(protocol.ErrorResult(run.ID, perr))
 	}
 }
 
-func (w *Worker) checkSandboxOptions(run *protocol.RunRequest) *protocol.Error {
-	o := run.Sandbox
+// handleFiles takes a file request: validated here, then queued behind the conversation's
+// earlier requests, as a run is.
+func (w *Worker) handleFiles(req micro.Request) {
+	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
+	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
+		w.replyFile(req, protocol.FileErrorResult(nuid.Next(), "", protocol.Errorf(protocol.CodeBadRequest,
+			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)))
+		return
+	}
+	fr, perr := protocol.DecodeFileRequest(req.Data())
+	if perr != nil {
+		w.replyFile(req, protocol.FileErrorResult(nuid.Next(), "", perr))
+		return
+	}
+	if fr.ID == "" {
+		fr.ID = nuid.Next()
+	}
+	if perr := w.checkSandboxOptions(fr.Sandbox); perr != nil {
+		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr))
+		return
+	}
+	// A get's answer carries its data in base64 within the connection's max payload.
+	fr.Length = min(cmp.Or(fr.Length, protocol.FileChunkBytes), protocol.FileChunkBytes)
+	if mp := w.nc.MaxPayload(); mp > 0 {
+		fr.Length = max(min(fr.Length, (mp-8<<10)/4*3), 1)
+	}
+	j := &job{file: fr, recreated: req.Headers().Get(protocol.HeaderRecreated) == "true"}
+	j.respondFile = func(res *protocol.FileResult) { w.replyFile(req, res) }
+	if perr := w.m.submit(tenant, conv, j, false); perr != nil {
+		w.m.metrics.fileAnswered(fr.Op, perr)
+		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr))
+	}
+}
+
+func (w *Worker) checkSandboxOptions(o *protocol.SandboxOptions) *protocol.Error {
 	if o == nil {
 		return nil
 	}
@@ -80,6 +117,18 @@ func (w *Worker) reply(req micro.Request, lang string, res *protocol.RunResult) 
 		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
 	}
 	if err := reply.Send(req, body, res.Error, opts...); err != nil {
+		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
+	}
+}
+
+// replyFile sends a file request's answer (the worker's own errors travel as micro error
+// headers too, as a run's do).
+func (w *Worker) replyFile(req micro.Request, res *protocol.FileResult) {
+	var opts []micro.RespondOpt
+	if sb := res.Sandbox; sb != nil && sb.Created {
+		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
+	}
+	if err := reply.Send(req, protocol.Encode(res), res.Error, opts...); err != nil {
 		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
 	}
 }

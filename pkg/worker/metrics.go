@@ -55,6 +55,10 @@ type metrics struct {
 	poolCreateErrors prometheus.Counter
 	poolClaims       prometheus.Counter
 	poolMisses       prometheus.Counter
+	// files counts file requests answered, by op and outcome (ok or the error code);
+	// streamChunks the output chunks published for streamed runs.
+	files        *prometheus.CounterVec
+	streamChunks prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -105,7 +109,27 @@ func newMetrics() *metrics {
 			Name: "codefleet_worker_pool_misses_total",
 			Help: "New conversations a warm pool sandbox could have served that found none free and got a sandbox created.",
 		}),
+		files: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "codefleet_worker_file_requests_total",
+			Help: "File requests answered, by op (put, get, list, delete) and outcome: ok, or the error code of the reply.",
+		}, []string{"op", "outcome"}),
+		streamChunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "codefleet_worker_stream_chunks_total",
+			Help: "Output chunks published for streamed runs.",
+		}),
 	}
+}
+
+// fileAnswered counts a file request's answer.
+func (m *metrics) fileAnswered(op string, perr *protocol.Error) {
+	if !slices.Contains(protocol.FileOps, op) {
+		op = "other"
+	}
+	outcome := OutcomeOK
+	if perr != nil {
+		outcome = string(perr.Code)
+	}
+	m.files.WithLabelValues(op, outcome).Inc()
 }
 
 // register registers the metrics, and gauges read from the worker at scrape time, on reg.
@@ -116,7 +140,7 @@ func (w *Worker) registerMetrics(reg prometheus.Registerer) error {
 	}
 	cs := []prometheus.Collector{
 		m.runs, m.runDuration, m.created, m.createErrors, m.createDuration, m.destroyed, m.adopted,
-		m.poolCreated, m.poolCreateErrors, m.poolClaims, m.poolMisses,
+		m.poolCreated, m.poolCreateErrors, m.poolClaims, m.poolMisses, m.files, m.streamChunks,
 		gauge("codefleet_worker_pool_free", "Free warm pool sandboxes: started, claimed by no conversation yet.",
 			func() float64 { return float64(w.m.poolFree()) }),
 		gauge("codefleet_worker_capacity", "Most sandboxes the worker holds at once (--capacity).",

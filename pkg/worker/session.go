@@ -44,13 +44,36 @@ type session struct {
 	dedupeIDs []string // insertion order, for eviction
 }
 
-// job is one accepted run.
+// job is one accepted request of a conversation: a run (req, respond), or a file request
+// (file, respondFile, files.go). Both kinds share the conversation's queue, so a put and the
+// run after it keep their order, and both get the conversation's sandbox the same way.
 type job struct {
 	req       *protocol.RunRequest
 	recreated bool // the dispatcher says an earlier sandbox of the conversation was lost
 	respond   func(*protocol.RunResult)
-	entry     *dedupeEntry // nil when the client gave no id
-	started   bool         // its code started: it no longer counts as pending
+	// stream, for a run that asked for it, publishes its output chunks (handlers.go).
+	stream  *streamer
+	entry   *dedupeEntry // nil when the client gave no id
+	started bool         // its code started: it no longer counts as pending
+
+	file        *protocol.FileRequest
+	respondFile func(*protocol.FileResult)
+}
+
+// sandboxOptions are the job's request's: they shape the sandbox when the job creates it.
+func (j *job) sandboxOptions() *protocol.SandboxOptions {
+	if j.file != nil {
+		return j.file.Sandbox
+	}
+	return j.req.Sandbox
+}
+
+// id is the job's request id.
+func (j *job) id() string {
+	if j.file != nil {
+		return j.file.ID
+	}
+	return j.req.ID
 }
 
 // dedupeEntry remembers a request id's result so a retry gets it instead of a second run.
@@ -100,7 +123,7 @@ func (s *session) forget(id string) {
 	}
 }
 
-// finish answers a job. cache keeps the result for retries with the same id; a result is not
+// finish answers a run. cache keeps the result for retries with the same id; a result is not
 // cached when the code never started, so that a retry may run it.
 func (m *manager) finish(s *session, j *job, res *protocol.RunResult, cache bool) {
 	if j.entry != nil {
@@ -118,11 +141,26 @@ func (m *manager) finish(s *session, j *job, res *protocol.RunResult, cache bool
 		m.pending.Add(-1)
 	}
 	j.respond(res)
+	m.done(s)
+}
+
+// done counts a job of s answered.
+func (m *manager) done(s *session) {
 	s.mu.Lock()
 	s.active--
 	s.lastUsed = time.Now()
 	s.mu.Unlock()
 	m.inflight.Done()
+}
+
+// fail answers a job that could not be done with perr, a run's not cached (its code did not
+// start).
+func (m *manager) fail(s *session, j *job, perr *protocol.Error) {
+	if j.file != nil {
+		m.finishFile(s, j, protocol.FileErrorResult(j.file.ID, j.file.Op, perr))
+		return
+	}
+	m.finish(s, j, protocol.ErrorResult(j.req.ID, perr), false)
 }
 
 // loop works through a session's queue until the session is stopped.
@@ -174,8 +212,7 @@ func (m *manager) end(s *session, why string) {
 	for {
 		select {
 		case j := <-s.queue:
-			m.finish(s, j, protocol.ErrorResult(j.req.ID, protocol.Errorf(protocol.CodeSandboxFailed,
-				"conversation %s was closed before this run started", s.conv)), false)
+			m.fail(s, j, protocol.Errorf(protocol.CodeSandboxFailed, "conversation %s was closed before this request was taken", s.conv))
 			continue
 		default:
 		}
@@ -200,21 +237,20 @@ func (m *manager) end(s *session, why string) {
 	s.log.Debug().Str("sandbox_id", sb.Info().ID).Bool("destroyed", destroy).Str("why", why).Msg("session ended")
 }
 
-// execute runs one job. It returns false when the session has no sandbox and could not get one.
+// execute does one job. It returns false when the session has no sandbox and could not get one.
 func (m *manager) execute(s *session, j *job) bool {
-	req := j.req
-	log := s.log.With().Str("request_id", req.ID).Logger()
+	log := s.log.With().Str("request_id", j.id()).Logger()
 	created := false
 	if s.sb == nil {
 		start := time.Now()
-		sb, src, err := m.create(s, req)
+		sb, src, err := m.create(s, j.sandboxOptions())
 		if err != nil {
 			m.metrics.createErrors.Inc()
 			log.Warn().Err(err).Msg("create sandbox")
 			// Without a sandbox the session ends rather than hold a capacity slot, and before
 			// the answer: a client told of the failure may open another conversation at once.
 			gone := m.dropIdle(s)
-			m.finish(s, j, protocol.ErrorResult(req.ID, errorOf(err)), false)
+			m.fail(s, j, errorOf(err))
 			if gone {
 				m.wakePool()
 			}
@@ -248,6 +284,11 @@ func (m *manager) execute(s *session, j *job) bool {
 		s.lost = false
 		s.mu.Unlock()
 	}
+	if j.file != nil {
+		m.executeFile(s, j, sb, info)
+		return true
+	}
+	req := j.req
 	if !slices.Contains(sb.Languages(), req.Language) {
 		res := protocol.ErrorResult(req.ID, protocol.Errorf(protocol.CodeUnsupportedLanguage,
 			"%s is not available in this sandbox's image %s (it has %v)", req.Language, sb.Info().Image, sb.Languages()))
@@ -265,7 +306,11 @@ func (m *manager) execute(s *session, j *job) bool {
 	m.running.Add(1)
 	m.pending.Add(-1)
 	j.started = true
-	out, err := sb.Run(s.ctx, envs.Exec{Code: req.Code, Language: req.Language, Env: req.Env, Timeout: m.timeout(req)})
+	exec := envs.Exec{Code: req.Code, Language: req.Language, Env: req.Env, Timeout: m.timeout(req)}
+	if j.stream != nil {
+		exec.Stream = j.stream.publish
+	}
+	out, err := sb.Run(s.ctx, exec)
 	m.running.Add(-1)
 	<-m.runSem
 
@@ -287,6 +332,9 @@ func (m *manager) execute(s *session, j *job) bool {
 			res = protocol.ErrorResult(req.ID, errorOf(err))
 		}
 		res.Sandbox = info
+		if j.stream != nil {
+			res.Stream = j.stream.info(envs.Result{}) // what was streamed before it failed
+		}
 		m.finish(s, j, res, true) // the code may have run: a retry must not run it again
 		return true
 	}
@@ -295,6 +343,9 @@ func (m *manager) execute(s *session, j *job) bool {
 	res := &protocol.RunResult{
 		ID: req.ID, Output: out.Output, ExitCode: out.ExitCode, TimedOut: out.TimedOut,
 		Truncated: out.Truncated, DurationMS: out.Duration.Milliseconds(), Sandbox: info,
+	}
+	if j.stream != nil {
+		res.Stream = j.stream.info(out)
 	}
 	if out.DiskLimit != "" {
 		// The code ran and was ended: an error, as the client must know, with what it printed.
@@ -349,8 +400,8 @@ const (
 // creation turn. With a backend whose sandboxes outlive their worker (envs.Reattacher), it
 // first looks for the conversation's existing sandbox, left by the worker that held the
 // conversation before, and re-attaches to it; else it creates one.
-func (m *manager) create(s *session, req *protocol.RunRequest) (envs.Sandbox, source, error) {
-	spec := m.spec(s.tenant, s.conv, req)
+func (m *manager) create(s *session, opts *protocol.SandboxOptions) (envs.Sandbox, source, error) {
+	spec := m.spec(s.tenant, s.conv, opts)
 	ctx, cancel := context.WithTimeout(s.ctx, m.cfg.CreateTimeout)
 	defer cancel()
 	poolable := m.poolable(spec)

@@ -178,6 +178,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := g.AddEndpoint("close", micro.HandlerFunc(w.handleClose)); err != nil {
 		return fmt.Errorf("worker: endpoint close: %w", err)
 	}
+	if err := g.AddEndpoint("files", micro.HandlerFunc(w.handleFiles)); err != nil {
+		return fmt.Errorf("worker: endpoint files: %w", err)
+	}
 	// ping tells a dispatcher that the worker is subscribed again after a reconnect.
 	if err := g.AddEndpoint("ping", micro.HandlerFunc(func(req micro.Request) { req.Respond([]byte("{}")) })); err != nil {
 		return fmt.Errorf("worker: endpoint ping: %w", err)

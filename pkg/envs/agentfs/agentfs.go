@@ -47,7 +47,7 @@ func (f FS) do(ctx context.Context, req *wire.FileRequest) (*wire.FileResponse, 
 		default: // bad_frame: an agent too old for files, or a bug
 			return nil, fmt.Errorf("%w: %s: %s", envs.ErrSandboxFailed, f.Name, resp.Error)
 		}
-		return nil, fmt.Errorf("%w: %s", kind, resp.Error)
+		return nil, &fileError{kind: kind, msg: resp.Error}
 	default:
 		return nil, fmt.Errorf("%w: %s: unexpected frame %q to a file request", envs.ErrSandboxFailed, f.Name, resp.Op)
 	}
@@ -107,3 +107,13 @@ func stat(i wire.FileInfo) envs.FileStat {
 func data(fr *wire.FileResponse) envs.FileData {
 	return envs.FileData{FileStat: stat(fr.FileInfo), Data: fr.Data, EOF: fr.EOF, SHA256: fr.SHA256}
 }
+
+// fileError is the agent's refusal of a file request: its message as the agent said it (the
+// wire code says the kind), matching the envs error of its kind.
+type fileError struct {
+	kind error
+	msg  string
+}
+
+func (e *fileError) Error() string { return e.msg }
+func (e *fileError) Unwrap() error { return e.kind }
