@@ -243,6 +243,49 @@ func TestSecurityConfig(t *testing.T) {
 		aErrs.violation(t, "Subscription to", subject)
 	}
 
+	// A streams a run of its own and moves a file, across the accounts: the chunks reach A's
+	// account through its stream import; B's stream subjects are not A's to read.
+	streamed, err := anc.SubscribeSync(protocol.Subjects{}.Stream("tenant-a", conv, "a-stream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := anc.Request(protocol.Subjects{}.Run("tenant-a", conv), protocol.Encode(&protocol.RunRequest{ID: "a-stream", Code: "echo one; echo two", Language: protocol.LangBash, Stream: true}), time.Minute)
+	if err != nil {
+		t.Fatalf("A's streamed run: %v", err)
+	}
+	res, _ := protocol.DecodeRunResult(msg.Data)
+	if res == nil || res.Error != nil || res.Stream == nil || res.Stream.Chunks < 1 {
+		t.Fatalf("A's streamed run: %s", msg.Data)
+	}
+	var chunks strings.Builder
+	for i := int64(0); i < res.Stream.Chunks; i++ {
+		m, err := streamed.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("A's chunk %d of %d: %v", i+1, res.Stream.Chunks, err)
+		}
+		c, _ := protocol.DecodeOutputChunk(m.Data)
+		chunks.WriteString(c.Data)
+	}
+	if chunks.String() != "one\ntwo\n" {
+		t.Fatalf("A's stream: %q", chunks.String())
+	}
+	put, err := anc.Request(protocol.Subjects{}.Files("tenant-a", conv), protocol.Encode(&protocol.FileRequest{Op: protocol.FileOpPut, Path: "a.txt", Data: []byte("file-a")}), time.Minute)
+	if fr, _ := protocol.DecodeFileResult(put.Data); err != nil || fr == nil || fr.Error != nil || fr.Size != 6 {
+		t.Fatalf("A's put: %v %s", err, put.Data)
+	}
+	if err := anc.PublishRequest(protocol.Subjects{}.Files("tenant-b", conv), anc.NewRespInbox(), protocol.Encode(&protocol.FileRequest{Op: protocol.FileOpGet, Path: "b.txt"})); err != nil {
+		t.Fatal(err)
+	}
+	aErrs.violation(t, "Publish to", protocol.Subjects{}.Files("tenant-b", conv))
+	sub, err := anc.SubscribeSync("codefleet.stream.tenant-b.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.NextMsg(10 * time.Second); !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Errorf("A's subscription to B's streams: NextMsg = %v, want nats.ErrPermissionViolation", err)
+	}
+	aErrs.violation(t, "Subscription to", "codefleet.stream.tenant-b.>")
+
 	// A asks for a run of its own with B's affinity entry as the reply subject: the dispatcher
 	// answers the server's _R_ mapping, which leads back into A's account, not into the KV
 	// bucket. The run that follows in the same conversation is answered after it.

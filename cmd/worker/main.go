@@ -74,6 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&w.KVReplicas, "kv-replicas", 1, "replicas of the KV buckets the worker creates (1 on a single NATS server, 3 on a cluster)")
 	fs.DurationVar(&w.DrainTimeout, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight runs may finish")
 	fs.BoolVar(&w.DestroyOnShutdown, "destroy-on-shutdown", false, "destroy the sandboxes at shutdown instead of keeping them for the next worker with this id")
+	fs.SizeVar(&w.MaxFileSize, "max-file-size", protocol.DefaultMaxFileBytes, "largest file a file request may put into a sandbox or get out of it (at most 4GiB); bigger ones get the error file_too_large")
 	fs.StringListVar(&w.AllowedImages, "allowed-images", nil, "images a request's sandbox.image may name besides --image, comma-separated; * allows any")
 	if err := daemon.Parse(fs, args); err != nil {
 		return nil, err
