@@ -326,6 +326,7 @@ worker:
   idleTTL: 15m
   drainTimeout: 45s
   maxOutput: 1MiB
+  maxFileSize: 64MiB
   allowedImages: ["python:3.12", "node:22"]
   sandbox: {memory: 1GiB, pidsLimit: 512, cpus: 0.5}
   extraArgs: [--log-level=debug]
@@ -353,7 +354,7 @@ worker:
 	}
 	for name, want := range map[string]string{
 		"backend": "docker", "capacity": "64", "warm-pool": "8", "idle-ttl": "15m", "max-life": "24h", "drain-timeout": "45s",
-		"max-output": "1MiB", "allowed-images": "python:3.12,node:22", "memory": "1GiB", "cpus": "0.5",
+		"max-output": "1MiB", "max-file-size": "64MiB", "allowed-images": "python:3.12,node:22", "memory": "1GiB", "cpus": "0.5",
 		"pids-limit": "512", "network": "none", "image": "codefleet-sandbox:bookworm", "http-addr": ":9464",
 	} {
 		wantFlag(t, c.Args, name, want)
