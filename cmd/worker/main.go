@@ -64,7 +64,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&w.MaxConcurrentRuns, "max-concurrent-runs", 0, "most runs executing at once across conversations (0: the capacity)")
 	fs.IntVar(&w.MaxConcurrentCreates, "max-concurrent-creates", worker.DefaultMaxConcurrentCreates, "most sandboxes being created at once; more new conversations wait their turn")
 	fs.DurationVar(&w.CreateTimeout, "create-timeout", worker.DefaultCreateTimeout, "bound on getting one sandbox created, the wait for a turn included")
-	fs.IntVar(&w.QueueDepth, "queue-depth", worker.DefaultQueueDepth, "most runs waiting per conversation; past it a run gets the error busy")
+	fs.IntVar(&w.QueueDepth, "queue-depth", worker.DefaultQueueDepth, "most requests (runs and file requests) waiting per conversation; past it one gets the error busy")
 	fs.DurationVar(&w.MaxTimeout, "max-timeout", worker.DefaultMaxTimeout, "cap on a run's timeout_ms")
 	fs.DurationVar(&w.IdleTTL, "idle-ttl", worker.DefaultIdleTTL, "destroy a sandbox unused for this long")
 	fs.DurationVar(&w.MaxLife, "max-life", worker.DefaultMaxLife, "destroy a sandbox this long after its creation (after its current run)")
