@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -193,18 +194,8 @@ func DecodeFileRequest(data []byte) (*FileRequest, *Error) {
 			return nil, perr
 		}
 	}
-	s, ok, perr := decodeOptString(obj, "data", "data")
-	if perr != nil {
+	if r.Data, perr = decodeBase64(obj["data"], "data", FileChunkBytes); perr != nil {
 		return nil, perr
-	}
-	if ok {
-		if base64.StdEncoding.DecodedLen(len(s)) > FileChunkBytes+3 {
-			return nil, Errorf(CodeBadRequest, "data is %d base64 characters, over the %d bytes a piece may hold: send the file in pieces (upload, more)", len(s), FileChunkBytes)
-		}
-		var err error
-		if r.Data, err = base64.StdEncoding.DecodeString(s); err != nil {
-			return nil, Errorf(CodeBadRequest, "field data: must be standard base64: %v", err)
-		}
 	}
 	if raw, ok := obj["sandbox"]; ok && jsonKind(raw) != "null" {
 		if r.Sandbox, perr = decodeSandboxOptions(raw); perr != nil {
@@ -264,6 +255,38 @@ func (r *FileRequest) Validate() *Error {
 		}
 	}
 	return nil
+}
+
+// decodeBase64 decodes a base64 string field of at most max bytes; missing or null is nil. Base64
+// has no character JSON escapes, so the common case is decoded straight from the raw message
+// without decoding the JSON string first.
+func decodeBase64(raw json.RawMessage, field string, max int) ([]byte, *Error) {
+	if raw == nil || jsonKind(raw) == "null" {
+		return nil, nil
+	}
+	raw = bytes.TrimSpace(raw)
+	var text []byte
+	if k := jsonKind(raw); k != "string" {
+		return nil, Errorf(CodeBadRequest, "field %s: must be a base64 string, got %s", field, k)
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		text = raw[1 : len(raw)-1]
+	} else {
+		s, _, perr := decodeString(raw, field)
+		if perr != nil {
+			return nil, perr
+		}
+		text = []byte(s)
+	}
+	if base64.StdEncoding.DecodedLen(len(text)) > max+3 {
+		return nil, Errorf(CodeBadRequest, "%s is %d base64 characters, over the %d bytes a piece may hold: send the file in pieces (upload, more)", field, len(text), max)
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+	n, err := base64.StdEncoding.Decode(out, text)
+	if err != nil {
+		return nil, Errorf(CodeBadRequest, "field %s: must be standard base64: %v", field, err)
+	}
+	return out[:n], nil
 }
 
 func isHexSHA256(s string) bool {
