@@ -5,6 +5,7 @@
 package reply
 
 import (
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -24,11 +25,24 @@ func Send(req micro.Request, body []byte, perr *protocol.Error, opts ...micro.Re
 // race with that read. SendLater sets the same error headers itself instead (as a worker's
 // error does when a dispatcher relays it), and `nats micro stats` leaves the answer out of the
 // endpoint's error count.
-func SendLater(req micro.Request, body []byte, perr *protocol.Error) error {
+// Headers given in opts are kept beside the error headers.
+func SendLater(req micro.Request, body []byte, perr *protocol.Error, opts ...micro.RespondOpt) error {
 	if perr == nil {
-		return req.Respond(body)
+		return req.Respond(body, opts...)
 	}
-	return req.Respond(body, micro.WithHeaders(micro.Headers{
+	return req.Respond(body, append(opts, addHeaders(micro.Headers{
 		micro.ErrorHeader: {perr.Message}, micro.ErrorCodeHeader: {string(perr.Code)},
-	}))
+	}))...)
+}
+
+// addHeaders adds h to a response's headers (micro.WithHeaders replaces them).
+func addHeaders(h micro.Headers) micro.RespondOpt {
+	return func(m *nats.Msg) {
+		if m.Header == nil {
+			m.Header = nats.Header{}
+		}
+		for k, v := range h {
+			m.Header[k] = v
+		}
+	}
 }

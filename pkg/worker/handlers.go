@@ -36,12 +36,13 @@ func (w *Worker) handleRun(req micro.Request) {
 		return
 	}
 	j := &job{req: run, recreated: req.Headers().Get(protocol.HeaderRecreated) == "true"}
-	j.respond = func(res *protocol.RunResult) { w.reply(req, run.Language, res) }
+	// Answered from the session's goroutine, after the handler returned (see reply.SendLater).
+	j.respond = func(res *protocol.RunResult) { w.replyLater(req, run.Language, res) }
 	if run.Stream { // validated: a streamed run has a client's id
 		j.stream = &streamer{nc: w.nc, chunks: w.m.metrics.streamChunks, subject: w.subjects.Stream(tenant, conv, run.ID), id: run.ID}
 	}
 	if perr := w.m.submit(tenant, conv, j, dedupe); perr != nil {
-		j.respond(protocol.ErrorResult(run.ID, perr))
+		w.reply(req, run.Language, protocol.ErrorResult(run.ID, perr))
 	}
 }
 
@@ -51,19 +52,19 @@ func (w *Worker) handleFiles(req micro.Request) {
 	tenant, conv := req.Headers().Get(protocol.HeaderTenant), req.Headers().Get(protocol.HeaderConversation)
 	if !protocol.ValidID(tenant) || !protocol.ValidID(conv) {
 		w.replyFile(req, protocol.FileErrorResult(nuid.Next(), "", protocol.Errorf(protocol.CodeBadRequest,
-			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)))
+			"headers %s and %s must name the conversation ([A-Za-z0-9_-]{1,128})", protocol.HeaderTenant, protocol.HeaderConversation)), false)
 		return
 	}
 	fr, perr := protocol.DecodeFileRequest(req.Data())
 	if perr != nil {
-		w.replyFile(req, protocol.FileErrorResult(nuid.Next(), "", perr))
+		w.replyFile(req, protocol.FileErrorResult(nuid.Next(), "", perr), false)
 		return
 	}
 	if fr.ID == "" {
 		fr.ID = nuid.Next()
 	}
 	if perr := w.checkSandboxOptions(fr.Sandbox); perr != nil {
-		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr))
+		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr), false)
 		return
 	}
 	// A get's answer carries its data in base64 within the connection's max payload.
@@ -72,10 +73,10 @@ func (w *Worker) handleFiles(req micro.Request) {
 		fr.Length = max(min(fr.Length, (mp-8<<10)/4*3), 1)
 	}
 	j := &job{file: fr, recreated: req.Headers().Get(protocol.HeaderRecreated) == "true"}
-	j.respondFile = func(res *protocol.FileResult) { w.replyFile(req, res) }
+	j.respondFile = func(res *protocol.FileResult) { w.replyFile(req, res, true) }
 	if perr := w.m.submit(tenant, conv, j, false); perr != nil {
 		w.m.metrics.fileAnswered(fr.Op, perr)
-		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr))
+		w.replyFile(req, protocol.FileErrorResult(fr.ID, fr.Op, perr), false)
 	}
 }
 
@@ -106,29 +107,43 @@ func (w *Worker) handleClose(req micro.Request) {
 	}()
 }
 
-// reply sends the result of a run in lang, cutting the output further if the message would not
-// fit in the connection's max payload, and counts it. Errors also travel as micro error
-// headers, for `nats micro stats`.
+// reply sends the result of a run in lang from its handler, cutting the output further if the
+// message would not fit in the connection's max payload, and counts it. Errors also travel as
+// micro error headers, for `nats micro stats`. replyLater does from any other goroutine: the
+// session's (see reply.SendLater).
 func (w *Worker) reply(req micro.Request, lang string, res *protocol.RunResult) {
+	w.sendRun(req, lang, res, reply.Send)
+}
+
+func (w *Worker) replyLater(req micro.Request, lang string, res *protocol.RunResult) {
+	w.sendRun(req, lang, res, reply.SendLater)
+}
+
+func (w *Worker) sendRun(req micro.Request, lang string, res *protocol.RunResult, send func(micro.Request, []byte, *protocol.Error, ...micro.RespondOpt) error) {
 	w.m.metrics.answered(lang, res)
 	body := fitPayload(res, int(w.nc.MaxPayload()))
-	var opts []micro.RespondOpt
-	if sb := res.Sandbox; sb != nil && sb.Created {
-		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
-	}
-	if err := reply.Send(req, body, res.Error, opts...); err != nil {
+	if err := send(req, body, res.Error, createdHeader(res.Sandbox)...); err != nil {
 		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
 	}
 }
 
-// replyFile sends a file request's answer (the worker's own errors travel as micro error
-// headers too, as a run's do).
-func (w *Worker) replyFile(req micro.Request, res *protocol.FileResult) {
-	var opts []micro.RespondOpt
-	if sb := res.Sandbox; sb != nil && sb.Created {
-		opts = append(opts, micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}}))
+// createdHeader tells the dispatcher the id of the sandbox a request created
+// (protocol.HeaderSandboxCreated), for the conversation's ownership.
+func createdHeader(sb *protocol.SandboxInfo) []micro.RespondOpt {
+	if sb == nil || !sb.Created {
+		return nil
 	}
-	if err := reply.Send(req, protocol.Encode(res), res.Error, opts...); err != nil {
+	return []micro.RespondOpt{micro.WithHeaders(micro.Headers{protocol.HeaderSandboxCreated: {sb.ID}})}
+}
+
+// replyFile sends a file request's answer, its errors as micro error headers too; later when
+// sent after the handler returned.
+func (w *Worker) replyFile(req micro.Request, res *protocol.FileResult, later bool) {
+	send := reply.Send
+	if later {
+		send = reply.SendLater
+	}
+	if err := send(req, protocol.Encode(res), res.Error, createdHeader(res.Sandbox)...); err != nil {
 		w.log.Warn().Err(err).Str("request_id", res.ID).Msg("reply")
 	}
 }
