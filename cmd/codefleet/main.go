@@ -1,6 +1,8 @@
 // Command codefleet is the codefleet CLI:
 //
 //	codefleet run [flags] [code]   run code in a conversation's sandbox (code from stdin when absent)
+//	codefleet cp [flags] SRC DST   copy files in or out of a conversation's workspace
+//	                               (one side CONVERSATION:PATH, the other a local path or -)
 //	codefleet close [flags]        destroy a conversation's sandbox
 //	codefleet status [flags]       the live workers, their load and sandboxes
 //	codefleet dev [flags]          a local fleet in one process: embedded NATS with JetStream,
@@ -9,7 +11,9 @@
 //
 // Flags may stand before or after the code; "--" ends them (codefleet run -- 'print("--x")').
 // `run` prints the snippet's output and exits with its exit code; when the fleet cannot run the
-// code it prints "codefleet: <error code>: <message>" to stderr and exits 125.
+// code it prints "codefleet: <error code>: <message>" to stderr and exits 125. On a terminal it
+// streams: the output is printed as it is produced (--no-stream waits for the end, --stream
+// streams into a pipe too). `cp` exits 0, or 125 with the reason on stderr.
 //
 // Started under the name sandbox-agent, the binary is the sandbox agent instead: `codefleet dev`
 // with no sandbox-agent binary at hand copies its own executable into the Docker sandboxes.
@@ -30,6 +34,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/term"
 
 	"github.com/codefleet/codefleet/internal/agent"
 	"github.com/codefleet/codefleet/internal/backend"
@@ -65,7 +70,10 @@ func main() {
 const usage = `usage: codefleet <command> [flags]
 
 commands:
-  run [code]   run code in a conversation's sandbox (code from stdin when not given)
+  run [code]   run code in a conversation's sandbox (code from stdin when not given);
+               on a terminal the output is printed as it is produced (--no-stream: at the end)
+  cp SRC DST   copy files in or out of a conversation's workspace: one side CONVERSATION:PATH,
+               the other a local path or - (stdin, stdout); directories with their tree
   close        destroy a conversation's sandbox
   status       show the live workers
   dev          run a local fleet: embedded NATS + a dispatcher + a worker (Docker, or Daytona)
@@ -84,6 +92,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "run":
 		code, err = cmdRun(ctx, args[1:], stdin, stdout, stderr)
+	case "cp":
+		err = cmdCp(ctx, args[1:], stdin, stdout, stderr)
 	case "close":
 		err = cmdClose(ctx, args[1:], stdout, stderr)
 	case "status":
@@ -135,14 +145,22 @@ func (c *common) register(fs *config.FlagSet, conversation bool) {
 // dial parses the command line of a client command (with the conversation's flags or not) and
 // connects. The caller closes nc.
 func (c *common) dial(fs *config.FlagSet, args []string, conversation bool) (*nats.Conn, error) {
-	c.register(fs, conversation)
-	if err := fs.Parse(args); err != nil {
+	if err := c.parse(fs, args, conversation); err != nil {
 		return nil, err
 	}
-	if err := protocol.CheckPrefix(c.prefix); err != nil {
-		return nil, fmt.Errorf("--prefix: %w", err)
-	}
 	return c.connect()
+}
+
+// parse declares the common flags (with the conversation's or not) in fs and parses args.
+func (c *common) parse(fs *config.FlagSet, args []string, conversation bool) error {
+	c.register(fs, conversation)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := protocol.CheckPrefix(c.prefix); err != nil {
+		return fmt.Errorf("--prefix: %w", err)
+	}
+	return nil
 }
 
 func (c *common) connect() (*nats.Conn, error) {
@@ -188,7 +206,15 @@ func (c *common) refused(err error) error {
 // open parses the command line of a conversation's command (run, close), connects and returns
 // the conversation. The caller closes nc.
 func (c *common) open(fs *config.FlagSet, args []string) (conv *client.Conversation, nc *nats.Conn, err error) {
-	if nc, err = c.dial(fs, args, true); err != nil {
+	if err := c.parse(fs, args, true); err != nil {
+		return nil, nil, err
+	}
+	return c.openParsed()
+}
+
+// openParsed is open once the command line is parsed.
+func (c *common) openParsed() (conv *client.Conversation, nc *nats.Conn, err error) {
+	if nc, err = c.connect(); err != nil {
 		return nil, nil, err
 	}
 	cl, err := client.New(nc, client.WithTenant(c.tenant), client.WithPrefix(c.prefix))
@@ -201,13 +227,23 @@ func (c *common) open(fs *config.FlagSet, args []string) (conv *client.Conversat
 
 func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	fs := config.New("codefleet run", stderr)
-	fs.Summary = "Runs code in a conversation's sandbox: the code is the arguments joined by blanks, or stdin when there are none.\nFlags may stand before or after the code; -- ends them (codefleet run -- 'print(\"--x\")')."
+	fs.Summary = "Runs code in a conversation's sandbox: the code is the arguments joined by blanks, or stdin when there are none.\nFlags may stand before or after the code; -- ends them (codefleet run -- 'print(\"--x\")').\n" +
+		"On a terminal the output is printed as it is produced; elsewhere (a pipe, a file) once the run is over."
 	fs.ArgsUsage = "[code]"
 	lang := fs.String("language", protocol.LangPython, "python, bash, javascript or typescript")
 	timeout := fs.Duration("timeout", 0, "run timeout (0: the server's default, 60s)")
 	requestID := fs.String("request-id", "", "request id; reuse it to retry a run without running it twice")
+	var stream, noStream bool
+	fs.BoolVar(&stream, "stream", false, "print the output as it is produced even when stdout is not a terminal")
+	fs.BoolVar(&noStream, "no-stream", false, "print the output once the run is over even on a terminal")
 	var c common
-	conv, nc, err := c.open(fs, args)
+	if err := c.parse(fs, args, true); err != nil {
+		return 0, err
+	}
+	if stream && noStream {
+		return 0, errors.New("--stream and --no-stream contradict each other: give one")
+	}
+	conv, nc, err := c.openParsed()
 	if err != nil {
 		return 0, err
 	}
@@ -220,7 +256,11 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		}
 		code = string(b)
 	}
-	res, err := conv.Run(ctx, code, *lang, &client.RunOptions{RequestID: *requestID, Timeout: *timeout})
+	opts := &client.RunOptions{RequestID: *requestID, Timeout: *timeout}
+	if stream || (!noStream && isTerminal(stdout)) {
+		return runStreamed(ctx, &c, conv, code, *lang, opts, stdout, stderr)
+	}
+	res, err := conv.Run(ctx, code, *lang, opts)
 	if err != nil {
 		return 0, c.refused(err)
 	}
@@ -232,6 +272,47 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		fmt.Fprintf(stderr, "codefleet: output truncated\n")
 	}
 	return res.ExitCode, nil
+}
+
+// runStreamed runs code with its output printed as it comes, and nothing printed again at the
+// end. What the stream did not carry (chunks lost on the way, output produced faster than the
+// stream's rate) is said on stderr: where output was left out, and at the end how to see the
+// whole of it (the result's output, capped as any).
+func runStreamed(ctx context.Context, c *common, conv *client.Conversation, code, lang string, opts *client.RunOptions, stdout, stderr io.Writer) (int, error) {
+	res, err := conv.RunStream(ctx, code, lang, opts, func(ch protocol.OutputChunk) {
+		if ch.Dropped > 0 {
+			fmt.Fprintf(stderr, "codefleet: [... %d bytes of output not streamed ...]\n", ch.Dropped)
+		}
+		io.WriteString(stdout, ch.Data)
+	})
+	if err != nil {
+		return 0, c.refused(err)
+	}
+	var missing []string
+	if res.Lost > 0 {
+		missing = append(missing, fmt.Sprintf("%d of %d output chunks, lost on the way", res.Lost, res.Delivered+res.Lost))
+	}
+	if res.Stream != nil && res.Stream.DroppedBytes > 0 {
+		missing = append(missing, fmt.Sprintf("%d bytes of output produced faster than the stream carries", res.Stream.DroppedBytes))
+	}
+	if len(missing) > 0 {
+		// A run's id answers again with its result, without running the code (the worker
+		// remembers the last ids of each conversation).
+		fmt.Fprintf(stderr, "codefleet: not shown above: %s; the same command with --no-stream --request-id %s prints the whole output (within its cap) without running the code again\n",
+			strings.Join(missing, "; "), res.ID)
+	}
+	if res.TimedOut {
+		fmt.Fprintf(stderr, "codefleet: timed out\n")
+	}
+	return res.ExitCode, nil
+}
+
+// isTerminal reports whether w is a terminal, where run streams by default. It asks with
+// golang.org/x/term, which the module already depends on (through the Docker client) and which
+// asks each OS its own way, where a hand-written TCGETS ioctl would be Linux's alone.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func cmdClose(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,7 +12,12 @@ import (
 	"github.com/codefleet/codefleet/internal/testutil"
 )
 
-func TestMain(m *testing.M) { testutil.MainWithLeftoverCheck(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(cliEnv) != "" { // started by runOnTerminal as the command itself
+		main()
+	}
+	testutil.MainWithLeftoverCheck(m)
+}
 
 // startDev runs `codefleet dev` with args in this process, its NATS server on a free port, and
 // waits until its dispatcher answers. When the test ends it stops it as SIGTERM does, checks
@@ -99,6 +105,9 @@ func TestCommandLine(t *testing.T) {
 		{"unknown flag after the code", []string{"run", "print(1)", "--no-such-flag"}, exitFleetError, "", "unknown flag: --no-such-flag"},
 		{"single dash", []string{"run", "-timeout", "1s", "x"}, exitFleetError, "", "flags take two dashes: --timeout"},
 		{"run help", []string{"run", "--help"}, 0, "", "Usage: codefleet run [flags] [code]"},
+		{"stream and no stream", []string{"run", "x", "--stream", "--no-stream"}, exitFleetError, "", "--stream and --no-stream contradict"},
+		{"cp help", []string{"cp", "--help"}, 0, "", "Usage: codefleet cp [flags] SRC DST"},
+		{"cp one operand", []string{"cp", "demo:x"}, exitFleetError, "", "cp takes two arguments, SRC and DST, got 1"},
 		{"dev help", []string{"dev", "-h"}, 0, "", "--daytona-api-key string"},
 		{"dev stray argument", []string{"dev", "now"}, exitFleetError, "", `unexpected arguments ["now"]`},
 		{"dev unknown backend", []string{"dev", "--backend", "podman"}, exitFleetError, "", `unknown backend "podman"`},

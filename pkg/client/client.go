@@ -11,6 +11,17 @@
 // request id, so a retried run never runs twice: the worker answers a repeated id with the first
 // run's result. A request the contract refuses (empty code, an unknown language, a bad id) is
 // refused before anything is sent, with the *protocol.Error a dispatcher would answer.
+//
+// RunStream is Run with the output handed to a function as it is produced (stream.go):
+//
+//	res, err := conv.RunStream(ctx, code, "python", nil, func(c protocol.OutputChunk) {
+//		os.Stdout.WriteString(c.Data)
+//	})
+//	// res.Lost counts chunks that never arrived; their output is in res.Output (within its cap)
+//
+// Files move in and out of the conversation's workspace with PutFile, GetFile, ListFiles and
+// DeleteFile (files.go): in pieces of protocol.FileChunkBytes, each checked with a SHA-256 of
+// the whole file, each piece retried as a run is.
 package client
 
 import (
@@ -32,6 +43,9 @@ const (
 	// DefaultOverhead is added to a run's timeout to get the time one attempt may take: room for
 	// creating the sandbox and the trip over NATS.
 	DefaultOverhead = 30 * time.Second
+	// DefaultStreamGrace is how long RunStream waits, once it has the result, for chunks the
+	// result says were published and that have not arrived yet.
+	DefaultStreamGrace = time.Second
 )
 
 // Client sends run and close requests for one tenant.
@@ -41,6 +55,7 @@ type Client struct {
 	tenant   string
 	attempts int
 	overhead time.Duration
+	grace    time.Duration // DefaultStreamGrace unless WithStreamGrace
 }
 
 // Option configures a Client.
@@ -84,9 +99,21 @@ func WithOverhead(d time.Duration) Option {
 	return func(c *Client) error { c.overhead = d; return nil }
 }
 
+// WithStreamGrace sets how long a streamed run waits, after its result, for chunks still on
+// their way (default 1 s); chunks still missing then are counted as lost.
+func WithStreamGrace(d time.Duration) Option {
+	return func(c *Client) error {
+		if d < 0 {
+			return errors.New("client: stream grace must not be negative")
+		}
+		c.grace = d
+		return nil
+	}
+}
+
 // New returns a client on an open NATS connection.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
-	c := &Client{nc: nc, tenant: protocol.DefaultTenant, attempts: DefaultAttempts, overhead: DefaultOverhead}
+	c := &Client{nc: nc, tenant: protocol.DefaultTenant, attempts: DefaultAttempts, overhead: DefaultOverhead, grace: DefaultStreamGrace}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -135,6 +162,16 @@ type RunOptions struct {
 // result with its exit code, not an error. The error is a *protocol.Error when the server could
 // not run the code (the result is returned too), or a transport error.
 func (cv *Conversation) Run(ctx context.Context, code, language string, opts *RunOptions) (*protocol.RunResult, error) {
+	req, perr := cv.runRequest(code, language, opts)
+	if perr != nil {
+		return protocol.ErrorResult(req.ID, perr), perr
+	}
+	return cv.send(ctx, &req)
+}
+
+// runRequest builds a run's request from Run's arguments and checks it against the contract,
+// as a dispatcher would: what it refuses is never sent.
+func (cv *Conversation) runRequest(code, language string, opts *RunOptions) (protocol.RunRequest, *protocol.Error) {
 	if opts == nil {
 		opts = &RunOptions{}
 	}
@@ -149,10 +186,12 @@ func (cv *Conversation) Run(ctx context.Context, code, language string, opts *Ru
 	if perr == nil {
 		perr = req.Validate()
 	}
-	if perr != nil {
-		return protocol.ErrorResult(req.ID, perr), perr
-	}
-	data, err := cv.c.request(ctx, cv.c.subjects.Run(cv.c.tenant, cv.id), protocol.Encode(&req), req.Timeout()+cv.c.overhead)
+	return req, perr
+}
+
+// send sends a checked run request (retrying the transport) and decodes its result.
+func (cv *Conversation) send(ctx context.Context, req *protocol.RunRequest) (*protocol.RunResult, error) {
+	data, err := cv.c.request(ctx, cv.c.subjects.Run(cv.c.tenant, cv.id), protocol.Encode(req), req.Timeout()+cv.c.overhead)
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", req.ID, err)
 	}
