@@ -348,6 +348,8 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 	workerID := fs.String("worker-id", "dev", "id of the worker")
 	capacity := fs.Int("capacity", worker.DefaultCapacity, "most sandboxes at once, free warm pool sandboxes included (one is given up for a new conversation)")
 	warmPool := fs.Int("warm-pool", worker.DefaultWarmPool, "sandboxes of the default image kept started for new conversations to claim (docker; 0: none)")
+	var maxFileSize int64
+	fs.SizeVar(&maxFileSize, "max-file-size", protocol.DefaultMaxFileBytes, "largest file a file request may put into a sandbox or get out of it (at most 4GiB)")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", config.LogFormatConsole, "log format: json or console")
 	httpAddr := fs.String("http-addr", DevHTTPAddr, "address to serve the worker's and the dispatcher's /metrics, /healthz and /readyz on (empty: none)")
@@ -419,7 +421,7 @@ func cmdDev(ctx context.Context, args []string, stderr io.Writer) error {
 		return devConnectError("worker", url, err)
 	}
 	defer wnc.Close()
-	w, err := worker.New(worker.Config{ID: *workerID, Image: b.Image, Capacity: *capacity, WarmPool: *warmPool, DestroyOnShutdown: true, Version: config.SemVer(version), Metrics: daemon.Metrics(srv)}, wnc, env, log)
+	w, err := worker.New(worker.Config{ID: *workerID, Image: b.Image, Capacity: *capacity, WarmPool: *warmPool, MaxFileSize: maxFileSize, DestroyOnShutdown: true, Version: config.SemVer(version), Metrics: daemon.Metrics(srv)}, wnc, env, log)
 	if err != nil {
 		return err
 	}
