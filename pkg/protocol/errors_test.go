@@ -47,7 +47,7 @@ func TestCodesDistinct(t *testing.T) {
 		}
 		seen[c] = true
 	}
-	if got, want := len(seen), 11; got != want {
+	if got, want := len(seen), 15; got != want {
 		t.Errorf("got %d codes, want %d", got, want)
 	}
 }

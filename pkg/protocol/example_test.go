@@ -65,5 +65,8 @@ func ExampleSchema() {
 	// run_request true <nil>
 	// run_result true <nil>
 	// close_result true <nil>
+	// output_chunk true <nil>
+	// file_request true <nil>
+	// file_result true <nil>
 	// worker_info true <nil>
 }

@@ -15,9 +15,9 @@ var schemaFS embed.FS
 const SchemaBaseURL = "https://codefleet.dev/schema/" + Version + "/"
 
 // SchemaNames lists the JSON Schemas (draft 2020-12) of the contract's messages, by the names
-// Schema accepts: the three a client sends or receives, and the workers' registration
-// (internal to the fleet).
-var SchemaNames = []string{"run_request", "run_result", "close_result", "worker_info"}
+// Schema accepts: those a client sends or receives (runs, their streamed output, closes,
+// files), and the workers' registration (internal to the fleet).
+var SchemaNames = []string{"run_request", "run_result", "close_result", "output_chunk", "file_request", "file_result", "worker_info"}
 
 // Schema returns the JSON Schema of a message by name ("run_request" or "run_request.json";
 // see SchemaNames). The error wraps fs.ErrNotExist for an unknown name.

@@ -18,6 +18,11 @@ func TestSubjectBuilders(t *testing.T) {
 		{def.Close("t", "c1"), "codefleet.close.t.c1"},
 		{def.RunAll(), "codefleet.run.*.*"},
 		{def.CloseAll(), "codefleet.close.*.*"},
+		{def.Files("default", "c1"), "codefleet.files.default.c1"},
+		{def.FilesAll(), "codefleet.files.*.*"},
+		{def.Stream("default", "chat-42", "r-7"), "codefleet.stream.default.chat-42.r-7"},
+		{custom.Files("t", "c"), "acme-cf.files.t.c"},
+		{custom.Stream("t", "c", "r"), "acme-cf.stream.t.c.r"},
 		{def.Worker("w-1", "run"), "codefleet.worker.w-1.run"},
 		{def.WorkerGroup("w-1"), "codefleet.worker.w-1"},
 		{custom.Run("t", "c"), "acme-cf.run.t.c"},
@@ -51,6 +56,7 @@ func TestParseConversation(t *testing.T) {
 		{protocol.Subjects{}, "codefleet.close.acme_1.conv-2", "close", "acme_1", "conv-2"},
 		{protocol.Subjects{}, "codefleet.run.t." + long, "run", "t", long},
 		{protocol.Subjects{Prefix: "acme-cf"}, "acme-cf.run.t.c", "run", "t", "c"},
+		{protocol.Subjects{}, "codefleet.files.default.chat-42", "files", "default", "chat-42"},
 	}
 	for _, tt := range good {
 		verb, tenant, conv, err := tt.s.ParseConversation(tt.subject)
@@ -76,6 +82,8 @@ func TestParseConversation(t *testing.T) {
 		{protocol.Subjects{}, "", "is not under"},
 		{protocol.Subjects{}, "codefleet.run.t.c.extra", "is not codefleet.run|close"},
 		{protocol.Subjects{}, "codefleet.worker.t.c", "is not codefleet.run|close"},
+		{protocol.Subjects{}, "codefleet.stream.t.c", "is not codefleet.run|close|files"},
+		{protocol.Subjects{}, "codefleet.stream.t.c.r-7", "is not codefleet.run|close|files"},
 		{protocol.Subjects{}, "codefleet.run.t@x.c", "tenant"},
 		{protocol.Subjects{}, "codefleet.run..c", "tenant"},
 		{protocol.Subjects{}, "codefleet.run.*.c", "tenant"},

@@ -105,6 +105,10 @@ func TestDecodeRunRequestBad(t *testing.T) {
 		{"variables key too long", req(`"sandbox":{"variables":{"` + strings.Repeat("k", 129) + `":"x"}}`), bad, "sandbox.variables key"},
 		{"variables NUL", req(`"sandbox":{"variables":{"k":"\u0000"}}`), bad, `sandbox.variables["k"] contains a NUL byte`},
 		{"variables too many", req(`"sandbox":{"variables":` + envJSON(protocol.MaxEnvVars+1, 1) + `}`), bad, "sandbox.variables has 257 entries"},
+		{"stream string", req(`"id":"r","stream":"true"`), bad, "field stream: must be a boolean, got string"},
+		{"stream number", req(`"id":"r","stream":1`), bad, "field stream: must be a boolean, got number"},
+		{"stream without id", req(`"stream":true`), bad, "stream is true but id is missing"},
+		{"stream with a null id", req(`"id":null,"stream":true`), bad, "stream is true but id is missing"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,6 +190,12 @@ func TestDecodeRunRequestGood(t *testing.T) {
 			protocol.RunRequest{Code: "y", Language: "bash"}},
 		{"whitespace around", " \n" + req("") + "\n ",
 			protocol.RunRequest{Code: "print(1)", Language: "python"}},
+		{"streamed", req(`"id":"r-7","stream":true`),
+			protocol.RunRequest{ID: "r-7", Code: "print(1)", Language: "python", Stream: true}},
+		{"stream false or null needs no id", req(`"stream":false,"Stream":true`),
+			protocol.RunRequest{Code: "print(1)", Language: "python"}},
+		{"stream null", req(`"stream":null`),
+			protocol.RunRequest{Code: "print(1)", Language: "python"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -242,6 +252,7 @@ func TestDecodeResults(t *testing.T) {
 	rr := protocol.RunResult{
 		ID: "r1", Output: "hi\n", ExitCode: 124, TimedOut: true, Truncated: true, DurationMS: 12,
 		Sandbox: &protocol.SandboxInfo{ID: "sb", Backend: protocol.BackendDocker, Worker: "w1", Created: true},
+		Stream:  &protocol.StreamInfo{Subject: "codefleet.stream.default.c.r1", Chunks: 3, DroppedBytes: 7},
 		Error:   &protocol.Error{Code: protocol.CodeBusy, Message: "queue full"},
 	}
 	got, err := protocol.DecodeRunResult(protocol.Encode(rr))
@@ -258,6 +269,17 @@ func TestDecodeResults(t *testing.T) {
 	}
 	if !reflect.DeepEqual(*gotC, cr) {
 		t.Errorf("got %+v, want %+v", *gotC, cr)
+	}
+	chunk := protocol.OutputChunk{ID: "r1", Seq: 2, Data: "é\n", Dropped: 1915167}
+	gotChunk, err := protocol.DecodeOutputChunk(protocol.Encode(chunk))
+	if err != nil || !reflect.DeepEqual(*gotChunk, chunk) {
+		t.Errorf("got %+v, %v, want %+v", gotChunk, err, chunk)
+	}
+	if got, want := string(protocol.Encode(protocol.OutputChunk{ID: "r1", Seq: 1, Data: "x"})), `{"id":"r1","seq":1,"data":"x"}`; got != want {
+		t.Errorf("got %s, want %s (dropped left out when 0)", got, want)
+	}
+	if _, err := protocol.DecodeOutputChunk([]byte(`{"id":"r1","seq":"1"}`)); err == nil {
+		t.Errorf("got nil, want an error")
 	}
 	var se *json.SyntaxError
 	if _, err := protocol.DecodeRunResult([]byte("{")); err == nil || !errors.As(err, &se) {
