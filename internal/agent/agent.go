@@ -75,6 +75,8 @@ type Agent struct {
 
 	// egress is the egress port's listener, once the worker asked for it (egress.go).
 	egress egress
+	// landed remembers the last uploads put, for their last piece sent again (files.go).
+	landed landedUploads
 }
 
 // New returns an Agent that starts processes through reaper.

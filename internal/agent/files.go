@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -198,7 +199,19 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if req.Offset == 0 {
 		removeStaleUploads(dir)
 	}
-	fd, err := openAt(dir, tmp, unix.O_RDWR|unix.O_CREAT)
+	// An upload starts at offset 0: a later piece whose upload file is gone is the last piece
+	// sent again after it landed (its answer was lost), or a piece of an upload never started.
+	flags := unix.O_RDWR
+	if req.Offset == 0 {
+		flags |= unix.O_CREAT
+	}
+	fd, err := openAt(dir, tmp, flags)
+	if errors.Is(err, unix.ENOENT) {
+		if fr := a.landed.answer(req, rel); fr != nil {
+			return fr, nil
+		}
+		return nil, failed("%s: upload %s has no piece at offset 0 (or it was given up): send the file again from offset 0", rel, req.Upload)
+	}
 	if err != nil {
 		return nil, elementError(dir, rel, tmp, err)
 	}
@@ -239,10 +252,11 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	default:
 		return nil, failed("%s: a piece at offset %d, but upload %s holds %d bytes: send the piece at %d", rel, req.Offset, req.Upload, held, held)
 	}
-	fr := &wire.FileResponse{FileInfo: wire.FileInfo{Path: rel, Type: "file", Size: max(end, held)}}
+	fr := &wire.FileResponse{FileInfo: wire.FileInfo{Path: rel, Size: max(end, held)}}
 	if req.More {
 		return fr, nil
 	}
+	fr.Type = "file"
 	// The last piece: what landed is checked, given its mode, and renamed into place.
 	size, sum, err := hashFile(f)
 	if err != nil {
@@ -272,7 +286,48 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if st, err := f.Stat(); err == nil {
 		fr.ModTimeNS = st.ModTime().UnixNano()
 	}
+	if req.Upload != "" {
+		a.landed.add(req, *fr)
+	}
 	return fr, nil
+}
+
+// landedUploads remembers the last uploads whose last piece landed, so that the piece sent
+// again (its answer lost) gets the same answer instead of a refusal: a client retries any piece
+// safely. A bounded list: an old upload's retry is refused, asking for the file again.
+type landedUploads struct {
+	mu   sync.Mutex
+	list []landedUpload
+}
+
+type landedUpload struct {
+	upload, rel string
+	offset, end int64
+	fr          wire.FileResponse
+}
+
+const maxLanded = 64
+
+func (l *landedUploads) add(req *wire.FileRequest, fr wire.FileResponse) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = append(l.list, landedUpload{upload: req.Upload, rel: fr.Path, offset: req.Offset, end: req.Offset + int64(len(req.Data)), fr: fr})
+	if len(l.list) > maxLanded {
+		l.list = l.list[1:]
+	}
+}
+
+// answer returns the answer of the upload whose last piece req is again, or nil.
+func (l *landedUploads) answer(req *wire.FileRequest, rel string) *wire.FileResponse {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, u := range l.list {
+		if u.upload == req.Upload && u.rel == rel && u.offset == req.Offset && u.end == req.Offset+int64(len(req.Data)) && !req.More {
+			fr := u.fr
+			return &fr
+		}
+	}
+	return nil
 }
 
 // checkTarget refuses to put a file where a link or a directory is.
@@ -415,7 +470,11 @@ func statInfo(rel string, st *unix.Stat_t) wire.FileInfo {
 	case unix.S_IFLNK:
 		t = "symlink"
 	}
-	return wire.FileInfo{Path: rel, Type: t, Size: st.Size, Mode: st.Mode & 0o777, ModTimeNS: time.Unix(st.Mtim.Unix()).UnixNano()}
+	size := st.Size
+	if t == "symlink" {
+		size = 0 // a link's size is its target's length: nothing to tell
+	}
+	return wire.FileInfo{Path: rel, Type: t, Size: size, Mode: st.Mode & 0o777, ModTimeNS: time.Unix(st.Mtim.Unix()).UnixNano()}
 }
 
 func (a *Agent) listFiles(req *wire.FileRequest) (*wire.FileResponse, error) {

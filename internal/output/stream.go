@@ -37,13 +37,20 @@ type Streamer struct {
 
 	mu      sync.Mutex
 	pending []byte
-	dropped int64 // bytes dropped since the last chunk
-	total   int64 // bytes dropped in all
-	closed  bool
+	// gaps are where bytes were dropped, by their position in pending (ascending): a chunk
+	// ends at a gap, and the next one carries its count.
+	gaps   []gap
+	total  int64 // bytes dropped in all
+	closed bool
 
 	wake chan struct{}
 	done chan struct{}
 	seq  int64 // the goroutine's, read after done
+}
+
+type gap struct {
+	at int   // position in pending
+	n  int64 // bytes dropped there
 }
 
 // NewStreamer starts a Streamer that hands its chunks to emit.
@@ -63,7 +70,11 @@ func (s *Streamer) Write(p []byte) (int, error) {
 	k := min(max(StreamBufferBytes-len(s.pending), 0), len(p))
 	s.pending = append(s.pending, p[:k]...)
 	if lost := int64(len(p) - k); lost > 0 {
-		s.dropped += lost
+		if last := len(s.gaps) - 1; last >= 0 && s.gaps[last].at == len(s.pending) {
+			s.gaps[last].n += lost
+		} else {
+			s.gaps = append(s.gaps, gap{at: len(s.pending), n: lost})
+		}
 		s.total += lost
 	}
 	select { // under mu: Close closes wake under it too
@@ -116,25 +127,36 @@ func (s *Streamer) loop() {
 	}
 }
 
-// next takes the next chunk off pending: at most StreamChunkBytes, ending on a whole UTF-8
-// character unless final (or unless no character starts in the last 4 bytes: not UTF-8).
+// next takes the next chunk off pending: at most StreamChunkBytes, up to the next gap, ending on
+// a whole UTF-8 character unless final or at a gap (or unless no character starts in the last 4
+// bytes: not UTF-8). A gap at its start is its Dropped.
 func (s *Streamer) next(final bool) (Chunk, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if final {
 		final = s.closed // Close was called: everything goes
 	}
+	var dropped int64
+	if len(s.gaps) > 0 && s.gaps[0].at == 0 {
+		dropped = s.gaps[0].n
+		s.gaps = s.gaps[1:]
+	}
 	n := min(len(s.pending), StreamChunkBytes)
-	if !final || n < len(s.pending) {
+	atGap := len(s.gaps) > 0 && s.gaps[0].at <= n
+	if atGap {
+		n = s.gaps[0].at // what follows was cut off by the drop: a character may end here
+	} else if !final || n < len(s.pending) {
 		n = wholeRunes(s.pending[:n])
 	}
-	if n == 0 && !(final && s.dropped > 0) {
+	if n == 0 && dropped == 0 {
 		return Chunk{}, false
 	}
 	s.seq++
-	c := Chunk{Seq: s.seq, Data: string(s.pending[:n]), Dropped: s.dropped}
-	s.dropped = 0
+	c := Chunk{Seq: s.seq, Data: string(s.pending[:n]), Dropped: dropped}
 	s.pending = append(s.pending[:0], s.pending[n:]...)
+	for i := range s.gaps {
+		s.gaps[i].at -= n
+	}
 	return c, true
 }
 

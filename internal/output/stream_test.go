@@ -75,8 +75,9 @@ func TestStreamerFirstChunkAtOnce(t *testing.T) {
 	}
 }
 
-// A writer faster than the stream's bound loses bytes from the stream, counted, and the
-// Streamer never holds more than its buffer.
+// A writer faster than the stream's bound loses bytes from the stream, counted where they were
+// lost: each chunk's data is the output that follows the previous chunk's and the bytes its
+// Dropped says were skipped. The Streamer never holds more than its buffer.
 func TestStreamerDropsPastTheBound(t *testing.T) {
 	var c collector
 	block := make(chan struct{})
@@ -84,11 +85,17 @@ func TestStreamerDropsPastTheBound(t *testing.T) {
 		<-block // a consumer that does not keep up
 		c.emit(ch)
 	})
-	total := 0
-	for range 64 {
-		p := []byte(strings.Repeat("x", 8<<10))
+	var out []byte
+	for i := range 64 {
+		p := make([]byte, 8<<10)
+		for j := range p {
+			p[j] = byte('a' + (i*len(p)+j)%26)
+		}
 		s.Write(p)
-		total += len(p)
+		out = append(out, p...)
+		if i == 40 {
+			close(block) // the consumer catches up, then the writer overruns it again
+		}
 	}
 	s.mu.Lock()
 	held := len(s.pending)
@@ -96,15 +103,17 @@ func TestStreamerDropsPastTheBound(t *testing.T) {
 	if held > StreamBufferBytes {
 		t.Fatalf("streamer holds %d bytes, bound %d", held, StreamBufferBytes)
 	}
-	close(block)
 	_, dropped := s.Close()
-	got := int64(0)
-	var counted int64
+	pos, counted := int64(0), int64(0)
 	for _, ch := range c.chunks {
-		got += int64(len(ch.Data))
+		pos += ch.Dropped
 		counted += ch.Dropped
+		if end := pos + int64(len(ch.Data)); end > int64(len(out)) || string(out[pos:end]) != ch.Data {
+			t.Fatalf("chunk %d (dropped %d) is not the output at %d", ch.Seq, ch.Dropped, pos)
+		}
+		pos += int64(len(ch.Data))
 	}
-	if dropped == 0 || counted != dropped || got+dropped != int64(total) {
-		t.Fatalf("streamed %d + dropped %d (chunks say %d) of %d", got, dropped, counted, total)
+	if dropped == 0 || counted != dropped || pos != int64(len(out)) {
+		t.Fatalf("streamed and dropped %d of %d bytes; dropped %d, chunks say %d", pos, len(out), dropped, counted)
 	}
 }

@@ -239,8 +239,11 @@ func (r *FileRequest) Validate() *Error {
 		if r.Upload != "" && !isToken(r.Upload) {
 			return Errorf(CodeBadRequest, "upload %q must match [A-Za-z0-9_-]{1,%d}", trimForMessage(r.Upload), MaxIDLen)
 		}
-		if r.Upload == "" && (r.More || r.Offset > 0) {
-			return Errorf(CodeBadRequest, "a put in pieces (more, or offset %d) needs an upload id", r.Offset)
+		if r.Upload == "" && r.More {
+			return Errorf(CodeBadRequest, "more is true but upload is missing: a put in pieces names its upload ([A-Za-z0-9_-]{1,%d}) in every piece", MaxIDLen)
+		}
+		if r.Upload == "" && r.Offset > 0 {
+			return Errorf(CodeBadRequest, "offset is %d but upload is missing: a put in pieces names its upload ([A-Za-z0-9_-]{1,%d}) in every piece", r.Offset, MaxIDLen)
 		}
 		if r.SHA256 != "" && !isHexSHA256(r.SHA256) {
 			return Errorf(CodeBadRequest, "sha256 %q must be 64 hex digits", trimForMessage(r.SHA256))
