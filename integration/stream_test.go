@@ -45,8 +45,9 @@ func TestNATSCLIStream(t *testing.T) {
 	conv := "cli-stream"
 	f.natsRequest("codefleet.run.default."+conv, map[string]any{"code": "true", "language": "bash"}) // its sandbox, made
 
-	// nats sub in the background, each message on a line as it comes (--raw), timed here.
-	sub := exec.Command(natsCLI(t), "--server", f.natsURL(), "--no-context", "sub", "--raw", "codefleet.stream.default."+conv+".ticks")
+	// nats sub in the background, as docs/protocol.md shows it: it says on stderr when it has
+	// subscribed, then prints each message's body on a line of its own as it comes, timed here.
+	sub := exec.Command(natsCLI(t), "--server", f.natsURL(), "--no-context", "sub", "codefleet.stream.default."+conv+".ticks")
 	stdout, err := sub.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +68,9 @@ func TestNATSCLIStream(t *testing.T) {
 		s := bufio.NewScanner(stdout)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		for s.Scan() {
+			if !bytes.HasPrefix(s.Bytes(), []byte("{")) {
+				continue // "[#1] Received on ...", blank lines
+			}
 			mu.Lock()
 			lines = append(lines, line{append([]byte(nil), s.Bytes()...), time.Now()})
 			mu.Unlock()
