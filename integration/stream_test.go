@@ -52,7 +52,7 @@ func TestNATSCLIStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var subErr syncBuffer
+	var subErr testutil.SyncBuffer
 	sub.Stderr = &subErr
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -144,22 +144,4 @@ func TestNATSCLIStream(t *testing.T) {
 	if !strings.Contains(string(leak), `"code":"path_refused"`) || strings.Contains(string(leak), "root:") {
 		t.Fatalf("get of a planted link: %s", leak)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -431,15 +431,8 @@ func TestForModel(t *testing.T) {
 // with the same request id returns the first run's result without running it again, files
 // persist in the conversation, and Close destroys its sandbox.
 func TestFleet(t *testing.T) {
-	srv := testutil.StartNATS(t)
 	env := fake.New()
-	testutil.StartWorker(t, srv, worker.Config{ID: "w-client"}, env)
-	d := testutil.StartDispatcher(t, srv, dispatcher.Config{Name: "d-client"})
-	testutil.WaitWorkers(t, 1, d)
-	c, err := client.New(testutil.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := fakeFleet(t, "client", env)
 	conv := c.Conversation("chat-fleet")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -468,4 +461,19 @@ func TestFleet(t *testing.T) {
 	if n := env.Live(); n != 0 {
 		t.Errorf("%d sandboxes left after Close", n)
 	}
+}
+
+// fakeFleet starts a fleet of one worker on env (the fake backend: local processes) and one
+// dispatcher, named after name, and returns a client of it.
+func fakeFleet(t *testing.T, name string, env *fake.Env) *client.Client {
+	t.Helper()
+	srv := testutil.StartNATS(t)
+	testutil.StartWorker(t, srv, worker.Config{ID: "w-" + name}, env)
+	d := testutil.StartDispatcher(t, srv, dispatcher.Config{Name: "d-" + name})
+	testutil.WaitWorkers(t, 1, d)
+	c, err := client.New(testutil.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -15,12 +15,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/client"
-	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
 	"github.com/codefleet/codefleet/pkg/protocol"
-	"github.com/codefleet/codefleet/pkg/worker"
 )
 
 func randomBytes(n int) []byte {
@@ -304,14 +301,7 @@ func TestFileErrors(t *testing.T) {
 // mode, a snippet sees it whole, it comes back byte for byte; lists and deletes work; paths
 // outside the workspace are refused.
 func TestFilesFleet(t *testing.T) {
-	srv := testutil.StartNATS(t)
-	testutil.StartWorker(t, srv, worker.Config{ID: "w-files"}, fake.New())
-	d := testutil.StartDispatcher(t, srv, dispatcher.Config{Name: "d-files"})
-	testutil.WaitWorkers(t, 1, d)
-	c, err := client.New(testutil.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := fakeFleet(t, "files", fake.New())
 	conv := c.Conversation("chat-files")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -11,12 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/codefleet/codefleet/internal/testutil"
 	"github.com/codefleet/codefleet/pkg/client"
-	"github.com/codefleet/codefleet/pkg/dispatcher"
 	"github.com/codefleet/codefleet/pkg/envs/fake"
 	"github.com/codefleet/codefleet/pkg/protocol"
-	"github.com/codefleet/codefleet/pkg/worker"
 )
 
 // publishChunks publishes chunks of run id on its stream subject (tenant default), as a worker
@@ -243,14 +240,7 @@ func TestStreamErrors(t *testing.T) {
 // TestStreamFleet: a real fleet streams a run's output as it is produced: the first line
 // arrives long before the run ends, every line once, the same as the result's output.
 func TestStreamFleet(t *testing.T) {
-	srv := testutil.StartNATS(t)
-	testutil.StartWorker(t, srv, worker.Config{ID: "w-stream"}, fake.New())
-	d := testutil.StartDispatcher(t, srv, dispatcher.Config{Name: "d-stream"})
-	testutil.WaitWorkers(t, 1, d)
-	c, err := client.New(testutil.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := fakeFleet(t, "stream", fake.New())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out seqs

@@ -289,6 +289,9 @@ func decodeBase64(raw json.RawMessage, field string, max int) ([]byte, *Error) {
 	if err != nil {
 		return nil, Errorf(CodeBadRequest, "field %s: must be standard base64: %v", field, err)
 	}
+	if n == 0 {
+		return nil, nil // as absent: what an empty Data encodes to
+	}
 	return out[:n], nil
 }
 
