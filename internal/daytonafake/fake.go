@@ -13,12 +13,17 @@
 //     directory per sandbox, with the daemon's semantics (the command fed to a shell's stdin in a
 //     new process group, stdout and stderr in one buffer, timeouts in seconds answered 408 with
 //     the output discarded, code-run's base64 pipelines, envs validated; daemons older than
-//     v0.167 have no code-run and ignore envs), and the sessions of /process/session (see
-//     session.go), behind what the service puts in front of the daemon: the proxy's bearer
-//     check, which answers 401 "Bearer token is invalid" for a sandbox it does not know as for a
-//     wrong key (400 or 404 while it still holds the token in its cache: AnswerGone), and the
-//     load balancer's idle cut, a bare 502 with an empty body for a call that has not answered
-//     within Options.IdleTimeout (60 s) while its command goes on in the sandbox.
+//     v0.167 have no code-run and ignore envs), the sessions of /process/session (see
+//     session.go; a command's logs grow a line at a time while it runs), and the files API
+//     of /files (see files.go: upload, bulk-upload, ranged download, list, info, delete,
+//     folder, and /work-dir) on the host's paths, which follows symbolic links wherever the
+//     daemon's does (its stat, its reads and writes): a client that must not follow them
+//     checks paths itself, and the fake does not hide that. All of it sits behind what the
+//     service puts in front of the daemon: the proxy's bearer check, which answers 401 "Bearer
+//     token is invalid" for a sandbox it does not know as for a wrong key (400 or 404 while it
+//     still holds the token in its cache: AnswerGone), and the load balancer's idle cut, a
+//     bare 502 with an empty body for a call that has not answered within
+//     Options.IdleTimeout (60 s) while its command goes on in the sandbox.
 //
 // The service's own waits and limits are reproduced: create (snapshot) and start hold their
 // answer until the sandbox is started, for up to 30 s; image builds answer pending_build at once
@@ -116,7 +121,9 @@ type Options struct {
 
 // Fault makes calls fail. Op is one of create, get, list, delete, start, stop, pause, archive,
 // labels (the API), execute, code-run, session-create, session-get, session-list,
-// session-delete, session-exec, session-command, session-logs (the toolbox).
+// session-delete, session-exec, session-command, session-logs, files-list, files-info,
+// files-download, files-upload, files-bulk-upload, files-delete, files-folder, work-dir,
+// user-home-dir (the toolbox).
 type Fault struct {
 	Op string
 	// Status is the HTTP status answered.

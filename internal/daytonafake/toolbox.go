@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -21,6 +22,10 @@ import (
 
 // markerVar is set in the environment of every process of a sandbox.
 const markerVar = "DAYTONAFAKE_SANDBOX"
+
+// maxUpload bounds the body of an upload the fake takes (it holds it in memory); the daemon
+// streams it to the file.
+const maxUpload = 1 << 30
 
 var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -59,6 +64,24 @@ func toolboxRoute(method, path string) (op, session, cmd string) {
 		return "session-command", p[2], p[4]
 	case len(p) == 6 && p[0] == "process" && p[1] == "session" && p[3] == "command" && p[5] == "logs" && method == http.MethodGet:
 		return "session-logs", p[2], p[4]
+	case (path == "files" || path == "files/") && method == http.MethodGet:
+		return "files-list", "", ""
+	case (path == "files" || path == "files/") && method == http.MethodDelete:
+		return "files-delete", "", ""
+	case path == "files/info" && method == http.MethodGet:
+		return "files-info", "", ""
+	case path == "files/download" && method == http.MethodGet:
+		return "files-download", "", ""
+	case path == "files/upload" && method == http.MethodPost:
+		return "files-upload", "", ""
+	case path == "files/bulk-upload" && method == http.MethodPost:
+		return "files-bulk-upload", "", ""
+	case path == "files/folder" && method == http.MethodPost:
+		return "files-folder", "", ""
+	case path == "work-dir" && method == http.MethodGet:
+		return "work-dir", "", ""
+	case (path == "user-home-dir" || path == "project-dir") && method == http.MethodGet:
+		return "user-home-dir", "", ""
 	}
 	return "", "", ""
 }
@@ -115,9 +138,17 @@ func (s *Server) serveToolbox(w http.ResponseWriter, r *http.Request) {
 		toolboxError(w, r, http.StatusBadRequest, "BAD_REQUEST", "bad request: no IP address found. Is the Sandbox started?")
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+	limit := int64(64 << 20)
+	if op == "files-upload" || op == "files-bulk-upload" {
+		limit = maxUpload
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		toolboxError(w, r, http.StatusBadRequest, "INVALID_REQUEST_BODY", "bad request: "+err.Error())
+		return
+	}
+	if int64(len(body)) > limit {
+		toolboxError(w, r, http.StatusRequestEntityTooLarge, "BAD_REQUEST", fmt.Sprintf("daytonafake: a request body over %d bytes", limit))
 		return
 	}
 	c.body = body
@@ -126,11 +157,13 @@ func (s *Server) serveToolbox(w http.ResponseWriter, r *http.Request) {
 			w = &discard{ResponseWriter: w}
 			defer injected(w.(*discard).ResponseWriter, r, op, f, true)
 		}
-		switch op {
-		case "execute", "code-run":
+		switch {
+		case op == "execute" || op == "code-run":
 			s.process(w, r, c)
-		default:
+		case strings.HasPrefix(op, "session-"):
 			s.serveSession(w, r, c)
+		default:
+			s.serveFiles(w, r, c)
 		}
 	})
 }

@@ -70,18 +70,42 @@ func (s *Streamer) Write(p []byte) (int, error) {
 	k := min(max(StreamBufferBytes-len(s.pending), 0), len(p))
 	s.pending = append(s.pending, p[:k]...)
 	if lost := int64(len(p) - k); lost > 0 {
-		if last := len(s.gaps) - 1; last >= 0 && s.gaps[last].at == len(s.pending) {
-			s.gaps[last].n += lost
-		} else {
-			s.gaps = append(s.gaps, gap{at: len(s.pending), n: lost})
-		}
-		s.total += lost
+		s.drop(lost)
 	}
 	select { // under mu: Close closes wake under it too
 	case s.wake <- struct{}{}:
 	default:
 	}
 	return len(p), nil
+}
+
+// Skip records that n bytes of output were passed over where they came, after what was written
+// so far, by a reader that could not take them (Daytona's reads of a live file): the chunk after
+// them says so in its Dropped, as for bytes Write dropped.
+func (s *Streamer) Skip(n int64) {
+	if n <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.drop(n)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// drop records n bytes dropped at the end of pending. s.mu is held.
+func (s *Streamer) drop(n int64) {
+	if last := len(s.gaps) - 1; last >= 0 && s.gaps[last].at == len(s.pending) {
+		s.gaps[last].n += n
+	} else {
+		s.gaps = append(s.gaps, gap{at: len(s.pending), n: n})
+	}
+	s.total += n
 }
 
 // Close emits what waits and stops. It returns the number of chunks emitted and the bytes

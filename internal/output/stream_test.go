@@ -1,6 +1,7 @@
 package output
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -115,5 +116,22 @@ func TestStreamerDropsPastTheBound(t *testing.T) {
 	}
 	if dropped == 0 || counted != dropped || pos != int64(len(out)) {
 		t.Fatalf("streamed and dropped %d of %d bytes; dropped %d, chunks say %d", pos, len(out), dropped, counted)
+	}
+}
+
+// Bytes a reader passed over (Skip) are counted where they were, as dropped ones are.
+func TestStreamerSkip(t *testing.T) {
+	var c collector
+	s := NewStreamer(c.emit)
+	s.Write([]byte("abc"))
+	s.Skip(5)
+	s.Write([]byte("def"))
+	n, dropped := s.Close()
+	var got []string
+	for _, ch := range c.chunks {
+		got = append(got, fmt.Sprintf("%d:%s", ch.Dropped, ch.Data))
+	}
+	if strings.Join(got, " ") != "0:abc 5:def" || dropped != 5 || n != 2 {
+		t.Fatalf("chunks %v (%d), dropped %d; want 0:abc 5:def, 5 dropped", got, n, dropped)
 	}
 }

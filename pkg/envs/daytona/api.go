@@ -53,6 +53,21 @@ type API interface {
 	// DeleteSession ends a session and kills what its commands started (DELETE
 	// {toolbox}/process/session/{id}).
 	DeleteSession(ctx context.Context, tb Toolbox, sessionID string) error
+	// Upload writes data to a file of the sandbox, replacing it (POST
+	// {toolbox}/files/bulk-upload, one file). The daemon makes the missing parent directories
+	// (0755) and follows symbolic links, as any program of the sandbox's user would.
+	Upload(ctx context.Context, tb Toolbox, path string, data []byte) error
+	// Download reads up to length bytes of a file from offset (GET {toolbox}/files/download
+	// with a Range header; the daemon serves the file with Go's http.ServeFile). A file that is
+	// not there answers 404 with an empty body, a directory 400.
+	Download(ctx context.Context, tb Toolbox, path string, offset, length int64) (FileRange, error)
+	// ListFiles lists a directory (GET {toolbox}/files?path=). The daemon stats each entry
+	// following symbolic links: a link is listed as what it points to, and a dangling one not
+	// at all.
+	ListFiles(ctx context.Context, tb Toolbox, path string) ([]FileInfo, error)
+	// DeleteFile removes a file, or a directory and its tree when recursive (DELETE
+	// {toolbox}/files?path=&recursive=); 404 with an empty body when nothing is there.
+	DeleteFile(ctx context.Context, tb Toolbox, path string, recursive bool) error
 }
 
 // SandboxState is the state of a sandbox (lower-case strings on the wire).
@@ -284,6 +299,27 @@ type SessionLogs struct {
 	Stderr string `json:"stderr"`
 	// Split is set when Stdout and Stderr were given apart.
 	Split bool `json:"-"`
+}
+
+// FileRange is what Download read: Data from Offset, and Size, the whole file's size (-1 when
+// the answer did not say).
+type FileRange struct {
+	Offset int64
+	Data   []byte
+	Size   int64
+}
+
+// FileInfo is an entry of a toolbox listing (the daemon's FileInfo; its stat follows links).
+type FileInfo struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Mode is Go's FileMode.String() ("-rw-r--r--", "drwxr-xr-x"); Permissions is octal ("0644").
+	Mode        string    `json:"mode"`
+	Permissions string    `json:"permissions"`
+	IsDir       bool      `json:"isDir"`
+	Owner       string    `json:"owner"`
+	Group       string    `json:"group"`
+	ModifiedAt  time.Time `json:"modifiedAt"`
 }
 
 // APIError is a non-2xx answer of the management API or of a toolbox. Its body may be the

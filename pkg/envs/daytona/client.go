@@ -300,15 +300,22 @@ type call struct {
 	out             any
 	// idempotent calls may be repeated after a 5xx or a broken connection.
 	idempotent bool
-	// raw, when set, receives the 2xx body as it is (out is then unused), header its headers.
+	// raw, when set, receives the 2xx body as it is (out is then unused), header its headers
+	// and status its status.
 	raw    *[]byte
 	header *http.Header
+	status *int
+	// payload, when set, is the body as it is (body is then unused), of type contentType.
+	payload     []byte
+	contentType string
+	// reqHeader holds headers of this call, set over the client's own.
+	reqHeader http.Header
 }
 
 // do sends a call, retrying as the Client's doc says, and decodes a 2xx body into c.out.
 func (c *Client) do(ctx context.Context, cl call) error {
-	var body []byte
-	if cl.body != nil {
+	body := cl.payload
+	if cl.body != nil && body == nil {
 		var err error
 		if body, err = json.Marshal(cl.body); err != nil {
 			return fmt.Errorf("%s: encode request: %w", cl.op, err)
@@ -423,7 +430,10 @@ func (c *Client) once(ctx context.Context, cl call, body []byte) error {
 	req.Header.Set("X-Daytona-Source", "codefleet")
 	req.Header.Set("X-Daytona-SDK-Version", SDKVersion)
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", cmp.Or(cl.contentType, "application/json"))
+	}
+	for k, v := range cl.reqHeader {
+		req.Header[k] = v
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -443,6 +453,9 @@ func (c *Client) once(ctx context.Context, cl call, body []byte) error {
 	}
 	if cl.header != nil {
 		*cl.header = resp.Header
+	}
+	if cl.status != nil {
+		*cl.status = resp.StatusCode
 	}
 	if cl.raw != nil {
 		*cl.raw = b

@@ -181,6 +181,38 @@ func TestClientExecuteOldField(t *testing.T) {
 	}
 }
 
+// TestClientDownloadRanges: a ranged download reads the 206 of a server that takes ranges, the
+// 416 past the end (the size from Content-Range), and slices the 200 of one that does not.
+func TestClientDownloadRanges(t *testing.T) {
+	const file = "0123456789"
+	ranges := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/toolbox/sb-1/files/download" || r.URL.Query().Get("path") != "/w/f" {
+			http.NotFound(w, r)
+			return
+		}
+		if !ranges {
+			r.Header.Del("Range")
+		}
+		http.ServeContent(w, r, "f", time.Time{}, strings.NewReader(file))
+	}))
+	defer srv.Close()
+	c := newClient(t, srv.URL, "k")
+	tb := daytona.Toolbox{SandboxID: "sb-1", ProxyURL: srv.URL + "/toolbox"}
+	for _, r := range []bool{true, false} {
+		ranges = r
+		for _, tc := range []struct {
+			off, n int64
+			want   string
+		}{{0, 4, "0123"}, {8, 5, "89"}, {10, 3, ""}, {12, 1, ""}} {
+			got, err := c.Download(context.Background(), tb, "/w/f", tc.off, tc.n)
+			if err != nil || string(got.Data) != tc.want || got.Size != 10 || got.Offset != tc.off {
+				t.Errorf("ranges %v, %d+%d: %+v %v, want %q of 10 bytes", r, tc.off, tc.n, got, err, tc.want)
+			}
+		}
+	}
+}
+
 func TestNewClientChecks(t *testing.T) {
 	if _, err := daytona.NewClient(daytona.ClientConfig{}); err == nil {
 		t.Error("no API key accepted")

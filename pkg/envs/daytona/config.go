@@ -73,7 +73,12 @@ type Config struct {
 	// with buildInfo; empty means the service's default snapshot.
 	Image string
 	// Workdir is where runs execute; empty means the sandbox's (its image's WORKDIR or home).
+	// It is the workspace of the file requests.
 	Workdir string
+	// UploadDir is where, inside a sandbox, the files put are staged before they are moved into
+	// place (the pieces of an upload accumulate there); default DefaultUploadDir, under /tmp.
+	// Set it where the sandboxes' images have room when their /tmp is a small tmpfs.
+	UploadDir string
 	// NetworkBlockAll cuts the sandboxes' network off.
 	NetworkBlockAll bool
 	// DiskGiB is the disk of a sandbox built from an image, in GiB (0: Daytona's default, 3).

@@ -40,6 +40,9 @@ func newEnv(t testing.TB, fake *daytonafake.Server, mut func(*daytona.Config)) *
 	t.Helper()
 	cfg := daytona.Config{
 		Account: daytona.Account{APIKey: "dtn_fake", APIURL: fake.URL},
+		// The fake's sandboxes are the host's directories: their uploads are staged in the
+		// test's, not in the host's /tmp.
+		UploadDir: t.TempDir(),
 		NewAPI: func(a daytona.Account) (daytona.API, error) {
 			return daytona.NewClient(daytona.ClientConfig{APIURL: a.APIURL, APIKey: a.APIKey, RetryBase: 20 * time.Millisecond})
 		},

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,10 @@ type sandbox struct {
 	// by the supervisor since the daemon ignores envs.
 	legacy atomic.Bool
 	closed atomic.Bool
+
+	fsMu sync.Mutex
+	// workRoots are the workspace's paths when Config.Workdir does not say (files.go).
+	workRoots []string
 }
 
 var _ envs.Sandbox = (*sandbox)(nil)
@@ -130,7 +135,8 @@ var errOverdue = errors.New("the run did not end in time")
 // Run runs one snippet through its supervisor and returns its result: with a timeout up to
 // LongRun, in one blocking call (python with /process/code-run, the others with
 // /process/execute); longer, through a session of the toolbox, polled until it ends (no blocking
-// call survives the idle cut of the toolbox's load balancer). A timeout is the supervisor's:
+// call survives the idle cut of the toolbox's load balancer). A streamed run (ex.Stream) always
+// goes through a session, its output followed between the polls (stream.go). A timeout is the supervisor's:
 // the output so far is kept, the exit code is 124. Should Daytona's own timeout fire first (the
 // supervisor could not run), the result is still a timeout, without output, as Daytona discards
 // it.
@@ -140,6 +146,17 @@ var errOverdue = errors.New("the run did not end in time")
 // is stopped, archived or paused (or on its way there) is started or resumed and the run sent
 // again, once, when the toolbox had refused it before it could start.
 func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
+	if ex.Stream == nil {
+		return s.run(ctx, ex, nil)
+	}
+	live := newLiveOutput(ex.Stream)
+	res, err := s.run(ctx, ex, live)
+	res.Chunks, res.StreamDropped = live.close()
+	return res, err
+}
+
+// run is Run, its output followed into live when it is streamed (stream.go).
+func (s *sandbox) run(ctx context.Context, ex envs.Exec, live *liveOutput) (envs.Result, error) {
 	if s.closed.Load() {
 		return envs.Result{}, fmt.Errorf("%w: daytona: sandbox %s", envs.ErrClosed, s.info.ID)
 	}
@@ -155,8 +172,9 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 	if timeout <= 0 {
 		timeout = DefaultRunTimeout
 	}
-	plan := runPlan{language: ex.Language, code: ex.Code, timeout: timeout, max: s.env.cfg.MaxOutput, workdir: s.env.cfg.Workdir}
-	session := s.env.cfg.LongRun < 0 || timeout > s.env.cfg.LongRun
+	plan := runPlan{language: ex.Language, code: ex.Code, timeout: timeout, max: s.env.cfg.MaxOutput, workdir: s.env.cfg.Workdir, stream: live != nil}
+	// A streamed run is followed while it runs, which only a session allows.
+	session := s.env.cfg.LongRun < 0 || timeout > s.env.cfg.LongRun || live != nil
 	for try := 0; ; try++ {
 		plan.nonce = newNonce()
 		start := time.Now()
@@ -164,7 +182,7 @@ func (s *sandbox) Run(ctx context.Context, ex envs.Exec) (envs.Result, error) {
 		var exit int
 		var err error
 		if session {
-			raw, exit, err = s.viaSession(ctx, plan, ex.Env)
+			raw, exit, err = s.viaSession(ctx, plan, ex.Env, live)
 		} else {
 			raw, exit, err = s.blocking(ctx, plan, ex.Env)
 		}
@@ -324,8 +342,8 @@ const (
 // the command sent with runAsync, polled until it has an exit code (for the run's timeout and
 // the graces at most, else errOverdue), its logs read, and the session deleted in the
 // background (which kills whatever is left of the run). Sessions take no env: the supervisor
-// exports the run's.
-func (s *sandbox) viaSession(ctx context.Context, plan runPlan, env map[string]string) (string, int, error) {
+// exports the run's. A streamed run's live file is read between the polls (stream.go).
+func (s *sandbox) viaSession(ctx context.Context, plan runPlan, env map[string]string, live *liveOutput) (string, int, error) {
 	e, api, tb := s.env, s.acct.api, s.toolbox
 	plan.exports = env
 	command := viaSh(shellSupervisor(plan))
@@ -348,6 +366,9 @@ func (s *sandbox) viaSession(ctx context.Context, plan runPlan, env map[string]s
 		}
 		return "", 0, err
 	}
+	if live != nil {
+		live.follow(plan.nonce)
+	}
 	delay := pollFirst
 	var exit int
 	for {
@@ -361,7 +382,17 @@ func (s *sandbox) viaSession(ctx context.Context, plan runPlan, env map[string]s
 			return "", 0, errOverdue
 		case <-t.C:
 		}
-		delay = min(delay+delay/4, pollMax)
+		switch {
+		case live == nil:
+			delay = min(delay+delay/4, pollMax)
+		case s.pull(pctx, live):
+			// Output came: the command still runs (or has just ended, which the next read
+			// that finds nothing sees).
+			delay = min(delay+delay/4, streamPoll)
+			continue
+		default:
+			delay = min(delay+delay/4, streamPollIdle)
+		}
 		c, err := api.SessionCommand(pctx, tb, id, res.CmdID)
 		if err != nil {
 			if pctx.Err() != nil && ctx.Err() == nil {
@@ -373,6 +404,11 @@ func (s *sandbox) viaSession(ctx context.Context, plan runPlan, env map[string]s
 			exit = *c.ExitCode
 			break
 		}
+	}
+	if live != nil {
+		// The supervisor has ended: the file is whole. Its last part, then it goes.
+		s.pull(ctx, live)
+		s.dropRunDir(plan.nonce)
 	}
 	actx, cancel := e.short(ctx)
 	logs, err := api.SessionCommandLogs(actx, tb, id, res.CmdID)

@@ -40,6 +40,10 @@ type runPlan struct {
 	workdir string
 	// exports are set by the supervisor itself: the run's env on daemons that ignore envs.
 	exports map[string]string
+	// stream: the output is also written, as it comes, to the run's directory's out file
+	// (liveFile), which the supervisor leaves behind for the backend to read to its end and
+	// remove (stream.go).
+	stream bool
 }
 
 func newNonce() string {
@@ -50,6 +54,9 @@ func newNonce() string {
 
 // runDir is where a run's files live inside the sandbox.
 func runDir(nonce string) string { return "/tmp/codefleet-" + nonce }
+
+// liveFile is the file that holds a streamed run's output as it is produced.
+func liveFile(nonce string) string { return runDir(nonce) + "/out" }
 
 // seconds formats d for sleep(1) and Python: whole seconds when it is whole, else milliseconds.
 func seconds(d time.Duration) string {
@@ -122,7 +129,8 @@ func shellSupervisor(p runPlan) string {
 		fmt.Fprintf(&b, "setsid sh -c 'sleep \"$1\"; : > \"$2/timeout\"; kill -9 -\"$3\"' sh %s \"$d\" \"$p\" </dev/null >/dev/null 2>&1 &\n", seconds(p.timeout))
 		b.WriteString("w=$!\n")
 	}
-	b.WriteString("wait \"$p\"; c=$?\n")
+	// The shell's own "Killed" (a job that died of a signal) is not the snippet's output.
+	b.WriteString("wait \"$p\" 2>/dev/null; c=$?\n")
 	b.WriteString("kill -9 -\"$p\" 2>/dev/null\n") // whatever the snippet left in its group
 	if p.timeout > 0 {
 		b.WriteString("kill -9 -\"$w\" 2>/dev/null\n")
@@ -132,6 +140,13 @@ func shellSupervisor(p runPlan) string {
 	fmt.Fprintf(&b, "if [ \"$s\" -gt %d ]; then head -c %d \"$d/out\"; printf '\\n[... %%d bytes truncated ...]\\n' $((s - %d)); tail -c %d \"$d/out\"; r=1; else cat \"$d/out\"; r=0; fi\n",
 		p.max, head, p.max, p.max-head)
 	b.WriteString("printf '\\n%s %d %d %d\\n' \"$n\" \"$c\" \"$t\" \"$r\"\n")
+	if p.stream {
+		// The snippet's output file is the live one (it was written as produced): it stays for
+		// the backend's last read, unless a kill says nobody will read it. The pid goes, so
+		// that a late kill finds no process group to kill.
+		b.WriteString("if [ -e \"$d/cancel\" ]; then rm -rf \"$d\"; else rm -f \"$d/pid\"; fi\nexit \"$c\"\n")
+		return b.String()
+	}
 	b.WriteString("rm -rf \"$d\"\nexit \"$c\"\n")
 	return b.String()
 }
@@ -156,8 +171,12 @@ func pythonSupervisor(p runPlan) string {
 	if p.timeout > 0 {
 		timeout = seconds(p.timeout)
 	}
+	stream := "False"
+	if p.stream {
+		stream = "True"
+	}
 	return fmt.Sprintf(pythonTemplate, pyString(p.nonce), pyString(base64.StdEncoding.EncodeToString([]byte(p.code))),
-		timeout, p.max, pyString(p.workdir), pyString(runDir(p.nonce)), env)
+		timeout, p.max, pyString(p.workdir), pyString(runDir(p.nonce)), stream, env)
 }
 
 // pyString is a Python string literal of s (JSON's escapes are valid in Python).
@@ -179,10 +198,13 @@ func pyString(s string) string {
 	return b.String()
 }
 
-// pythonTemplate: nonce, code (base64), timeout (s, 0 = none), cap, workdir, run dir, env lines.
-// Compatible with Python 3.6 and later.
+// pythonTemplate: nonce, code (base64), timeout (s, 0 = none), cap, workdir, run dir, stream,
+// env lines. Compatible with Python 3.6 and later. When streaming, each read of the snippet's
+// output also goes to D/out at once (uncapped, as the shell supervisor's output file always
+// is; a full disk only ends the copy), and D/out is left behind as the shell supervisor leaves
+// it.
 const pythonTemplate = `import base64, os, select, shutil, signal, subprocess, sys, time
-N, CODE, T, M, W, D = %s, %s, %s, %d, %s, %s
+N, CODE, T, M, W, D, S = %s, %s, %s, %d, %s, %s, %s
 %s
 def main():
     try:
@@ -200,6 +222,7 @@ def main():
     os.close(w)
     with open(os.path.join(D, "pid"), "w") as fh:
         fh.write(str(p.pid))
+    live = os.open(os.path.join(D, "out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if S else None
     H = M // 2
     head, tail, total = bytearray(), bytearray(), 0
     def killpg():
@@ -231,6 +254,11 @@ def main():
             if not b:
                 eof = True
                 continue
+            if live is not None:
+                try:
+                    os.write(live, b)
+                except OSError:
+                    live = None
             total += len(b)
             if len(head) < H:
                 k = H - len(head)
@@ -253,7 +281,14 @@ def main():
 try:
     rc = main()
 finally:
-    shutil.rmtree(D, ignore_errors=True)
+    if S and not os.path.exists(os.path.join(D, "cancel")):
+        for f in ("pid", "main.py"):  # no pid for a late kill to find; D/out stays
+            try:
+                os.remove(os.path.join(D, f))
+            except OSError:
+                pass
+    else:
+        shutil.rmtree(D, ignore_errors=True)
 sys.exit(rc)
 `
 

@@ -1,0 +1,212 @@
+package daytona
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/codefleet/codefleet/internal/workspace"
+	"github.com/codefleet/codefleet/pkg/envs"
+	"github.com/codefleet/codefleet/pkg/protocol"
+)
+
+// PutFile implements envs.FileSystem; files.go says how a put goes.
+func (s *sandbox) PutFile(ctx context.Context, put envs.FilePut) (envs.FileData, error) {
+	rel, err := s.rel(ctx, "put", put.Path)
+	if err != nil {
+		return envs.FileData{}, err
+	}
+	limit := maxSize(put.MaxSize)
+	end := put.Offset + int64(len(put.Data))
+	switch {
+	case rel == "":
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put: the workspace is a directory", envs.ErrFileFailed)
+	case put.Offset < 0:
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: offset %d is negative", envs.ErrFileFailed, rel, put.Offset)
+	case put.DeclaredSize > limit:
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the file is declared %d bytes, more than %d", envs.ErrFileTooLarge, rel, put.DeclaredSize, limit)
+	case end > limit:
+		if put.Upload != "" {
+			s.dropStage(s.stageOf(rel, put.Upload)) // it can never complete
+		}
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the piece would take the file to %d bytes, more than %d", envs.ErrFileTooLarge, rel, end, limit)
+	case put.Upload == "" && (put.Offset != 0 || put.More):
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: a file sent in pieces needs an upload id", envs.ErrFileFailed, rel)
+	}
+	mode := put.Mode & 0o7777
+	if mode == 0 {
+		mode = 0o644
+	}
+	want := strings.ToLower(put.SHA256)
+	if put.Upload == "" {
+		// The whole file is in hand: its checksum is checked here, before anything is sent.
+		sum := hexSum(put.Data)
+		if want != "" && want != sum {
+			return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the data's sha256 is %s, the put says %s: nothing was written", envs.ErrFileFailed, rel, sum, want)
+		}
+		stage := path.Join(s.uploadDir(), "w"+newNonce())
+		part := partName(0, end)
+		if err := s.upload(ctx, rel, stage+"/"+part, put.Data); err != nil {
+			s.dropStage(stage)
+			return envs.FileData{}, err
+		}
+		d, err := s.finish(ctx, rel, stage, []string{part}, end, mode, "", sum, false)
+		if err != nil {
+			s.dropStage(stage) // gone already if the script ran, which removes it whatever happens
+		}
+		return d, err
+	}
+
+	stage := s.stageOf(rel, put.Upload)
+	if put.Offset == 0 {
+		// The first piece (or its retry): the path is checked before any byte is stored.
+		f := s.newScript(rel, prepareBody, len(workspace.Elements(rel))-1, false, map[string]string{"U": s.uploadDir(), "S": stage})
+		st, _, err := s.script(ctx, "put", rel, f)
+		if err != nil {
+			return envs.FileData{}, err
+		}
+		if st.word != "ok" && st.word != "absent" { // what is missing on the way is made at the end
+			return envs.FileData{}, st.err("put", rel)
+		}
+	}
+	parts, have, done, err := s.staged(ctx, rel, stage)
+	if err != nil {
+		return envs.FileData{}, err
+	}
+	if done.size >= 0 {
+		// The upload was finished (its last piece's answer was lost, say): a piece of it sent
+		// again is answered as it was.
+		switch {
+		case put.More && end <= done.size:
+			return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: end}}, nil
+		case !put.More && end == done.size && (want == "" || want == done.sha):
+			return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: end}, SHA256: done.sha}, nil
+		}
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: upload %q was finished with %d bytes; this piece (%d to %d) is not one of it", envs.ErrFileFailed, rel, put.Upload, done.size, put.Offset, end)
+	}
+	switch {
+	case put.Offset > have:
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: a piece at offset %d of upload %q, which has %d bytes: the bytes between are missing", envs.ErrFileFailed, rel, put.Offset, put.Upload, have)
+	case end > have:
+		name := partName(have, end)
+		if err := s.upload(ctx, rel, stage+"/"+name, put.Data[have-put.Offset:]); err != nil {
+			return envs.FileData{}, err
+		}
+		parts, have = append(parts, name), end
+	}
+	if put.More {
+		return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: have}}, nil
+	}
+	if have != end {
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: upload %q has %d bytes, more than its last piece ends at (%d)", envs.ErrFileFailed, rel, put.Upload, have, end)
+	}
+	return s.finish(ctx, rel, stage, parts, end, mode, want, "", true)
+}
+
+// partName names the part of an upload that holds its bytes start to end.
+func partName(start, end int64) string { return fmt.Sprintf("p%d-%d", start, end) }
+
+// finished is the marker of an upload put in place (size -1: none).
+type finished struct {
+	size int64
+	sha  string
+}
+
+// staged reads an upload's stage: the parts that chain from 0 (each whole: its size is the one
+// its name says), in order, the bytes they hold, and the marker of a finished upload.
+func (s *sandbox) staged(ctx context.Context, rel, stage string) (parts []string, have int64, done finished, err error) {
+	done.size = -1
+	var infos []FileInfo
+	err = s.fsCall(ctx, func(ctx context.Context) error {
+		actx, cancel := s.env.short(ctx)
+		defer cancel()
+		var err error
+		infos, err = s.acct.api.ListFiles(actx, s.toolbox, stage)
+		return err
+	})
+	if err != nil {
+		if fileHandlerAnswer(err) && statusOf(err) == http.StatusNotFound {
+			return nil, 0, done, nil // no piece yet
+		}
+		return nil, 0, done, fileErr("put", rel, err)
+	}
+	ends := map[int64]int64{} // start -> the furthest end of a whole part starting there
+	for _, fi := range infos {
+		if rest, ok := strings.CutPrefix(fi.Name, "done-"); ok {
+			size, sha, _ := strings.Cut(rest, "-")
+			if n, err := strconv.ParseInt(size, 10, 64); err == nil {
+				done = finished{size: n, sha: sha}
+			}
+			continue
+		}
+		a, b, ok := strings.Cut(strings.TrimPrefix(fi.Name, "p"), "-")
+		start, err1 := strconv.ParseInt(a, 10, 64)
+		end, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || fi.IsDir || err1 != nil || err2 != nil || !strings.HasPrefix(fi.Name, "p") || end-start != fi.Size {
+			continue // not a part, or one cut short
+		}
+		ends[start] = max(ends[start], end)
+	}
+	for {
+		end, ok := ends[have]
+		if !ok || end <= have {
+			return parts, have, done, nil
+		}
+		parts = append(parts, partName(have, end))
+		have = end
+	}
+}
+
+// upload stores bytes at dest, a stage's file.
+func (s *sandbox) upload(ctx context.Context, rel, dest string, data []byte) error {
+	err := s.fsCall(ctx, func(ctx context.Context) error {
+		// A second per MiB on top of a short call's budget: a whole file may be large.
+		actx, cancel := context.WithTimeout(ctx, s.env.cfg.APITimeout+time.Duration(len(data)>>20)*time.Second)
+		defer cancel()
+		return s.acct.api.Upload(actx, s.toolbox, dest, data)
+	})
+	if err != nil {
+		return fileErr("put", rel, err)
+	}
+	return nil
+}
+
+// finish runs the script that puts the staged file in place (finishBody) and answers the put.
+func (s *sandbox) finish(ctx context.Context, rel, stage string, parts []string, size int64, mode uint32, want, have string, done bool) (envs.FileData, error) {
+	f := s.newScript(rel, finishBody, len(workspace.Elements(rel))-1, true, map[string]string{
+		"U": s.uploadDir(), "S": stage, "PARTS": strings.Join(parts, " "), "SIZE": strconv.FormatInt(size, 10),
+		"MODE": strconv.FormatUint(uint64(mode), 8), "WANT": cmpDash(want), "HAVE": cmpDash(have), "DONE": boolFlag(done),
+	})
+	st, _, err := s.script(ctx, "put", rel, f)
+	if err != nil {
+		return envs.FileData{}, err
+	}
+	switch st.word {
+	case "ok":
+	case "badsum":
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the sha256 of what landed is %s, the put says %s: nothing was written", envs.ErrFileFailed, rel, st.fields[0], want)
+	default:
+		return envs.FileData{}, st.err("put", rel)
+	}
+	ok := strings.Fields(st.rest) // <size> <mode> <mtime> <sha256>
+	if len(ok) != 4 {
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the sandbox answered %q", envs.ErrFileFailed, rel, trimMessage(st.rest))
+	}
+	n, m, t, err := parseMeta(ok[0], ok[1], ok[2])
+	if err != nil {
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: %w", envs.ErrFileFailed, rel, err)
+	}
+	return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: n, Mode: m, ModTime: t}, SHA256: ok[3]}, nil
+}
+
+// cmpDash is s, or "-" (none) when empty.
+func cmpDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
