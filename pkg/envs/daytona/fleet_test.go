@@ -219,3 +219,74 @@ func TestWorkerRecreatesDeletedSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStreamAndFilesThroughTheFleet: a dispatcher and a worker on the Daytona backend (the
+// fake service): a run printing a line every 200 ms for 3 s is streamed to the client, its first
+// line long before the end, every chunk in order, then its result with the exit code; a file put
+// in pieces is read by the next snippet and comes back equal; a link a snippet planted is
+// refused.
+func TestStreamAndFilesThroughTheFleet(t *testing.T) {
+	fake := startFake(t, daytonafake.Options{})
+	ns := testutil.StartNATS(t)
+	testutil.StartWorker(t, ns, worker.Config{ID: "dt-stream"}, newEnv(t, fake, nil))
+	d := testutil.StartDispatcher(t, ns, dispatcher.Config{})
+	testutil.WaitWorkers(t, 1, d)
+	c, err := client.New(testutil.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := c.Conversation("dt-stream")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := conv.Run(ctx, "true", "bash", nil); err != nil { // the sandbox, made
+		t.Fatal(err)
+	}
+
+	type arrival struct {
+		c  protocol.OutputChunk
+		at time.Time
+	}
+	var got []arrival
+	start := time.Now()
+	res, err := conv.RunStream(ctx, "import time\nfor i in range(15):\n    print('tick', i, flush=True)\n    time.sleep(0.2)\nraise SystemExit(4)\n", "python", nil,
+		func(ch protocol.OutputChunk) { got = append(got, arrival{ch, time.Now()}) })
+	end := time.Now()
+	if err != nil || res.ExitCode != 4 || res.Lost != 0 || !res.Streamed {
+		t.Fatalf("streamed run: %+v %v", res, err)
+	}
+	var all strings.Builder
+	for i, a := range got {
+		if a.c.Seq != int64(i+1) {
+			t.Fatalf("chunk %d has seq %d", i+1, a.c.Seq)
+		}
+		all.WriteString(a.c.Data)
+	}
+	if all.String() != res.Output || strings.Count(res.Output, "\n") != 15 || len(got) < 5 {
+		t.Fatalf("streamed %q in %d chunks, result %q", all.String(), len(got), res.Output)
+	}
+	if lead := end.Sub(got[0].at); lead < 2*time.Second {
+		t.Fatalf("first chunk %s before the end of a 3 s run: not streamed", lead)
+	}
+	t.Logf("Daytona (fake) through the fleet: first chunk %s after the request, %s before the result; %d chunks", got[0].at.Sub(start).Round(time.Millisecond), end.Sub(got[0].at).Round(time.Millisecond), len(got))
+
+	data := []byte(strings.Repeat("daytona file piece\n", 40000)) // 760 000 bytes: two pieces
+	if _, err := conv.PutFile(ctx, "in/data.txt", strings.NewReader(string(data)), int64(len(data)), nil); err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if res, err := conv.Run(ctx, "wc -l < in/data.txt; tr a-z A-Z < in/data.txt > out.txt", "bash", nil); err != nil || strings.TrimSpace(res.Output) != "40000" {
+		t.Fatalf("the next snippet reads the file: %+v %v", res, err)
+	}
+	var back strings.Builder
+	if _, err := conv.GetFile(ctx, "out.txt", &back); err != nil || back.String() != strings.ToUpper(string(data)) {
+		t.Fatalf("get: %d bytes, %v", back.Len(), err)
+	}
+	if _, err := conv.Run(ctx, "ln -s /etc/passwd leak.txt", "bash", nil); err != nil {
+		t.Fatal(err)
+	}
+	var leak strings.Builder
+	_, err = conv.GetFile(ctx, "leak.txt", &leak)
+	var perr *protocol.Error
+	if !errors.As(err, &perr) || perr.Code != protocol.CodePathRefused || leak.Len() != 0 {
+		t.Fatalf("get of a planted link: %v, %d bytes", err, leak.Len())
+	}
+}
