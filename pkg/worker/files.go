@@ -3,11 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/codefleet/codefleet/pkg/envs"
 	"github.com/codefleet/codefleet/pkg/protocol"
@@ -92,33 +88,4 @@ func (m *manager) finishFile(s *session, j *job, res *protocol.FileResult) {
 	m.metrics.fileAnswered(j.file.Op, res.Error)
 	j.respondFile(res)
 	m.done(s)
-}
-
-// streamer publishes a streamed run's chunks on its stream subject, as the backend hands them
-// over (one at a time, in order). Publishing does not wait for the server: a chunk is in the
-// connection's buffer, bounded by the backend's rate, and a NATS outage loses chunks (counted
-// by the client as gaps), never blocks the run.
-type streamer struct {
-	nc        *nats.Conn
-	chunks    prometheus.Counter
-	subject   string
-	id        string
-	published atomic.Int64
-	failed    atomic.Int64
-}
-
-func (st *streamer) publish(c envs.Chunk) {
-	b := protocol.Encode(&protocol.OutputChunk{ID: st.id, Seq: c.Seq, Data: c.Data, Dropped: c.Dropped})
-	if err := st.nc.Publish(st.subject, b); err != nil {
-		st.failed.Add(1)
-		return
-	}
-	st.published.Store(c.Seq)
-	st.chunks.Inc()
-}
-
-// info is what the result says of the stream: the last chunk published, and the bytes the
-// backend left out of it.
-func (st *streamer) info(out envs.Result) *protocol.StreamInfo {
-	return &protocol.StreamInfo{Subject: st.subject, Chunks: st.published.Load(), DroppedBytes: out.StreamDropped}
 }
