@@ -1,10 +1,11 @@
 // Package worker is the codefleet worker: it holds the sandboxes of many conversations on one
 // backend and runs their snippets, serving the internal subjects <prefix>.worker.<id>.run,
-// .close and .ping over NATS.
+// .close, .files and .ping over NATS.
 //
-// Each conversation has a session: its sandbox (created on the first run), a bounded FIFO of
-// pending runs and a goroutine that runs them one at a time, so runs of one conversation keep
-// their order while conversations run in parallel. Request ids are remembered per conversation:
+// Each conversation has a session: its sandbox (created on the first run or file request), a
+// bounded FIFO of pending runs and file requests and a goroutine that does them one at a time,
+// so the requests of one conversation keep their order while conversations run in parallel. A
+// streamed run's output chunks are published by the worker itself on the run's stream subject. Request ids are remembered per conversation:
 // a retry gets the first run's result and never runs the code twice.
 //
 // The worker registers itself in its fleet's registry (pkg/registry: the KV bucket
@@ -18,7 +19,8 @@
 //
 // Files: worker.go (lifecycle, registration), handlers.go (the NATS endpoints and replies),
 // manager.go (the sessions of all conversations: admission, close, drain), session.go (one
-// conversation: its queue, request ids, its sandbox, running a job), pool.go (the warm pool),
+// conversation: its queue, request ids, its sandbox, running a job), files.go (a file request in
+// the sandbox), stream.go (a streamed run's chunks published), pool.go (the warm pool),
 // adopt.go (sandboxes of an earlier process), reap.go (idle, expired, moved and orphaned
 // sandboxes), config.go.
 package worker
