@@ -1,10 +1,12 @@
 // Package dispatcher is the codefleet dispatcher: a stateless relay between clients and
-// workers. It answers <prefix>.run.<tenant>.<conversation> and <prefix>.close.* in the queue
-// group codefleet-dispatchers, finds the worker that owns the conversation (pkg/affinity:
-// JetStream KV, cached and kept fresh by a watch), places new conversations on the least-loaded
-// live worker (pkg/registry), and relays.
+// workers. It answers <prefix>.run.<tenant>.<conversation>, <prefix>.close.* and
+// <prefix>.files.* in the queue group codefleet-dispatchers, finds the worker that owns the
+// conversation (pkg/affinity: JetStream KV, cached and kept fresh by a watch), places new
+// conversations on the least-loaded live worker (pkg/registry), and relays. A file request is
+// relayed as a run is, without a run slot; a streamed run's chunks do not pass here (the worker
+// publishes them).
 //
-// Files: dispatcher.go (lifecycle, the two request handlers), placement.go (finding or making
+// Files: dispatcher.go (lifecycle, the three request handlers), placement.go (finding or making
 // a conversation's owner), relay.go (the runs in flight to workers and how each is answered),
 // quota.go (the tenants' quotas: run slots taken before a run is routed, sandbox slots before a
 // new conversation is claimed), config.go.
