@@ -57,6 +57,7 @@ type DiskGuard struct {
 	lingering bool
 	wake      chan struct{} // a run started: Run checks at once and goes on ticking fast
 	usage     int64         // what the last walk found
+	admitted  int64         // what file puts were let write since (Admit)
 	free      int64         // the free space when the last walk started
 	floor     int64         // usage when the runs were last ended for it; 0 when under the limit
 	walked    time.Time
@@ -225,7 +226,7 @@ func (g *DiskGuard) check() bool {
 	usage := g.measure()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.usage, g.free, g.walked, g.took = usage, free, start, time.Since(start)
+	g.usage, g.free, g.walked, g.took, g.admitted = usage, free, start, time.Since(start), 0
 	if usage <= g.Limit {
 		g.floor, g.rebase = 0, false
 		return false
@@ -426,25 +427,31 @@ func sizeText(n int64) string {
 	}
 }
 
-// Admit returns nil when n more bytes (a file put) keep the snippets' files under the limit,
-// else an error saying what they take: the free space bounds what was written since the last
-// walk, and a walk is made only when that bound leaves no room.
+// Admit returns nil when n more bytes (a piece of a file put) keep the snippets' files under
+// the limit, else an error saying what they take. What was admitted since the last walk is
+// added to what it found, and so is what the free space says was written since (processes runs
+// left behind may write between runs); a walk is made when that bound leaves no room, or when
+// the last is older than forceEvery (other sandboxes removing files on the filesystem move the
+// free space's bound down).
 func (g *DiskGuard) Admit(n int64) error {
 	free := statfsFree(g.statPath)
 	g.mu.Lock()
-	bound := max(0, g.usage+g.free-free) + unwritten()
-	walked := !g.walked.IsZero()
-	g.mu.Unlock()
-	if walked && free >= 0 && bound+n <= g.Limit {
+	bound := max(g.usage+g.admitted, max(0, g.usage+g.free-free)+unwritten())
+	fresh := !g.walked.IsZero() && time.Since(g.walked) < forceEvery
+	if fresh && free >= 0 && bound+n <= g.Limit {
+		g.admitted += n
+		g.mu.Unlock()
 		return nil
 	}
+	g.mu.Unlock()
 	start := time.Now()
 	usage := g.measure()
 	g.mu.Lock()
-	g.usage, g.free, g.walked, g.took = usage, free, start, time.Since(start)
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	g.usage, g.free, g.walked, g.took, g.admitted = usage, free, start, time.Since(start), 0
 	if usage+n > g.Limit {
 		return fmt.Errorf("the sandbox's files take %d bytes of its disk limit of %d: %d more do not fit", usage, g.Limit, n)
 	}
+	g.admitted = n
 	return nil
 }

@@ -175,11 +175,6 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if req.MaxSize > 0 && (req.DeclaredSize > req.MaxSize || req.Offset+int64(len(req.Data)) > req.MaxSize) {
 		return nil, &fileError{wire.ErrCodeFileTooLarge, fmt.Sprintf("%s: %d bytes is over the file size limit of %d bytes", rel, max(req.DeclaredSize, req.Offset+int64(len(req.Data))), req.MaxSize)}
 	}
-	if a.Disk != nil && len(req.Data) > 0 {
-		if err := a.Disk.Admit(int64(len(req.Data))); err != nil {
-			return nil, failed("%s: %v", rel, err)
-		}
-	}
 	dir, err := a.walk(dirElems, true)
 	if err != nil {
 		return nil, err
@@ -195,6 +190,12 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	tmp := "." + name + uploadMarker + upload
 	if len(tmp) > 255 {
 		tmp = ".codefleet-upload-" + upload
+	}
+	if a.Disk != nil && len(req.Data) > 0 {
+		if err := a.Disk.Admit(int64(len(req.Data))); err != nil {
+			unix.Unlinkat(dir, tmp, 0) // it cannot be finished: what it holds goes
+			return nil, failed("%s: %v; the upload was given up", rel, err)
+		}
 	}
 	if req.Offset == 0 {
 		removeStaleUploads(dir)

@@ -2,6 +2,7 @@ package docker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -165,4 +166,34 @@ func tail(s string) string {
 		return "..." + s[len(s)-300:]
 	}
 	return s
+}
+
+// TestDiskLimitHoldsPuts: files put into a sandbox count under its disk limit as a snippet's do:
+// puts that would take the files past it are refused, saying so, and nothing is left of them.
+func TestDiskLimitHoldsPuts(t *testing.T) {
+	const limit = 32 << 20
+	env := newEnv(t, func(c *docker.Config) { c.Disk = limit })
+	sb := create(t, env, envs.Spec{})
+	ctx := context.Background()
+	piece := make([]byte, 512<<10)
+	put := func(path string, n int) error {
+		for off := 0; off < n; off += len(piece) {
+			more := off+len(piece) < n
+			if _, err := sb.PutFile(ctx, envs.FilePut{Path: path, Upload: "u-" + path, Offset: int64(off), Data: piece, More: more, MaxSize: 1 << 30}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := put("a.bin", 20<<20); err != nil {
+		t.Fatalf("a put of 20 MiB under a 32 MiB limit: %v", err)
+	}
+	err := put("b.bin", 20<<20)
+	if !errors.Is(err, envs.ErrFileFailed) || !strings.Contains(err.Error(), "disk limit") {
+		t.Fatalf("a second put of 20 MiB: %v; want ErrFileFailed naming the disk limit", err)
+	}
+	res, rerr := sb.Run(ctx, envs.Exec{Code: "ls -A; du -sm . | cut -f1", Language: "bash"})
+	if rerr != nil || res.Output != "a.bin\n21\n" && res.Output != "a.bin\n20\n" {
+		t.Fatalf("the workspace after the refused put: %q %v; want a.bin alone, about 20 MiB", res.Output, rerr)
+	}
 }
