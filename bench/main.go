@@ -3,6 +3,7 @@
 //
 //	go run ./bench                 # the full run, a few minutes
 //	go run ./bench -quick -out -   # a short one, printed instead of written
+//	go run ./bench -quick -streaming-only -out -   # the phase "streaming and files" alone, short
 //
 // It builds nats-server, the dispatcher, the worker and the sandbox agent into a temporary
 // directory and runs them as separate processes, as a deployment does (one NATS hop to the
@@ -11,6 +12,11 @@
 // exec`. Variants of a phase alternate (rounds, each variant in turn, the order rotating), so a
 // noisy moment of this shared machine falls on all of them; only the ratios of one run mean
 // much.
+//
+// The phases: memory of idle sandboxes, one conversation, throughput, first runs, then
+// streaming and files (streaming.go): a run's output streamed as it is printed (RunStream
+// against docker-py's exec_run(stream=True)) and a file put and got (PutFile and GetFile
+// against put_archive and get_archive).
 package main
 
 import (
@@ -49,6 +55,10 @@ type options struct {
 	firstGap           time.Duration // pause after each (the pool refills)
 	pool               int           // --warm-pool of the main fleet, when the worker has it
 	memSandboxes       int
+	streamRuns         int  // streamed runs per path
+	fileMiB            int  // size of the file put and got
+	fileRounds         int  // rounds of the file's put and get
+	streamingOnly      bool // only the phase "streaming and files"
 }
 
 type snippet struct{ lang, code, label string }
@@ -79,12 +89,16 @@ func main() {
 	flag.DurationVar(&o.firstGap, "first-gap", 500*time.Millisecond, "pause after each first run")
 	flag.IntVar(&o.pool, "warm-pool", 4, "--warm-pool of the main fleet's worker (when it has the flag)")
 	flag.IntVar(&o.memSandboxes, "mem-sandboxes", 20, "new idle sandboxes measured for memory")
+	flag.IntVar(&o.streamRuns, "stream-runs", 15, "streamed runs per path (phase \"streaming and files\")")
+	flag.IntVar(&o.fileMiB, "file-mib", 50, "MiB of the file put and got (phase \"streaming and files\")")
+	flag.IntVar(&o.fileRounds, "file-rounds", 5, "rounds of the file's put and get per path")
+	flag.BoolVar(&o.streamingOnly, "streaming-only", false, "run only the phase \"streaming and files\" (one conversation, one AG2 container)")
 	flag.BoolVar(&quick, "quick", false, "a short run for development: few iterations of everything")
 	flag.Parse()
 	if quick { // fewer of everything, but what the command line says
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]string{"rounds": "2", "fleet-runs": "10", "peer-runs": "4", "window": "1s", "load-rounds": "1", "first-runs": "3", "mem-sandboxes": "3"} {
+		for name, v := range map[string]string{"rounds": "2", "fleet-runs": "10", "peer-runs": "4", "window": "1s", "load-rounds": "1", "first-runs": "3", "mem-sandboxes": "3", "stream-runs": "4", "file-rounds": "1"} {
 			if !set[name] {
 				flag.Set(name, v)
 			}
@@ -125,6 +139,8 @@ type results struct {
 	load     map[string]*loadResult       // path|lang
 	first    map[string][]time.Duration   // variant
 	mem      memResult
+	stream   map[string][]streamRun // path -> its streamed runs
+	files    map[string][]fileRound // path -> its rounds of put and get
 	duration time.Duration
 }
 
@@ -153,7 +169,8 @@ func run(o options) (err error) {
 		return err
 	}
 	defer cli.Close()
-	r := &results{o: o, one: map[string][][]time.Duration{}, load: map[string]*loadResult{}, first: map[string][]time.Duration{}}
+	r := &results{o: o, one: map[string][][]time.Duration{}, load: map[string]*loadResult{}, first: map[string][]time.Duration{},
+		stream: map[string][]streamRun{}, files: map[string][]fileRound{}}
 	if r.machine, err = describeMachine(ctx, cli, root); err != nil {
 		return err
 	}
@@ -199,7 +216,7 @@ func run(o options) (err error) {
 	}
 	defer primary.stop()
 	nopool := primary
-	if r.pool {
+	if r.pool && !o.streamingOnly {
 		if nopool, err = startFleet(ctx, dir, url, o.image, "benchnopool", "--warm-pool", "0"); err != nil {
 			return err
 		}
@@ -210,6 +227,20 @@ func run(o options) (err error) {
 		return err
 	}
 	defer peer.close()
+
+	if o.streamingOnly {
+		if _, err := peer.start(1); err != nil {
+			return err
+		}
+		convs, _, err := warmConversations(ctx, primary.client, "conv", 1)
+		if err != nil {
+			return err
+		}
+		if err := streamingPhase(ctx, r, convs[0], peer); err != nil {
+			return err
+		}
+		return finish(r, root)
+	}
 
 	// Memory first, on a worker that has done nothing yet (its growth per session is clearest).
 	r.phase("memory", "memory of %d idle sandboxes", o.memSandboxes)
@@ -241,6 +272,21 @@ func run(o options) (err error) {
 	if err := firstRuns(ctx, r, primary, nopool, peer); err != nil {
 		return err
 	}
+	// Last: the files it leaves in the workspaces would weigh on the memory measured above.
+	if err := streamingPhase(ctx, r, convs[0], peer); err != nil {
+		return err
+	}
+	return finish(r, root)
+}
+
+func streamingPhase(ctx context.Context, r *results, conv *client.Conversation, peer *peer) error {
+	r.phase("streaming and files", "streaming and files: %d streamed runs per path, %d rounds of a %d MiB file", r.o.streamRuns, r.o.fileRounds, r.o.fileMiB)
+	return streamingAndFiles(ctx, r, conv, peer)
+}
+
+// finish writes the run's section, or prints it.
+func finish(r *results, root string) error {
+	o := r.o
 	r.machine.loadEnd = loadAverage()
 	r.duration = time.Since(began)
 

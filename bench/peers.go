@@ -22,6 +22,11 @@ type peerReply struct {
 	IDs      []string `json:"ids"`
 	LatUS    []int64  `json:"lat_us"`
 	ElapsedS float64  `json:"elapsed_s"`
+	FirstUS  int64    `json:"first_us"`  // stream: to the first chunk
+	TotalUS  int64    `json:"total_us"`  // stream: the whole call
+	DelaysUS []int64  `json:"delays_us"` // stream: each line's arrival less the time it printed
+	PutUS    int64    `json:"put_us"`    // files
+	GetUS    int64    `json:"get_us"`
 	Error    string   `json:"error"`
 }
 
@@ -98,6 +103,26 @@ func (p *peer) first(sn snippet) (time.Duration, error) {
 		return 0, err
 	}
 	return durations(r.LatUS)[0], nil
+}
+
+// stream runs the snippet in sandbox i with exec_run(stream=True), as AG2's
+// DockerSandbox.stream does, timed in the peer as the caller of that generator sees it.
+func (p *peer) stream(i int, lang, code string) (streamRun, error) {
+	r, err := p.call(map[string]any{"op": "stream", "sandbox": i, "lang": lang, "code": code})
+	if err != nil {
+		return streamRun{}, err
+	}
+	return streamRun{first: time.Duration(r.FirstUS) * time.Microsecond, total: time.Duration(r.TotalUS) * time.Microsecond, delays: durations(r.DelaysUS)}, nil
+}
+
+// files puts a file of size random bytes at path in sandbox i's workspace and gets it back, as
+// AG2's put_file and get_file do; the peer checks the checksums off the clock.
+func (p *peer) files(i int, path string, size int64) (fileRound, error) {
+	r, err := p.call(map[string]any{"op": "files", "sandbox": i, "path": path, "bytes": size})
+	if err != nil {
+		return fileRound{}, err
+	}
+	return fileRound{put: time.Duration(r.PutUS) * time.Microsecond, get: time.Duration(r.GetUS) * time.Microsecond}, nil
 }
 
 // close stops the peer's containers and waits for it to exit.

@@ -124,22 +124,37 @@ func report(r *results) string {
 	p("- Machine: %s, %d cores, kernel %s, Docker %s, storage driver %s.\n", m.cpu, m.cores, m.kernel, m.docker, m.driver)
 	p("- Load average (1, 5, 15 min): %s at the start, %s at the end; 1 min at each phase's start: %s (the bench's own load is in these).\n", m.loadStart, m.loadEnd, strings.Join(m.phaseLoads, ", "))
 	p("- Started %s UTC, took %s; commit %s; image `%s` for every path.\n\n", m.start.Format("2006-01-02 15:04:05"), r.duration.Round(time.Second), m.commit, o.image)
+	if o.streamingOnly {
+		p("Only the phase \"streaming and files\" ran (`-streaming-only`).\n\n")
+	}
 	p("How it was measured:\n\n")
 	p("- codefleet: nats-server, a dispatcher and a worker, each its own process built from the work tree, as a deployment runs them; the Go client (pkg/client) over loopback TCP. ")
-	if r.pool {
+	if r.pool && o.streamingOnly {
+		p("The worker has `--warm-pool %d`.\n", o.pool)
+	} else if r.pool {
 		p("The worker has `--warm-pool %d`; a second fleet (another prefix, same server) has `--warm-pool 0`, for the first runs without a pool.\n", o.pool)
 	} else {
 		p("No pool yet: the worker has no `--warm-pool`.\n")
 	}
 	p("- docker-py: bench/dockerpy_peer.py with Debian's python3-docker calls `exec_run` as AG2's DockerSandbox does (`asyncio.to_thread`, output decoded and stripped), into containers started as it starts them (`sh -c 'mkdir -p /workspace && sleep infinity'`, network none, 512m, auto-remove, the image's user, one docker client each). Python runs as `python3 -c` (the image has no `python`); its executor has a thread per conversation (asyncio's default would allow 6 on 2 CPUs).\n")
+	if o.streamingOnly {
+		p("- Streaming and files: codefleet's RunStream, PutFile and GetFile (pkg/client, through the dispatcher) in one warm conversation; docker-py as AG2's DockerSandbox.stream, put_file and get_file do them, in one of its containers; an untimed pause of %s before each streamed run. Percentiles: nearest rank.\n\n", o.pace)
+		r.streamTable(p)
+		r.filesTable(p)
+		return b.String()
+	}
 	p("- docker exec (CLI): the CLI process timed whole, into AG2's first container.\n")
 	p("- Paced: an untimed pause of %s before each run, as a client waits while its model thinks; back to back: none.\n", o.pace)
-	p("- Variants alternate: %d rounds, in each every variant runs %d (codefleet) or %d (peers) times, the order rotating; throughput windows alternate codefleet and docker-py; first runs rotate. Percentiles: nearest rank over all runs of a variant; \"rounds' p50s\" is the range of the rounds' own medians, the run's noise.\n\n", o.rounds, o.fleetRuns, o.peerRuns)
+	p("- Variants alternate: %d rounds, in each every variant runs %d (codefleet) or %d (peers) times, the order rotating; throughput windows alternate codefleet and docker-py; first runs rotate. Percentiles: nearest rank over all runs of a variant; \"rounds' p50s\" is the range of the rounds' own medians, the run's noise.\n", o.rounds, o.fleetRuns, o.peerRuns)
+	p("- Streaming and files, last (the files would weigh on the memory measured before): codefleet's RunStream, PutFile and GetFile (pkg/client, through the dispatcher) in the conversation of the one-conversation phase; docker-py as AG2's DockerSandbox.stream, put_file and get_file do them, in AG2's first container; an untimed pause of %s before each streamed run.\n\n", o.pace)
 	r.targets(p)
 	r.oneTable(p)
 	r.loadTable(p)
 	r.firstTable(p)
 	r.memTable(p)
+	p("\n")
+	r.streamTable(p)
+	r.filesTable(p)
 	return b.String()
 }
 
