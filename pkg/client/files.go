@@ -116,39 +116,81 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 	}
 }
 
-// GetFile writes the file at path in the conversation's workspace to w, reading it in pieces,
-// and checks what it wrote against the file's SHA-256 (ErrFileChanged when the file changed
-// meanwhile). The result describes the file (path, size, mode, mtime, SHA-256), without its
-// data. The error is a *protocol.Error from the fleet (file_not_found, path_refused,
-// file_too_large, file_failed for a directory...), with the result, or another error without.
+// getWindow is how many pieces of a get are asked for at once: the worker answers them one
+// after another, and the hops on the way (the worker's encoding, the dispatcher, the client's
+// decoding) work on the next pieces meanwhile.
+const getWindow = 4
+
+// GetFile writes the file at path in the conversation's workspace to w, reading it in pieces
+// (getWindow asked for at once, written in order), and checks what it wrote against the file's
+// SHA-256 (ErrFileChanged when the file changed meanwhile). The result describes the file
+// (path, size, mode, mtime, SHA-256), without its data. The error is a *protocol.Error from the
+// fleet (file_not_found, path_refused, file_too_large, file_failed for a directory...), with
+// the result, or another error without.
 func (cv *Conversation) GetFile(ctx context.Context, path string, w io.Writer) (*protocol.FileResult, error) {
 	id := nuid.Next()
-	sum := sha256.New()
-	var first *protocol.FileResult
-	var off int64
-	for {
+	get := func(ctx context.Context, off int64) (*protocol.FileResult, error) {
 		res, err := cv.file(ctx, &protocol.FileRequest{ID: id, Op: protocol.FileOpGet, Path: path, Offset: off, Length: protocol.FileChunkBytes})
-		if err != nil {
-			return res, err
+		if err == nil && res.Offset != off {
+			err = fmt.Errorf("get %s: asked for offset %d, the answer is at %d", path, off, res.Offset)
 		}
-		if res.Offset != off {
-			return nil, fmt.Errorf("get %s: asked for offset %d, the answer is at %d", path, off, res.Offset)
-		}
-		if first == nil {
-			first = res
-		} else if res.Size != first.Size {
-			return nil, fmt.Errorf("get %s: %w (it was %d bytes, now %d)", path, ErrFileChanged, first.Size, res.Size)
-		}
+		return res, err
+	}
+	first, err := get(ctx, 0)
+	if err != nil {
+		return first, err
+	}
+	sum := sha256.New()
+	write := func(res *protocol.FileResult) error {
 		if _, err := w.Write(res.Data); err != nil {
-			return nil, fmt.Errorf("get %s: write: %w", path, err)
+			return fmt.Errorf("get %s: write: %w", path, err)
 		}
 		sum.Write(res.Data)
-		off += int64(len(res.Data))
-		if res.EOF {
-			break
+		return nil
+	}
+	if err := write(first); err != nil {
+		return nil, err
+	}
+	off := int64(len(first.Data))
+	if !first.EOF {
+		if off == 0 {
+			return nil, fmt.Errorf("get %s: no data at offset 0 of %d bytes, and no end of file", path, first.Size)
 		}
-		if len(res.Data) == 0 {
-			return nil, fmt.Errorf("get %s: no data at offset %d of %d bytes, and no end of file", path, off, first.Size)
+		// The rest: pieces of the first's length (what the fleet gives at most), asked for
+		// getWindow at a time and written in order; any answer that does not fit the first's
+		// size is a file that changed.
+		piece := off
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		type answer struct {
+			res *protocol.FileResult
+			err error
+		}
+		var pending []chan answer
+		next := off
+		for off < first.Size {
+			for len(pending) < getWindow && next < first.Size {
+				ch := make(chan answer, 1)
+				go func(at int64) {
+					res, err := get(ctx, at)
+					ch <- answer{res, err}
+				}(next)
+				pending = append(pending, ch)
+				next += piece
+			}
+			a := <-pending[0]
+			pending = pending[1:]
+			if a.err != nil {
+				return a.res, a.err
+			}
+			want := min(piece, first.Size-off)
+			if a.res.Size != first.Size || int64(len(a.res.Data)) != want {
+				return nil, fmt.Errorf("get %s: %w (it was %d bytes, now %d)", path, ErrFileChanged, first.Size, a.res.Size)
+			}
+			if err := write(a.res); err != nil {
+				return nil, err
+			}
+			off += want
 		}
 	}
 	got := hex.EncodeToString(sum.Sum(nil))
