@@ -136,6 +136,18 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid s
 		if ok && usable(cur.Worker) {
 			return cur, cur.Worker != avoid && avoid != "", nil
 		}
+		if !ok && slot == nil {
+			// The quota first: a refused conversation is not counted as a placement on a
+			// worker (Place counts each as pending on it, for a while).
+			slot, err = d.acquireSandbox(ctx, tenant, conv)
+			if err != nil && b.wait(err) {
+				attempt--
+				continue
+			}
+			if err != nil {
+				return affinity.Owner{}, false, d.quotaError(err)
+			}
+		}
 		backend := backendOr(backend, cur.Backend)
 		w, perr := d.pick(backend, avoid)
 		if perr != nil {
@@ -147,16 +159,6 @@ func (d *Dispatcher) resolve(ctx context.Context, tenant, conv, backend, avoid s
 		if ok {
 			got, won, err = d.store.Move(ctx, tenant, conv, cur, next)
 		} else {
-			if slot == nil {
-				slot, err = d.acquireSandbox(ctx, tenant, conv)
-				if err != nil && b.wait(err) {
-					attempt--
-					continue
-				}
-				if err != nil {
-					return affinity.Owner{}, false, d.quotaError(err)
-				}
-			}
 			got, won, err = d.store.Claim(ctx, tenant, conv, next)
 			if err == nil && won {
 				slot = nil // the conversation's now
