@@ -151,6 +151,21 @@ func (a *Agent) serve(ctx context.Context, in io.Reader, out io.Writer, socks *s
 			s.send(&wire.Response{Op: wire.OpError, Code: wire.ErrCodeBadFrame, Error: "bad frame: " + err.Error()})
 			continue
 		}
+		if req.DataLen > 0 { // its data line follows
+			line, err := readLine(r)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+			data, derr := wire.DecodeData(line, req.DataLen)
+			if derr != nil || req.File == nil {
+				s.send(&wire.Response{Op: wire.OpError, ID: req.ID, Code: wire.ErrCodeBadFrame, Error: fmt.Sprintf("bad frame: %v (a data line belongs to a file frame)", derr)})
+				continue
+			}
+			req.File.Data = data
+		}
 		switch req.Op {
 		case wire.OpHello:
 			s.send(a.hello(req.ID, ""))
@@ -244,14 +259,17 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 }
 
 func (s *session) send(resp *wire.Response) {
-	b, err := json.Marshal(resp)
+	var data []byte
+	if resp.File != nil {
+		data, resp.DataLen = resp.File.Data, len(resp.File.Data)
+	}
+	b, err := wire.AppendFrame(nil, resp, data)
 	if err != nil {
-		b, _ = json.Marshal(&wire.Response{Op: wire.OpError, ID: resp.ID, Code: wire.ErrCodeStartFailed, Error: "encode response: " + err.Error()})
+		b, _ = wire.AppendFrame(nil, &wire.Response{Op: wire.OpError, ID: resp.ID, Code: wire.ErrCodeStartFailed, Error: "encode response: " + err.Error()}, nil)
 	}
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
 	s.out.Write(b)
-	s.out.WriteByte('\n')
 	s.out.Flush()
 }
 

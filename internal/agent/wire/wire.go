@@ -38,6 +38,13 @@
 // its id carrying its output as it is read (Seq from 1, Output, Dropped), bounded as the
 // output package's Streamer says; the OpResult then has Chunks and StreamDropped.
 //
+// Data lines. A file's bytes do not travel inside a frame's JSON, where every byte would be
+// scanned and unescaped on both sides: a frame whose DataLen is set is followed by one more
+// line, the data in standard base64 (which has no newline), then a newline. A data line cut by
+// a worker that died mid-write is ended by the next attachment's bare newline: it decodes to
+// fewer bytes than DataLen, and its frame is answered as a bad frame. A receiver that knows
+// nothing of data lines takes one as a bad frame, answered without an id.
+//
 // Files. OpFile carries a FileRequest (put a piece, get a piece, list, delete) in the
 // workspace, and is answered with an OpFile frame carrying a FileResponse, or an OpError frame
 // with one of the ErrCodeFile codes. The agent does it as itself, the snippets' user, opening
@@ -53,7 +60,13 @@
 // nothing: a snippet that connects to EgressSocketPath itself meets the same policy.
 package wire
 
-import "time"
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+)
 
 // ProtocolVersion is bumped when frames change incompatibly.
 const ProtocolVersion = 1
@@ -111,6 +124,8 @@ type Request struct {
 	Stream bool `json:"stream,omitempty"`
 	// File is the OpFile field.
 	File *FileRequest `json:"file,omitempty"`
+	// DataLen is the length of File.Data, sent on the data line after the frame (WriteFrame).
+	DataLen int `json:"data_len,omitempty"`
 }
 
 // File ops.
@@ -129,7 +144,8 @@ type FileRequest struct {
 	// the last, without More, is renamed to Path); Offset is where Data goes.
 	Upload string `json:"upload,omitempty"`
 	Offset int64  `json:"offset,omitempty"`
-	Data   []byte `json:"data,omitempty"`
+	Data   []byte `json:"-"` // on the data line
+
 	More   bool   `json:"more,omitempty"`
 	SHA256 string `json:"sha256,omitempty"`
 	Mode   uint32 `json:"mode,omitempty"`
@@ -155,7 +171,7 @@ type FileInfo struct {
 // FileResponse answers a FileRequest.
 type FileResponse struct {
 	FileInfo
-	Data      []byte     `json:"data,omitempty"`
+	Data      []byte     `json:"-"` // on the data line
 	EOF       bool       `json:"eof,omitempty"`
 	SHA256    string     `json:"sha256,omitempty"`
 	Entries   []FileInfo `json:"entries,omitempty"`
@@ -190,6 +206,8 @@ type Response struct {
 	StreamDropped int64 `json:"stream_dropped,omitempty"`
 	// File is the OpFile answer.
 	File *FileResponse `json:"file,omitempty"`
+	// DataLen is the length of File.Data, sent on the data line after the frame (WriteFrame).
+	DataLen int `json:"data_len,omitempty"`
 	// Error fields: Code is one of the ErrCode constants.
 	Code  string `json:"code,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -212,3 +230,35 @@ const (
 
 // Duration returns the run's duration.
 func (r *Response) Duration() time.Duration { return time.Duration(r.DurationUS) * time.Microsecond }
+
+// AppendFrame appends the frame of v (a *Request or a *Response) to b: its JSON line, and the
+// data line of data when it is not empty. v's DataLen must be len(data).
+func AppendFrame(b []byte, v any, data []byte) ([]byte, error) {
+	j, err := json.Marshal(v)
+	if err != nil {
+		return b, err
+	}
+	b = append(append(b, j...), '\n')
+	if len(data) > 0 {
+		b = base64.StdEncoding.AppendEncode(b, data)
+		b = append(b, '\n')
+	}
+	return b, nil
+}
+
+// DecodeData decodes a data line (its newline removed or not) of a frame that said n bytes.
+func DecodeData(line []byte, n int) ([]byte, error) {
+	line = bytes.TrimRight(line, "\r\n")
+	if base64.StdEncoding.DecodedLen(len(line)) < n || base64.StdEncoding.DecodedLen(len(line)) > n+2 {
+		return nil, fmt.Errorf("data line of %d base64 characters for %d bytes", len(line), n)
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(line)))
+	k, err := base64.StdEncoding.Decode(out, line)
+	if err != nil {
+		return nil, fmt.Errorf("data line: %w", err)
+	}
+	if k != n {
+		return nil, fmt.Errorf("data line holds %d bytes, the frame said %d", k, n)
+	}
+	return out[:k], nil
+}

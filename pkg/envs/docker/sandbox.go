@@ -133,6 +133,18 @@ func (s *sandbox) readFrames(r *bufio.Reader) error {
 			s.log.Warn().Err(jerr).Msg("bad frame from sandbox agent")
 			continue
 		}
+		if resp.DataLen > 0 { // its data line follows
+			line, err := readFrame(r)
+			if err != nil {
+				return err
+			}
+			data, derr := wire.DecodeData(line, resp.DataLen)
+			if derr != nil || resp.File == nil {
+				resp = wire.Response{Op: wire.OpError, ID: resp.ID, Code: wire.ErrCodeBadFrame, Error: fmt.Sprintf("the agent's data line: %v", derr)}
+			} else {
+				resp.File.Data = data
+			}
+		}
 		if resp.Op == wire.OpOutput {
 			s.mu.Lock()
 			emit := s.streams[resp.ID]
@@ -270,11 +282,14 @@ func (s *sandbox) call(ctx context.Context, req wire.Request, deadline time.Dura
 }
 
 func (s *sandbox) write(req wire.Request) error {
-	b, err := json.Marshal(req)
+	var data []byte
+	if req.File != nil {
+		data, req.DataLen = req.File.Data, len(req.File.Data)
+	}
+	b, err := wire.AppendFrame(nil, &req, data)
 	if err != nil {
 		return fmt.Errorf("%w: docker: encode frame: %v", envs.ErrSandboxFailed, err)
 	}
-	b = append(b, '\n')
 	s.wmu.Lock()
 	if c := s.sock.Load(); c != nil {
 		_, err = c.Write(b)
