@@ -222,11 +222,8 @@ func (g *DiskGuard) check() bool {
 	}
 	g.mu.Unlock()
 
-	start := time.Now()
-	usage := g.measure()
-	g.mu.Lock()
+	usage := g.walkNow(free)
 	defer g.mu.Unlock()
-	g.usage, g.free, g.walked, g.took, g.admitted = usage, free, start, time.Since(start), 0
 	if usage <= g.Limit {
 		g.floor, g.rebase = 0, false
 		return false
@@ -444,14 +441,21 @@ func (g *DiskGuard) Admit(n int64) error {
 		return nil
 	}
 	g.mu.Unlock()
-	start := time.Now()
-	usage := g.measure()
-	g.mu.Lock()
+	usage := g.walkNow(free)
 	defer g.mu.Unlock()
-	g.usage, g.free, g.walked, g.took, g.admitted = usage, free, start, time.Since(start), 0
 	if usage+n > g.Limit {
 		return fmt.Errorf("the sandbox's files take %d bytes of its disk limit of %d: %d more do not fit", usage, g.Limit, n)
 	}
 	g.admitted = n
 	return nil
+}
+
+// walkNow measures the snippets' files and records it as the last walk, with the free space seen
+// before it; it returns with g.mu held.
+func (g *DiskGuard) walkNow(free int64) int64 {
+	start := time.Now()
+	usage := g.measure()
+	g.mu.Lock()
+	g.usage, g.free, g.walked, g.took, g.admitted = usage, free, start, time.Since(start), 0
+	return usage
 }
