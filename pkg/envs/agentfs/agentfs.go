@@ -44,8 +44,8 @@ func (f FS) do(ctx context.Context, req *wire.FileRequest) (*wire.FileResponse, 
 			kind = envs.ErrFileTooLarge
 		case wire.ErrCodeFileFailed:
 			kind = envs.ErrFileFailed
-		default: // bad_frame: an agent too old for files, or a bug
-			return nil, fmt.Errorf("%w: %s: %s", envs.ErrSandboxFailed, f.Name, resp.Error)
+		default: // bad_frame: an agent older than file requests (a sandbox made before), or a bug
+			return nil, fmt.Errorf("%w: %s: the sandbox's agent did not take the file request (%s); a sandbox made before file requests existed cannot take them: close the conversation for a new one", envs.ErrSandboxFailed, f.Name, resp.Error)
 		}
 		return nil, &fileError{kind: kind, msg: resp.Error}
 	default:
