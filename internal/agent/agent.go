@@ -75,8 +75,8 @@ type Agent struct {
 
 	// egress is the egress port's listener, once the worker asked for it (egress.go).
 	egress egress
-	// landed remembers the last uploads put, for their last piece sent again (files.go).
-	landed landedUploads
+	// uploads is the account of the uploads in progress and of the last ones landed (files.go).
+	uploads uploadBook
 }
 
 // New returns an Agent that starts processes through reaper.

@@ -194,31 +194,33 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if a.Disk != nil && len(req.Data) > 0 {
 		if err := a.Disk.Admit(int64(len(req.Data))); err != nil {
 			unix.Unlinkat(dir, tmp, 0) // it cannot be finished: what it holds goes
+			a.uploads.forget(rel + "\x00" + upload)
 			return nil, failed("%s: %v; the upload was given up", rel, err)
 		}
 	}
 	if req.Offset == 0 {
 		removeStaleUploads(dir)
 	}
-	// An upload starts at offset 0: a later piece whose upload file is gone is the last piece
-	// sent again after it landed (its answer was lost), or a piece of an upload never started.
-	flags := unix.O_RDWR
-	if req.Offset == 0 {
-		flags |= unix.O_CREAT
-	}
-	fd, err := openAt(dir, tmp, flags)
-	if errors.Is(err, unix.ENOENT) {
-		if fr := a.landed.answer(req, rel); fr != nil {
-			return fr, nil
+	key := rel + "\x00" + upload
+	if !req.More && req.Upload != "" {
+		var st unix.Stat_t
+		if errors.Is(unix.Fstatat(dir, tmp, &st, unix.AT_SYMLINK_NOFOLLOW), unix.ENOENT) {
+			// The last piece sent again after it landed (its answer was lost).
+			if fr := a.uploads.landedAnswer(req, rel); fr != nil {
+				return fr, nil
+			}
 		}
-		return nil, failed("%s: upload %s has no piece at offset 0 (or it was given up): send the file again from offset 0", rel, req.Upload)
 	}
+	fd, err := openAt(dir, tmp, unix.O_RDWR|unix.O_CREAT)
 	if err != nil {
 		return nil, elementError(dir, rel, tmp, err)
 	}
 	f := os.NewFile(uintptr(fd), tmp)
 	defer f.Close()
-	abandon := func() { unix.Unlinkat(dir, tmp, 0) }
+	abandon := func() {
+		unix.Unlinkat(dir, tmp, 0)
+		a.uploads.forget(key)
+	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, failed("%s: %v", rel, err)
@@ -226,36 +228,39 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if !st.Mode().IsRegular() {
 		return nil, failed("%s: the upload's file is not a regular file", rel)
 	}
-	held := st.Size()
-	end := req.Offset + int64(len(req.Data))
-	switch {
-	case req.Offset == held || (req.Offset == 0 && req.Upload == ""):
-		if req.Offset == 0 && held > 0 {
-			if err := f.Truncate(0); err != nil {
-				return nil, failed("%s: %v", rel, err)
-			}
+	if !a.uploads.known(key) && st.Size() > 0 {
+		// Bytes of an upload this agent has no account of (it was started again): which of
+		// them came is unknown, so none count.
+		if err := f.Truncate(0); err != nil {
+			return nil, failed("%s: %v", rel, err)
 		}
+	}
+	end := req.Offset + int64(len(req.Data))
+	// Pieces may come in any order (two dispatchers may pass a client's pieces on in another
+	// order than it sent them): each lands at its offset, and the upload's account says which
+	// bytes came. A piece sent again finds its bytes there already.
+	if a.uploads.covered(key, req.Offset, end) && len(req.Data) > 0 {
+		if !sameBytes(f, req.Offset, req.Data) {
+			return nil, failed("%s: a piece at offset %d differs from the bytes upload %s holds there already", rel, req.Offset, upload)
+		}
+	} else if len(req.Data) > 0 {
 		if _, err := f.WriteAt(req.Data, req.Offset); err != nil {
 			abandon()
 			return nil, writeError(rel, err)
 		}
-	case end <= held && sameBytes(f, req.Offset, req.Data):
-		// A piece sent again (its answer was lost): its bytes are there already.
-	case req.Offset == 0:
-		// A new upload under a name used before: start over.
-		if err := f.Truncate(0); err != nil {
-			return nil, failed("%s: %v", rel, err)
-		}
-		if _, err := f.WriteAt(req.Data, 0); err != nil {
-			abandon()
-			return nil, writeError(rel, err)
-		}
-	default:
-		return nil, failed("%s: a piece at offset %d, but upload %s holds %d bytes: send the piece at %d", rel, req.Offset, req.Upload, held, held)
 	}
-	fr := &wire.FileResponse{FileInfo: wire.FileInfo{Path: rel, Size: max(end, held)}}
+	a.uploads.add(key, req.Offset, end)
+	fr := &wire.FileResponse{FileInfo: wire.FileInfo{Path: rel, Size: a.uploads.prefix(key)}}
 	if req.More {
 		return fr, nil
+	}
+	// The last piece: every byte before it must have come.
+	if from, to, ok := a.uploads.missing(key, end); ok {
+		return nil, failed("%s: bytes %d to %d of upload %s have not come: send them, then the last piece again", rel, from, to, upload)
+	}
+	if err := f.Truncate(end); err != nil { // nothing past the last piece's end belongs to the file
+		abandon()
+		return nil, failed("%s: %v", rel, err)
 	}
 	fr.Type = "file"
 	// The last piece: what landed is checked, given its mode, and renamed into place.
@@ -287,43 +292,147 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if st, err := f.Stat(); err == nil {
 		fr.ModTimeNS = st.ModTime().UnixNano()
 	}
-	if req.Upload != "" {
-		a.landed.add(req, *fr)
-	}
+	a.uploads.landed(key, req, *fr)
 	return fr, nil
 }
 
-// landedUploads remembers the last uploads whose last piece landed, so that the piece sent
-// again (its answer lost) gets the same answer instead of a refusal: a client retries any piece
-// safely. A bounded list: an old upload's retry is refused, asking for the file again.
-type landedUploads struct {
+// uploadBook is the agent's account of uploads: the byte ranges each upload in progress has
+// received (pieces may come in any order), and the last uploads landed, so that the last piece
+// sent again (its answer lost) gets the same answer instead of a refusal. Both are bounded: an
+// upload untouched for staleUpload is forgotten (its file is removed by the next upload in its
+// directory), and only the last maxLanded landed ones are remembered.
+type uploadBook struct {
 	mu   sync.Mutex
-	list []landedUpload
+	open map[string]*openUpload // by key: the path and the upload id
+	done []landedUpload
 }
 
+type openUpload struct {
+	spans   []span // sorted, apart
+	touched time.Time
+}
+
+type span struct{ start, end int64 }
+
 type landedUpload struct {
-	upload, rel string
+	key         string
 	offset, end int64
 	fr          wire.FileResponse
 }
 
-const maxLanded = 64
+const (
+	maxLanded = 64
+	maxOpen   = 256
+)
 
-func (l *landedUploads) add(req *wire.FileRequest, fr wire.FileResponse) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.list = append(l.list, landedUpload{upload: req.Upload, rel: fr.Path, offset: req.Offset, end: req.Offset + int64(len(req.Data)), fr: fr})
-	if len(l.list) > maxLanded {
-		l.list = l.list[1:]
+func (b *uploadBook) known(key string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.open[key] != nil
+}
+
+// add records bytes start to end of an upload as received.
+func (b *uploadBook) add(key string, start, end int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.open == nil {
+		b.open = map[string]*openUpload{}
+	}
+	u := b.open[key]
+	if u == nil {
+		for k, o := range b.open { // uploads given up long ago, or too many
+			if time.Since(o.touched) > staleUpload || len(b.open) >= maxOpen {
+				delete(b.open, k)
+			}
+		}
+		u = &openUpload{}
+		b.open[key] = u
+	}
+	u.touched = time.Now()
+	if end <= start {
+		return
+	}
+	merged := span{start, end}
+	var out []span
+	for _, s := range u.spans {
+		if s.end < merged.start || s.start > merged.end {
+			out = append(out, s)
+			continue
+		}
+		merged = span{min(s.start, merged.start), max(s.end, merged.end)}
+	}
+	out = append(out, merged)
+	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
+	u.spans = out
+}
+
+// covered reports whether bytes start to end of an upload were received.
+func (b *uploadBook) covered(key string, start, end int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if u := b.open[key]; u != nil {
+		for _, s := range u.spans {
+			if s.start <= start && end <= s.end {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// prefix is how many bytes of an upload came from offset 0 without a gap.
+func (b *uploadBook) prefix(key string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if u := b.open[key]; u != nil && len(u.spans) > 0 && u.spans[0].start == 0 {
+		return u.spans[0].end
+	}
+	return 0
+}
+
+// missing returns the first range of bytes before end that an upload has not received.
+func (b *uploadBook) missing(key string, end int64) (from, to int64, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	at := int64(0)
+	if u := b.open[key]; u != nil {
+		for _, s := range u.spans {
+			if s.start > at {
+				return at, min(s.start, end), at < end
+			}
+			at = max(at, s.end)
+		}
+	}
+	return at, end, at < end
+}
+
+func (b *uploadBook) forget(key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.open, key)
+}
+
+// landed records an upload put in place, with its answer, and forgets its ranges.
+func (b *uploadBook) landed(key string, req *wire.FileRequest, fr wire.FileResponse) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.open, key)
+	if req.Upload == "" {
+		return // one piece: nothing to send again but the whole put
+	}
+	b.done = append(b.done, landedUpload{key: key, offset: req.Offset, end: req.Offset + int64(len(req.Data)), fr: fr})
+	if len(b.done) > maxLanded {
+		b.done = b.done[1:]
 	}
 }
 
-// answer returns the answer of the upload whose last piece req is again, or nil.
-func (l *landedUploads) answer(req *wire.FileRequest, rel string) *wire.FileResponse {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, u := range l.list {
-		if u.upload == req.Upload && u.rel == rel && u.offset == req.Offset && u.end == req.Offset+int64(len(req.Data)) && !req.More {
+// landedAnswer returns the answer of the upload whose last piece req is again, or nil.
+func (b *uploadBook) landedAnswer(req *wire.FileRequest, rel string) *wire.FileResponse {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	key := rel + "\x00" + req.Upload
+	for _, u := range b.done {
+		if u.key == key && u.offset == req.Offset && u.end == req.Offset+int64(len(req.Data)) {
 			fr := u.fr
 			return &fr
 		}

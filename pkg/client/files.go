@@ -62,10 +62,23 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 	}
 	sum := sha256.New()
 	br := bufio.NewReader(r) // Peek tells whether a full piece is the last
-	buf := make([]byte, protocol.FileChunkBytes)
 	upload := ""
 	var off int64
+	// The pieces before the last go putWindow at a time (the fleet takes them in any order);
+	// the last goes once they are all in, and the file appears.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		res *protocol.FileResult
+		err error
+	}
+	var flying []chan answer
+	land := func(ch chan answer) (*protocol.FileResult, error) {
+		a := <-ch
+		return a.res, a.err
+	}
 	for {
+		buf := make([]byte, protocol.FileChunkBytes) // a piece of its own: others are in flight
 		want := int64(len(buf))
 		if size >= 0 {
 			want = min(want, size-off)
@@ -96,25 +109,44 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 		if size >= 0 {
 			req.Size = size
 		}
-		if !more {
-			req.SHA256 = hex.EncodeToString(sum.Sum(nil))
+		off += int64(n)
+		if more {
+			if len(flying) == putWindow {
+				if res, err := land(flying[0]); err != nil {
+					return res, err
+				}
+				flying = flying[1:]
+			}
+			ch := make(chan answer, 1)
+			go func() {
+				res, err := cv.file(ctx, req)
+				ch <- answer{res, err}
+			}()
+			flying = append(flying, ch)
+			continue
 		}
+		for _, ch := range flying {
+			if res, err := land(ch); err != nil {
+				return res, err
+			}
+		}
+		req.SHA256 = hex.EncodeToString(sum.Sum(nil))
 		res, err := cv.file(ctx, req)
 		if err != nil {
 			return res, err
 		}
-		off += int64(n)
 		if res.Size != off {
 			return res, fmt.Errorf("put %s: the fleet holds %d bytes of the file after the client sent %d", path, res.Size, off)
 		}
-		if !more {
-			if res.SHA256 != "" && !strings.EqualFold(res.SHA256, req.SHA256) {
-				return res, fmt.Errorf("put %s: the fleet's sha256 %s differs from the client's %s", path, res.SHA256, req.SHA256)
-			}
-			return res, nil
+		if res.SHA256 != "" && !strings.EqualFold(res.SHA256, req.SHA256) {
+			return res, fmt.Errorf("put %s: the fleet's sha256 %s differs from the client's %s", path, res.SHA256, req.SHA256)
 		}
+		return res, nil
 	}
 }
+
+// putWindow is how many pieces of a put are in flight at once.
+const putWindow = 4
 
 // getWindow is how many pieces of a get are asked for at once: the worker answers them one
 // after another, and the hops on the way (the worker's encoding, the dispatcher, the client's

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -38,7 +39,7 @@ func hexSum(b []byte) string {
 type fileServer struct {
 	mu      sync.Mutex
 	files   map[string][]byte
-	uploads map[string][]byte
+	uploads map[string]map[int64][]byte // by path and upload: the pieces, by offset
 	reqs    []*protocol.FileRequest
 	drop    func(n int, req *protocol.FileRequest) bool
 	// sumOf, when set, replaces the sha256 a get answers at offset 0.
@@ -46,7 +47,7 @@ type fileServer struct {
 }
 
 func serveFiles(t *testing.T, nc *nats.Conn) *fileServer {
-	fs := &fileServer{files: map[string][]byte{}, uploads: map[string][]byte{}}
+	fs := &fileServer{files: map[string][]byte{}, uploads: map[string]map[int64][]byte{}}
 	respond(t, nc, "codefleet.files.default.chat-1", func(_ int, m *nats.Msg) []byte {
 		req, perr := protocol.DecodeFileRequest(m.Data)
 		if perr != nil {
@@ -69,20 +70,32 @@ func (fs *fileServer) answer(req *protocol.FileRequest) *protocol.FileResult {
 	res := &protocol.FileResult{ID: req.ID, Op: req.Op, Path: req.Path}
 	switch req.Op {
 	case protocol.FileOpPut:
+		// As the fleet does: pieces land at their offsets, in any order; the answer's size is
+		// what came from offset 0 without a gap; the last piece needs every byte before it.
 		key := req.Path + "/" + req.Upload
-		held := fs.uploads[key]
-		switch {
-		case req.Offset == int64(len(held)):
-			held = append(held, req.Data...)
-		case req.Offset+int64(len(req.Data)) <= int64(len(held)) && bytes.Equal(held[req.Offset:req.Offset+int64(len(req.Data))], req.Data):
-			// a piece sent again
-		default:
-			res.Error = protocol.Errorf(protocol.CodeFileFailed, "piece at %d, upload holds %d", req.Offset, len(held))
+		pieces := fs.uploads[key]
+		if pieces == nil {
+			pieces = map[int64][]byte{}
+			fs.uploads[key] = pieces
+		}
+		if old, ok := pieces[req.Offset]; ok && !bytes.Equal(old, req.Data) {
+			res.Error = protocol.Errorf(protocol.CodeFileFailed, "piece at %d differs from the one held", req.Offset)
 			return res
 		}
-		fs.uploads[key] = held
+		pieces[req.Offset] = req.Data
+		var held []byte
+		for p, ok := pieces[0]; ok; p, ok = pieces[int64(len(held))] {
+			held = append(held, p...)
+			if len(p) == 0 {
+				break
+			}
+		}
 		res.Size = int64(len(held))
 		if !req.More {
+			if res.Size != req.Offset+int64(len(req.Data)) {
+				res.Error = protocol.Errorf(protocol.CodeFileFailed, "bytes %d to %d have not come", len(held), req.Offset)
+				return res
+			}
 			delete(fs.uploads, key)
 			if req.SHA256 != hexSum(held) {
 				res.Error = protocol.Errorf(protocol.CodeFileFailed, "sha256 differs")
@@ -156,6 +169,8 @@ func TestPutFileInPieces(t *testing.T) {
 			if len(reqs) != tc.pieces {
 				t.Fatalf("%d requests, want %d", len(reqs), tc.pieces)
 			}
+			// The pieces before the last go several at a time, in any order; the last, last.
+			slices.SortStableFunc(reqs[:len(reqs)-1], func(a, b *protocol.FileRequest) int { return cmp.Compare(a.Offset, b.Offset) })
 			var off int64
 			for i, q := range reqs {
 				last := i == len(reqs)-1
@@ -182,7 +197,14 @@ func TestPutFileRetriesAPiece(t *testing.T) {
 	// costs one attempt this long.
 	_, nc, c := setup(t, client.WithOverhead(2*time.Second))
 	fs := serveFiles(t, nc)
-	fs.drop = func(n int, _ *protocol.FileRequest) bool { return n == 2 } // the second piece's first answer
+	dropped := false
+	fs.drop = func(_ int, q *protocol.FileRequest) bool { // the second piece's first answer
+		if q.Offset == protocol.FileChunkBytes && !dropped {
+			dropped = true
+			return true
+		}
+		return false
+	}
 	data := randomBytes(protocol.FileChunkBytes*2 + 1)
 	res, err := c.Conversation("chat-1").PutFile(context.Background(), "f.bin", bytes.NewReader(data), int64(len(data)), nil)
 	if err != nil || res.Size != int64(len(data)) {

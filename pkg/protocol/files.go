@@ -21,8 +21,9 @@ import (
 // snippets' user.
 //
 // A file larger than one message moves in pieces of at most FileChunkBytes: a put sends them
-// in order with the same Upload id, every piece but the last with More set, and the file
-// appears at its path, whole, when the last lands (with SHA256, checked); a get asks for
+// with the same Upload id, every piece but the last with More set, in any order (each lands at
+// its Offset), then the last once the others are answered, and the file appears at its path,
+// whole, when the last lands (with SHA256, checked); a get asks for
 // Offset and Length and is told the file's Size, its SHA256 (in the answer at offset 0) and
 // EOF. The largest file is the worker's limit (DefaultMaxFileBytes unless configured, at most
 // MaxFileBytes): a put declaring, or sending, more, and a get of a larger file, are refused
@@ -62,8 +63,7 @@ type FileRequest struct {
 	Path string `json:"path,omitempty"`
 	// Data is the bytes of a put (base64 in JSON), at most FileChunkBytes.
 	Data []byte `json:"data,omitempty"`
-	// Offset is where Data goes in the file (put: the bytes sent before it; 0 starts an upload)
-	// or where a get starts reading.
+	// Offset is where Data goes in the file (put) or where a get starts reading.
 	Offset int64 `json:"offset,omitempty"`
 	// Size is a put's whole size when the client knows it: refused at once over the limit.
 	Size int64 `json:"size,omitempty"`
@@ -91,8 +91,8 @@ type FileResult struct {
 	Op string `json:"op,omitempty"`
 	// Path is the file's path relative to the workspace.
 	Path string `json:"path,omitempty"`
-	// Size is the file's size: for a put, the bytes received so far (the file's size once the
-	// last piece landed); for a get, the whole file's.
+	// Size is the file's size: for a put, the bytes received from offset 0 without a gap (the
+	// file's size once the last piece landed); for a get, the whole file's.
 	Size int64 `json:"size"`
 	// Data, Offset and EOF are a get's: the bytes read from Offset, and whether they reach the
 	// end of the file.

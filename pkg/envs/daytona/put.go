@@ -73,10 +73,11 @@ func (s *sandbox) PutFile(ctx context.Context, put envs.FilePut) (envs.FileData,
 			return envs.FileData{}, st.err("put", rel)
 		}
 	}
-	parts, have, done, err := s.staged(ctx, rel, stage)
+	spans, done, err := s.staged(ctx, rel, stage)
 	if err != nil {
 		return envs.FileData{}, err
 	}
+	parts, have := chain(spans)
 	if done.size >= 0 {
 		// The upload was finished (its last piece's answer was lost, say): a piece of it sent
 		// again is answered as it was.
@@ -88,18 +89,21 @@ func (s *sandbox) PutFile(ctx context.Context, put envs.FilePut) (envs.FileData,
 		}
 		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: upload %q was finished with %d bytes; this piece (%d to %d) is not one of it", envs.ErrFileFailed, rel, put.Upload, done.size, put.Offset, end)
 	}
-	switch {
-	case put.Offset > have:
-		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: a piece at offset %d of upload %q, which has %d bytes: the bytes between are missing", envs.ErrFileFailed, rel, put.Offset, put.Upload, have)
-	case end > have:
-		name := partName(have, end)
-		if err := s.upload(ctx, rel, stage+"/"+name, put.Data[have-put.Offset:]); err != nil {
+	// Pieces may come in any order (two dispatchers may pass a client's pieces on in another
+	// order than it sent them): each is a part of its own, what the chain from offset 0 does not
+	// hold yet; a piece sent again finds its part there.
+	if start := max(put.Offset, have); end > start && spans[start] < end {
+		if err := s.upload(ctx, rel, stage+"/"+partName(start, end), put.Data[start-put.Offset:]); err != nil {
 			return envs.FileData{}, err
 		}
-		parts, have = append(parts, name), end
+		spans[start] = end
+		parts, have = chain(spans)
 	}
 	if put.More {
 		return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: have}}, nil
+	}
+	if have < end {
+		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: bytes %d to %d of upload %q have not come: send them, then the last piece again", envs.ErrFileFailed, rel, have, gapEnd(spans, have, end), put.Upload)
 	}
 	if have != end {
 		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: upload %q has %d bytes, more than its last piece ends at (%d)", envs.ErrFileFailed, rel, put.Upload, have, end)
@@ -116,10 +120,11 @@ type finished struct {
 	sha  string
 }
 
-// staged reads an upload's stage: the parts that chain from 0 (each whole: its size is the one
-// its name says), in order, the bytes they hold, and the marker of a finished upload.
-func (s *sandbox) staged(ctx context.Context, rel, stage string) (parts []string, have int64, done finished, err error) {
+// staged reads an upload's stage: its whole parts (a part's size is the one its name says), by
+// start, the furthest end of those starting there; and the marker of a finished upload.
+func (s *sandbox) staged(ctx context.Context, rel, stage string) (spans map[int64]int64, done finished, err error) {
 	done.size = -1
+	spans = map[int64]int64{}
 	var infos []FileInfo
 	err = s.fsCall(ctx, func(ctx context.Context) error {
 		actx, cancel := s.env.short(ctx)
@@ -130,11 +135,10 @@ func (s *sandbox) staged(ctx context.Context, rel, stage string) (parts []string
 	})
 	if err != nil {
 		if fileHandlerAnswer(err) && statusOf(err) == http.StatusNotFound {
-			return nil, 0, done, nil // no piece yet
+			return spans, done, nil // no piece yet
 		}
-		return nil, 0, done, fileErr("put", rel, err)
+		return nil, done, fileErr("put", rel, err)
 	}
-	ends := map[int64]int64{} // start -> the furthest end of a whole part starting there
 	for _, fi := range infos {
 		if rest, ok := strings.CutPrefix(fi.Name, "done-"); ok {
 			size, sha, _ := strings.Cut(rest, "-")
@@ -149,16 +153,33 @@ func (s *sandbox) staged(ctx context.Context, rel, stage string) (parts []string
 		if !ok || fi.IsDir || err1 != nil || err2 != nil || !strings.HasPrefix(fi.Name, "p") || end-start != fi.Size {
 			continue // not a part, or one cut short
 		}
-		ends[start] = max(ends[start], end)
+		spans[start] = max(spans[start], end)
 	}
+	return spans, done, nil
+}
+
+// chain returns the parts that follow one another from offset 0, in order, and the bytes they
+// hold.
+func chain(spans map[int64]int64) (parts []string, have int64) {
 	for {
-		end, ok := ends[have]
+		end, ok := spans[have]
 		if !ok || end <= have {
-			return parts, have, done, nil
+			return parts, have
 		}
 		parts = append(parts, partName(have, end))
 		have = end
 	}
+}
+
+// gapEnd is where the bytes missing from have end: the first part's start past have, or end.
+func gapEnd(spans map[int64]int64, have, end int64) int64 {
+	to := end
+	for start := range spans {
+		if start > have && start < to {
+			to = start
+		}
+	}
+	return to
 }
 
 // upload stores bytes at dest, a stage's file.
