@@ -198,8 +198,8 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 			return nil, failed("%s: %v; the upload was given up", rel, err)
 		}
 	}
-	if req.Offset == 0 {
-		removeStaleUploads(dir)
+	if req.Offset == 0 && req.Upload != "" {
+		removeStaleUploads(dir) // only uploads in pieces are left behind: a lone piece's file goes with it
 	}
 	key := rel + "\x00" + upload
 	if !req.More && req.Upload != "" {

@@ -16,8 +16,8 @@ type Chunk struct {
 	Dropped int64
 }
 
-// Stream bounds. They are protocol.StreamChunkBytes, StreamInterval and StreamBufferBytes
-// (this package imports nothing of codefleet's: the agent links it).
+// Stream bounds, published in the contract as protocol.StreamChunkBytes, StreamInterval and
+// StreamBufferBytes (defined here: the agent links this package, not the protocol).
 const (
 	StreamChunkBytes  = 16 << 10
 	StreamInterval    = 20 * time.Millisecond

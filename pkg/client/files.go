@@ -64,19 +64,11 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 	br := bufio.NewReader(r) // Peek tells whether a full piece is the last
 	upload := ""
 	var off int64
-	// The pieces before the last go putWindow at a time (the fleet takes them in any order);
+	// The pieces before the last go pieceWindow at a time (the fleet takes them in any order);
 	// the last goes once they are all in, and the file appears.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type answer struct {
-		res *protocol.FileResult
-		err error
-	}
-	var flying []chan answer
-	land := func(ch chan answer) (*protocol.FileResult, error) {
-		a := <-ch
-		return a.res, a.err
-	}
+	var flying []inFlight
 	for {
 		buf := make([]byte, protocol.FileChunkBytes) // a piece of its own: others are in flight
 		want := int64(len(buf))
@@ -111,22 +103,17 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 		}
 		off += int64(n)
 		if more {
-			if len(flying) == putWindow {
-				if res, err := land(flying[0]); err != nil {
+			if len(flying) == pieceWindow {
+				if res, err := flying[0].wait(); err != nil {
 					return res, err
 				}
 				flying = flying[1:]
 			}
-			ch := make(chan answer, 1)
-			go func() {
-				res, err := cv.file(ctx, req)
-				ch <- answer{res, err}
-			}()
-			flying = append(flying, ch)
+			flying = append(flying, goFile(func() (*protocol.FileResult, error) { return cv.file(ctx, req) }))
 			continue
 		}
-		for _, ch := range flying {
-			if res, err := land(ch); err != nil {
+		for _, f := range flying {
+			if res, err := f.wait(); err != nil {
 				return res, err
 			}
 		}
@@ -145,16 +132,35 @@ func (cv *Conversation) PutFile(ctx context.Context, path string, r io.Reader, s
 	}
 }
 
-// putWindow is how many pieces of a put are in flight at once.
-const putWindow = 4
+// pieceWindow is how many pieces of a put or a get are in flight at once: the worker takes
+// them one after another, and the hops on the way (the client's and the dispatcher's encoding
+// and decoding) work on the next pieces meanwhile.
+const pieceWindow = 4
 
-// getWindow is how many pieces of a get are asked for at once: the worker answers them one
-// after another, and the hops on the way (the worker's encoding, the dispatcher, the client's
-// decoding) work on the next pieces meanwhile.
-const getWindow = 4
+// inFlight is a file request sent from a goroutine of its own; wait reads its answer, once.
+type inFlight chan fileAnswer
+
+type fileAnswer struct {
+	res *protocol.FileResult
+	err error
+}
+
+func goFile(send func() (*protocol.FileResult, error)) inFlight {
+	f := make(inFlight, 1)
+	go func() {
+		res, err := send()
+		f <- fileAnswer{res, err}
+	}()
+	return f
+}
+
+func (f inFlight) wait() (*protocol.FileResult, error) {
+	a := <-f
+	return a.res, a.err
+}
 
 // GetFile writes the file at path in the conversation's workspace to w, reading it in pieces
-// (getWindow asked for at once, written in order), and checks what it wrote against the file's
+// (pieceWindow asked for at once, written in order), and checks what it wrote against the file's
 // SHA-256 (ErrFileChanged when the file changed meanwhile). The result describes the file
 // (path, size, mode, mtime, SHA-256), without its data. The error is a *protocol.Error from the
 // fleet (file_not_found, path_refused, file_too_large, file_failed for a directory...), with
@@ -189,37 +195,29 @@ func (cv *Conversation) GetFile(ctx context.Context, path string, w io.Writer) (
 			return nil, fmt.Errorf("get %s: no data at offset 0 of %d bytes, and no end of file", path, first.Size)
 		}
 		// The rest: pieces of the first's length (what the fleet gives at most), asked for
-		// getWindow at a time and written in order; any answer that does not fit the first's
+		// pieceWindow at a time and written in order; any answer that does not fit the first's
 		// size is a file that changed.
 		piece := off
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		type answer struct {
-			res *protocol.FileResult
-			err error
-		}
-		var pending []chan answer
+		var pending []inFlight
 		next := off
 		for off < first.Size {
-			for len(pending) < getWindow && next < first.Size {
-				ch := make(chan answer, 1)
-				go func(at int64) {
-					res, err := get(ctx, at)
-					ch <- answer{res, err}
-				}(next)
-				pending = append(pending, ch)
+			for len(pending) < pieceWindow && next < first.Size {
+				at := next
+				pending = append(pending, goFile(func() (*protocol.FileResult, error) { return get(ctx, at) }))
 				next += piece
 			}
-			a := <-pending[0]
+			res, err := pending[0].wait()
 			pending = pending[1:]
-			if a.err != nil {
-				return a.res, a.err
+			if err != nil {
+				return res, err
 			}
 			want := min(piece, first.Size-off)
-			if a.res.Size != first.Size || int64(len(a.res.Data)) != want {
-				return nil, fmt.Errorf("get %s: %w (it was %d bytes, now %d)", path, ErrFileChanged, first.Size, a.res.Size)
+			if res.Size != first.Size || int64(len(res.Data)) != want {
+				return nil, fmt.Errorf("get %s: %w (it was %d bytes, now %d)", path, ErrFileChanged, first.Size, res.Size)
 			}
-			if err := write(a.res); err != nil {
+			if err := write(res); err != nil {
 				return nil, err
 			}
 			off += want

@@ -263,7 +263,7 @@ func TestGetFileInPieces(t *testing.T) {
 	if err != nil || !bytes.Equal(got.Bytes(), data) || res.Size != int64(len(data)) || res.SHA256 != hexSum(data) || res.Data != nil {
 		t.Fatalf("GetFile = %+v (%d bytes written), %v", res, got.Len(), err)
 	}
-	// The pieces after the first are asked for at once (getWindow): in any order.
+	// The pieces after the first are asked for at once (pieceWindow): in any order.
 	var offsets []int64
 	for _, r := range fs.requests() {
 		offsets = append(offsets, r.Offset)

@@ -3,7 +3,8 @@ package protocol
 import (
 	"encoding/json"
 	"fmt"
-	"time"
+
+	"github.com/codefleet/codefleet/internal/output"
 )
 
 // Streaming. A RunRequest with "stream": true has its output published, as it is produced, in
@@ -22,13 +23,13 @@ import (
 // server or its library drops messages, which the client sees as gaps in Seq.
 const (
 	// StreamChunkBytes bounds the data of one chunk.
-	StreamChunkBytes = 16 << 10
+	StreamChunkBytes = output.StreamChunkBytes
 	// StreamInterval is the least time between two chunks of one run: at most 50 chunks, 800
 	// KiB, a second.
-	StreamInterval = 20 * time.Millisecond
+	StreamInterval = output.StreamInterval
 	// StreamBufferBytes bounds the output waiting to be streamed; past it, output is dropped
 	// from the stream and counted.
-	StreamBufferBytes = 64 << 10
+	StreamBufferBytes = output.StreamBufferBytes
 )
 
 // OutputChunk is one piece of a streamed run's output, published on the stream subject.

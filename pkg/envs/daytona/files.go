@@ -228,17 +228,11 @@ func (s *sandbox) GetFile(ctx context.Context, get envs.FileGet) (envs.FileData,
 	}
 	// ok <size> <mode> <mtime> <sha256 or -> <workspace>
 	ok := strings.SplitN(st.rest, " ", 5)
-	if len(ok) != 5 {
-		return envs.FileData{}, fmt.Errorf("%w: daytona: get %q: the sandbox answered %q", envs.ErrFileFailed, rel, trimMessage(st.rest))
-	}
-	size, mode, mtime, err := parseMeta(ok[0], ok[1], ok[2])
+	d, err := fileAnswer("get", rel, ok, 5)
 	if err != nil {
-		return envs.FileData{}, fmt.Errorf("%w: daytona: get %q: %w", envs.ErrFileFailed, rel, err)
+		return envs.FileData{}, err
 	}
-	d := envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: size, Mode: mode, ModTime: mtime}}
-	if ok[3] != "-" {
-		d.SHA256 = ok[3]
-	}
+	size := d.Size
 	if get.Offset < size {
 		var r FileRange
 		err := s.fsCall(ctx, func(ctx context.Context) error {

@@ -213,15 +213,24 @@ func (s *sandbox) finish(ctx context.Context, rel, stage string, parts []string,
 	default:
 		return envs.FileData{}, st.err("put", rel)
 	}
-	ok := strings.Fields(st.rest) // <size> <mode> <mtime> <sha256>
-	if len(ok) != 4 {
-		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: the sandbox answered %q", envs.ErrFileFailed, rel, trimMessage(st.rest))
+	return fileAnswer("put", rel, strings.Fields(st.rest), 4) // <size> <mode> <mtime> <sha256>
+}
+
+// fileAnswer reads a file script's answer fields, <size> <mode> <mtime> <sha256 or -> and what
+// the op adds (n fields in all), into what the op answers of the file.
+func fileAnswer(op, rel string, fields []string, n int) (envs.FileData, error) {
+	if len(fields) != n {
+		return envs.FileData{}, fmt.Errorf("%w: daytona: %s %q: the sandbox answered %q", envs.ErrFileFailed, op, rel, trimMessage(strings.Join(fields, " ")))
 	}
-	n, m, t, err := parseMeta(ok[0], ok[1], ok[2])
+	size, mode, mtime, err := parseMeta(fields[0], fields[1], fields[2])
 	if err != nil {
-		return envs.FileData{}, fmt.Errorf("%w: daytona: put %q: %w", envs.ErrFileFailed, rel, err)
+		return envs.FileData{}, fmt.Errorf("%w: daytona: %s %q: %w", envs.ErrFileFailed, op, rel, err)
 	}
-	return envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: n, Mode: m, ModTime: t}, SHA256: ok[3]}, nil
+	d := envs.FileData{FileStat: envs.FileStat{Path: rel, Type: protocol.FileTypeFile, Size: size, Mode: mode, ModTime: mtime}}
+	if fields[3] != "-" {
+		d.SHA256 = fields[3]
+	}
+	return d, nil
 }
 
 // cmpDash is s, or "-" (none) when empty.
