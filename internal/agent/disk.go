@@ -50,9 +50,12 @@ type DiskGuard struct {
 	baseline int64  // what "/" held when the guard started, when all is set
 	statPath string // the path statfs is asked about
 
-	mu      sync.Mutex
-	runs    map[chan struct{}]struct{} // hit channels of the runs going on
-	running int
+	mu   sync.Mutex
+	runs map[chan struct{}]uint64 // hit channels of the runs going on, with their registration number
+	// registered counts the runs registered (watch): a walk ends only the runs registered
+	// before it began, whose start the check that walked took into account.
+	registered uint64
+	running    int
 	// lingering: processes earlier runs left behind live (Run looked between runs).
 	lingering bool
 	wake      chan struct{} // a run started: Run checks at once and goes on ticking fast
@@ -68,8 +71,6 @@ type DiskGuard struct {
 	hitUsage   int64
 	hitPending int
 	rebase     bool
-	// ended is when a run last ended.
-	ended time.Time
 	// started: a run started since the last check. Files already over the limit then are an
 	// earlier run's doing (one stopped by the file size limit, say): that check takes them as
 	// the floor instead of ending the new run for them.
@@ -89,7 +90,7 @@ const (
 // NewDiskGuard returns a guard of limit bytes for snippets run in dir (their working directory)
 // by user uid with home directory home.
 func NewDiskGuard(limit int64, dir, home string, uid int) *DiskGuard {
-	g := &DiskGuard{Limit: limit, statPath: dir, runs: map[chan struct{}]struct{}{}, wake: make(chan struct{}, 1)}
+	g := &DiskGuard{Limit: limit, statPath: dir, runs: map[chan struct{}]uint64{}, wake: make(chan struct{}, 1)}
 	if uid == 0 {
 		g.all, g.roots = true, []string{"/"}
 		var st syscall.Stat_t
@@ -215,13 +216,9 @@ func (g *DiskGuard) check() bool {
 	// bound alone may be moved down by other sandboxes removing files).
 	if g.started {
 		g.started = false
-		// What a run that just ended wrote may not show in the bound yet (a FUSE filesystem's
-		// free space learns of it once its daemon wrote it back: make test saw an rm after a dd
-		// stopped at the file size limit ended for the dd's file a few ms later). Runs in a row
-		// therefore measure once at the start, unless a walk came after the last run's end.
-		recent := !g.ended.IsZero() && time.Since(g.ended) < forceEvery && !g.walked.After(g.ended)
-		g.rebase = g.rebase || bound > threshold || recent
+		g.rebase = g.rebase || bound > threshold
 	}
+	seen := g.registered
 	due = due || g.floor != 0 && bound <= g.Limit || g.rebase
 	if bound <= threshold && !due {
 		g.mu.Unlock()
@@ -243,7 +240,13 @@ func (g *DiskGuard) check() bool {
 		return false // over the limit, but nothing more was written since the runs were ended
 	}
 	g.floor, g.hitUsage = usage, usage
-	for hit := range g.runs {
+	// A run that started while this walk went on is not ended by it: the files it found may
+	// have been there before that run (make test saw an rm after a dd stopped at the file size
+	// limit ended a few ms in); the next check takes its start into account.
+	for hit, n := range g.runs {
+		if n > seen {
+			continue
+		}
 		close(hit)
 		delete(g.runs, hit)
 		g.hitPending++
@@ -256,7 +259,8 @@ func (g *DiskGuard) check() bool {
 func (g *DiskGuard) watch() (hit <-chan struct{}, done func()) {
 	ch := make(chan struct{})
 	g.mu.Lock()
-	g.runs[ch] = struct{}{}
+	g.registered++
+	g.runs[ch] = g.registered
 	g.running++
 	g.started = true
 	g.mu.Unlock()
@@ -272,7 +276,6 @@ func (g *DiskGuard) watch() (hit <-chan struct{}, done func()) {
 			g.rebase = true // the runs ended for the limit are over
 		}
 		g.running--
-		g.ended = time.Now()
 		g.mu.Unlock()
 	}
 }
