@@ -1,0 +1,44 @@
+"""codefleet: run AI agents' code in sandboxes on a codefleet fleet, over NATS.
+
+``codefleet.Client`` speaks the v1 wire contract (docs/protocol.md in the codefleet repository);
+``codefleet.ag2.CodeFleetEnvironment`` is AG2's CodeEnvironment on top of it.
+"""
+
+from .client import DEFAULT_ATTEMPTS, DEFAULT_CONNECT_WAIT, DEFAULT_OVERHEAD, Client, ConnectError, Conversation, TransportError, new_id
+from .protocol import (
+    LANGUAGES,
+    CloseResult,
+    CodeFleetError,
+    ErrorCode,
+    ErrorInfo,
+    FleetError,
+    MalformedReply,
+    RunResult,
+    SandboxInfo,
+    SandboxOptions,
+    Subjects,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_CONNECT_WAIT",
+    "DEFAULT_OVERHEAD",
+    "LANGUAGES",
+    "Client",
+    "CloseResult",
+    "CodeFleetError",
+    "ConnectError",
+    "Conversation",
+    "ErrorCode",
+    "ErrorInfo",
+    "FleetError",
+    "MalformedReply",
+    "RunResult",
+    "SandboxInfo",
+    "SandboxOptions",
+    "Subjects",
+    "TransportError",
+    "new_id",
+]

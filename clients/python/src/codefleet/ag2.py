@@ -1,0 +1,371 @@
+"""AG2's ``CodeEnvironment`` on a codefleet fleet.
+
+Where an AG2 user writes ``SandboxCodeTool(DockerCodeEnvironment(...))``, they write::
+
+    from codefleet.ag2 import CodeFleetEnvironment
+
+    async with CodeFleetEnvironment(nats_url="nats://fleet:4222", tenant="acme") as env:
+        agent = Agent("analyst", config=..., tools=[SandboxCodeTool(env)])
+        await agent.ask("...")
+    # sandbox destroyed here
+
+One environment is one conversation, so one sandbox on the fleet: created by the first run,
+kept across runs (files persist; each snippet is a fresh process), destroyed by ``aclose``
+(or at interpreter exit, as AG2's environments do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .client import Client, ConnectError, Conversation, TransportError, new_id
+from .protocol import (
+    DEFAULT_PREFIX,
+    DEFAULT_TENANT,
+    LANGUAGES,
+    MAX_ID_LEN,
+    ErrorCode,
+    FleetError,
+    RunResult,
+    SandboxInfo,
+    SandboxOptions,
+    check_prefix,
+    valid_id,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger("codefleet.ag2")
+
+try:  # AG2's own types when AG2 is installed: SandboxCodeTool then takes this environment as its own.
+    from autogen.beta.annotations import Variable
+    from autogen.beta.tools.code import CodeEnvironment as _Base
+    from autogen.beta.tools.code import CodeRunResult
+
+    HAVE_AG2 = True
+except ImportError:  # Equal stand-ins, so the package works (and is tested) without AG2.
+    HAVE_AG2 = False
+    _Base = object  # type: ignore[misc,assignment]
+
+    @dataclass(frozen=True)
+    class CodeRunResult:  # type: ignore[no-redef]
+        """AG2's CodeRunResult: stdout and stderr together, and the exit code."""
+
+        output: str
+        exit_code: int
+
+    @dataclass(frozen=True)
+    class Variable:  # type: ignore[no-redef]
+        """AG2's Variable marker: a value taken from ``context.variables[name]`` on the first
+        run (``name`` defaults to the parameter's), else ``default``, else ``default_factory()``."""
+
+        name: str | None = None
+        default: Any = ...
+        default_factory: Any = ...
+
+
+#: Where the environment connects when given neither ``nats_url`` nor ``client``:
+#: $CODEFLEET_NATS_URL, else $NATS_URL, else this.
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+#: The exit code of a run that hit its timeout, as AG2's environments give it.
+EXIT_TIMEOUT = 124
+#: The exit code of a language the environment does not run, as AG2's environments give it.
+EXIT_LANGUAGE = 2
+#: The exit code of a run the fleet could not run (AG2 gives 1 for its backends' API errors).
+EXIT_ERROR = 1
+
+
+class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
+    """A ``CodeEnvironment`` whose runs go to a codefleet fleet over NATS.
+
+    Keywords:
+        nats_url: the fleet's NATS (default $CODEFLEET_NATS_URL, $NATS_URL, nats://127.0.0.1:4222).
+        creds: a NATS .creds file (needs nats-py's nkeys extra); ``connect_options`` takes any
+            other option of ``nats.connect`` (``token``, ``user``, ``password``, ``tls``, ...).
+        client: a ``codefleet.Client`` to share one connection between environments (then
+            ``nats_url``, ``creds`` and ``connect_options`` are not used, and the client is yours
+            to close).
+        tenant: the tenant (str or Variable; default "default"); the fleet's quotas count per tenant.
+        conversation: the conversation id (default: a new one), one NATS token.
+        image, backend, env_vars, variables: the sandbox's image (str or Variable; default the
+            workers'), backend ("docker" or "daytona"; default the workers'), environment (dict or
+            Variable) and per-tenant values for the workers (dict of str or Variable, or Variable).
+        timeout: seconds a run may take (default 60, at least 1). A run that hits it is killed;
+            its output so far is kept, and so are the sandbox and its files.
+        languages: the languages offered to the model (default python, bash, javascript, typescript).
+        prefix: the fleet's subject prefix (default "codefleet").
+        close_on_exit: destroy the sandbox at interpreter exit if it was not closed (default True).
+
+    Variables are resolved from ``context.variables`` on the first run, as AG2's own environments
+    do; later runs use those values.
+    """
+
+    def __init__(
+        self,
+        *,
+        nats_url: str | None = None,
+        creds: str | os.PathLike[str] | None = None,
+        connect_options: Mapping[str, Any] | None = None,
+        client: Client | None = None,
+        tenant: str | Variable = DEFAULT_TENANT,
+        conversation: str | None = None,
+        image: str | Variable | None = None,
+        backend: str | None = None,
+        env_vars: Mapping[str, str | Variable] | Variable | None = None,
+        variables: Mapping[str, str | Variable] | Variable | None = None,
+        timeout: float = 60,
+        languages: Sequence[str] = LANGUAGES,
+        prefix: str = DEFAULT_PREFIX,
+        close_on_exit: bool = True,
+    ) -> None:
+        if timeout < 1:
+            raise ValueError("`timeout` must be >= 1 second.")
+        unknown = [lang for lang in languages if lang not in LANGUAGES]
+        if unknown:
+            raise ValueError(f"languages {unknown} are not codefleet's; it runs {list(LANGUAGES)}")
+        if not languages:
+            raise ValueError("`languages` is empty")
+        if isinstance(tenant, str) and not valid_id(tenant):
+            raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        if conversation is not None and not valid_id(conversation):
+            raise ValueError(f"conversation {conversation!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        if backend not in (None, "docker", "daytona"):
+            raise ValueError(f"backend {backend!r} must be 'docker' or 'daytona'")
+        check_prefix(prefix)
+
+        self._nats_url = nats_url or os.environ.get("CODEFLEET_NATS_URL") or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+        self._connect_options = dict(connect_options or {})
+        if creds is not None:
+            self._connect_options["user_credentials"] = os.fspath(creds)
+        self._connect_options.setdefault("name", "codefleet-ag2")
+        self._shared_client = client
+        self._prefix = prefix if client is None else client.subjects.prefix
+        self._tenant_spec = tenant
+        self._image = image
+        self._backend = backend
+        self._env_vars = env_vars
+        self._variables = variables
+        self._timeout = float(timeout)
+        self._languages = tuple(languages)
+        self.conversation_id = conversation or f"ag2-{new_id()}"
+
+        # Set by the first run: the resolved tenant and sandbox options.
+        self._tenant: str | None = None
+        self._sandbox_options: SandboxOptions | None = None
+        # The connection this environment made, and the event loop it belongs to: a NATS
+        # connection lives on one loop, and a caller may drive the environment from several
+        # asyncio.run() calls in turn. The sandbox is the fleet's, named by the conversation,
+        # so it outlives any connection.
+        self._client: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        #: The sandbox of the last run (None before the first run and after aclose).
+        self.sandbox: SandboxInfo | None = None
+        self._close_on_exit = close_on_exit
+        # A run was sent since the last close: the conversation may have a sandbox.
+        self._sent = False
+
+    @property
+    def supported_languages(self) -> tuple[str, ...]:
+        return self._languages
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant, once resolved (at construction when given as a str, else on the first run)."""
+        if self._tenant is not None:
+            return self._tenant
+        return self._tenant_spec if isinstance(self._tenant_spec, str) else None
+
+    async def run(
+        self,
+        code: str,
+        language: str,
+        *,
+        context: Any = None,
+        request_id: str | None = None,
+    ) -> CodeRunResult:
+        """Runs code in this environment's sandbox and returns its output and exit code.
+
+        ``context`` is AG2's ConversationContext: its ``variables`` resolve Variable markers on
+        the first run. ``request_id`` (optional, not part of AG2's protocol) names the run: a run
+        sent again with the same id is not run twice, its first result is returned.
+
+        Fleet errors come back as results with a clear message and a non-zero exit code (124 on
+        timeout with the output so far, 2 for a language the environment does not run, 1 for the
+        rest), as AG2's environments give theirs; a Variable that cannot be resolved raises."""
+        if language not in self._languages:
+            return CodeRunResult(
+                output=f"Language {language!r} is not enabled. Available: {list(self._languages)}",
+                exit_code=EXIT_LANGUAGE,
+            )
+        try:
+            conv = await self._conversation(context)
+        except ConnectError as e:
+            return CodeRunResult(output=f"codefleet: {e}", exit_code=EXIT_ERROR)
+        self._sent = True  # from here a sandbox may exist
+        try:
+            res = await conv.run(code, language, request_id=request_id, timeout=self._timeout, sandbox=self._sandbox_options)
+        except FleetError as e:
+            return _error_result(e)
+        except TransportError as e:
+            return CodeRunResult(output=f"codefleet: {e}", exit_code=EXIT_ERROR)
+        self.sandbox = res.sandbox
+        return _run_result(res, self._timeout)
+
+    async def aclose(self) -> None:
+        """Destroys the sandbox (if a run made one) and closes the connection this environment
+        made. A run after it starts a new sandbox. Raises CodeFleetError if the fleet could not
+        be told; its idle reaper then ends the sandbox."""
+        try:
+            if self._sent:
+                conv = await self._conversation(None)
+                await conv.close()
+                self._sent = False
+        finally:
+            self.sandbox = None
+            if self._client is not None and self._loop is asyncio.get_running_loop():
+                await self._client.close()
+            self._client = None
+            _open_environments.discard(self)
+
+    async def __aenter__(self) -> CodeFleetEnvironment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _conversation(self, context: Any) -> Conversation:
+        """The conversation on a connection of the running loop; the first call resolves the
+        Variables from ``context``."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._tenant is None:
+                self._resolve(context)
+            if self._close_on_exit:
+                _open_environments.add(self)
+            client = self._shared_client
+            if client is None:
+                if self._client is None or self._loop is not loop or self._client.nc.is_closed:
+                    # A connection of an earlier loop cannot be used (or closed) on this one.
+                    self._client = await Client.connect(self._nats_url, prefix=self._prefix, **self._connect_options)
+                client = self._client
+            self._loop = loop
+            assert self._tenant is not None
+            return client.conversation(self.conversation_id, tenant=self._tenant)
+
+    def _resolve(self, context: Any) -> None:
+        tenant = _resolve(self._tenant_spec, context, "tenant")
+        if not isinstance(tenant, str) or not valid_id(tenant):
+            raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        image = _resolve(self._image, context, "image")
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"image must be a str, not {type(image).__name__}")
+        self._sandbox_options = SandboxOptions(
+            backend=self._backend,
+            image=image,
+            env=_resolve_map(self._env_vars, context, "env_vars"),
+            variables=_resolve_map(self._variables, context, "variables"),
+        )
+        self._tenant = tenant
+
+
+def _resolve(value: Any, context: Any, param: str) -> Any:
+    """A Variable's value from ``context.variables`` (else its default), as AG2 resolves one;
+    any other value as it is."""
+    if not isinstance(value, Variable):
+        return value
+    key = value.name or param
+    if context is None:
+        raise RuntimeError(
+            f"codefleet `{param}` given as Variable({key!r}) but no context to resolve it: Variables "
+            "resolve on the first run from context.variables (SandboxCodeTool passes the active context)"
+        )
+    variables = getattr(context, "variables", None) or {}
+    if key in variables:
+        return variables[key]
+    if value.default is not Ellipsis:
+        return value.default
+    if value.default_factory is not Ellipsis:
+        return value.default_factory()
+    raise KeyError(f"Context variable {key!r} not found and no default provided")
+
+
+def _resolve_map(value: Any, context: Any, param: str) -> dict[str, str] | None:
+    m = _resolve(value, context, param)
+    if m is None:
+        return None
+    if not isinstance(m, Mapping):
+        raise ValueError(f"{param} must be a mapping of str to str, not {type(m).__name__}")
+    out = {}
+    for k, v in m.items():
+        v = _resolve(v, context, k)
+        if not isinstance(v, str):
+            raise ValueError(f"{param}[{k!r}] must be a str, not {type(v).__name__}")
+        out[k] = v
+    return out
+
+
+def _run_result(res: RunResult, timeout: float) -> CodeRunResult:
+    out = res.output
+    if res.sandbox is not None and res.sandbox.recreated:
+        out = (
+            "[codefleet: this conversation's sandbox was lost with its worker and this run got a new "
+            "one: files from earlier runs are gone]\n" + out
+        )
+    if res.timed_out:
+        return CodeRunResult(
+            output=_line(out, f"Execution timed out after {timeout:g}s (the process was killed; the sandbox and its files are kept)"),
+            exit_code=EXIT_TIMEOUT,
+        )
+    return CodeRunResult(output=out, exit_code=res.exit_code)
+
+
+def _error_result(e: FleetError) -> CodeRunResult:
+    """A fleet error as AG2 shows a backend's: a clear message and a non-zero exit code."""
+    out = e.result.output if isinstance(e.result, RunResult) else ""
+    exit_code = EXIT_ERROR
+    if e.code == ErrorCode.UNSUPPORTED_LANGUAGE:
+        exit_code = EXIT_LANGUAGE
+    elif e.code == ErrorCode.DISK_LIMIT and isinstance(e.result, RunResult) and e.result.exit_code:
+        exit_code = e.result.exit_code  # the code ran and was ended: 137, with its output so far
+    msg = f"codefleet could not run the code ({e.code}): {e.message}"
+    if e.error.advice:
+        msg += f". What to do: {e.error.advice}"
+    return CodeRunResult(output=_line(out, msg), exit_code=exit_code)
+
+
+def _line(out: str, line: str) -> str:
+    if out and not out.endswith("\n"):
+        out += "\n"
+    return out + line
+
+
+# The environments that may hold a sandbox, destroyed at interpreter exit as AG2's are (weakly
+# held: an environment that is collected is not kept alive by this; the fleet's idle reaper ends
+# its sandbox).
+_open_environments: weakref.WeakSet[CodeFleetEnvironment] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for env in list(_open_environments):
+        if not env._sent or env._shared_client is not None:
+            continue  # no sandbox; or a shared client, whose loop is gone: its owner closes
+        env._client, env._loop, env._lock = None, None, None  # their loop has ended
+        try:
+            asyncio.run(asyncio.wait_for(env.aclose(), 10))
+        except Exception as e:  # noqa: BLE001 - at exit, say it and go on with the others
+            log.warning("codefleet: could not close conversation %s at exit: %s", env.conversation_id, e or type(e).__name__)
+
+
+__all__ = ["HAVE_AG2", "CodeFleetEnvironment", "CodeRunResult", "Variable"]

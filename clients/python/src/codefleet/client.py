@@ -1,0 +1,270 @@
+"""The async client of codefleet: run code in a conversation's sandbox over NATS.
+
+It mirrors the Go client (pkg/client)::
+
+    async with await Client.connect("nats://127.0.0.1:4222", tenant="acme") as fleet:
+        conv = fleet.conversation("chat-42")
+        res = await conv.run("print(40+2)", "python")
+        # res.output == "42\\n"; a snippet that fails is a result with its exit code
+        await conv.close()
+
+``run`` retries what the transport loses (no dispatcher answered, an answer lost with a
+dispatcher or the connection) with the same request id, so a retried run never runs twice: the
+worker answers a repeated id with the first run's result. A request the contract refuses (empty
+code, an unknown language, a bad id) is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any, Mapping
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from .protocol import (
+    DEFAULT_PREFIX,
+    DEFAULT_TENANT,
+    DEFAULT_TIMEOUT,
+    MAX_ID_LEN,
+    CloseResult,
+    CodeFleetError,
+    FleetError,
+    RunResult,
+    SandboxOptions,
+    Subjects,
+    check_prefix,
+    decode_close_result,
+    decode_run_result,
+    run_request,
+    valid_id,
+)
+
+log = logging.getLogger("codefleet")
+
+#: How many times a request is sent before giving up on the transport.
+DEFAULT_ATTEMPTS = 3
+#: Seconds added to a run's timeout to get the time one attempt may take: room for creating the
+#: sandbox and the trip over NATS.
+DEFAULT_OVERHEAD = 30.0
+#: Seconds Client.connect tries to make the first connection.
+DEFAULT_CONNECT_WAIT = 10.0
+
+
+class ConnectError(CodeFleetError):
+    """The first connection to NATS could not be made."""
+
+
+class TransportError(CodeFleetError):
+    """No answer came: no dispatcher is up, or the answer was lost, after every attempt.
+
+    The run may have executed. Send it again with ``request_id`` (the same id) to get its result
+    without running it twice."""
+
+    def __init__(self, message: str, *, subject: str, request_id: str, attempts: int) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.request_id = request_id
+        self.attempts = attempts
+
+
+def new_id() -> str:
+    """A request or conversation id: 32 hex digits, one NATS token."""
+    return uuid.uuid4().hex
+
+
+class Client:
+    """Sends run and close requests for a tenant on one NATS connection.
+
+    One client (one connection) serves any number of conversations: share it."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        prefix: str = DEFAULT_PREFIX,
+        attempts: int = DEFAULT_ATTEMPTS,
+        overhead: float = DEFAULT_OVERHEAD,
+    ) -> None:
+        _check_options(tenant, prefix, attempts, overhead)
+        self.nc = nc
+        self.tenant = tenant
+        self.subjects = Subjects(prefix)
+        self.attempts = attempts
+        self.overhead = overhead
+        self._owns_nc = False
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        tenant: str = DEFAULT_TENANT,
+        prefix: str = DEFAULT_PREFIX,
+        attempts: int = DEFAULT_ATTEMPTS,
+        overhead: float = DEFAULT_OVERHEAD,
+        connect_wait: float = DEFAULT_CONNECT_WAIT,
+        **connect_options: Any,
+    ) -> Client:
+        """Connects to NATS and returns a client that closes the connection in ``close``.
+
+        ``connect_options`` go to ``nats.connect``: ``user_credentials`` (a .creds file),
+        ``token``, ``user``/``password``, ``tls``, ``name``, ... Once connected, the connection
+        reconnects as nats-py does; the first connection is given ``connect_wait`` seconds, then
+        ConnectError names the last failure (nats-py alone would try for minutes)."""
+        # Checked before connecting: a typo does not cost a connection.
+        _check_options(tenant, prefix, attempts, overhead)
+        connect_options.setdefault("name", "codefleet-python")
+        last: list[Exception] = []
+        user_error_cb = connect_options.pop("error_cb", None)
+
+        async def error_cb(e: Exception) -> None:
+            last[:] = [e]
+            if user_error_cb is not None:
+                await user_error_cb(e)
+            else:  # nats-py's default logs each failed attempt with its traceback
+                log.warning("codefleet: nats: %s", e or type(e).__name__)
+
+        nc = NATS()
+        try:
+            await asyncio.wait_for(nc.connect(servers, error_cb=error_cb, **connect_options), connect_wait)
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as e:
+            await nc.close()
+            cause = last[0] if last else e
+            raise ConnectError(f"cannot connect to NATS at {servers}: {cause or type(cause).__name__}") from cause
+        client = cls(nc, tenant=tenant, prefix=prefix, attempts=attempts, overhead=overhead)
+        client._owns_nc = True
+        return client
+
+    def conversation(self, conversation_id: str | None = None, *, tenant: str | None = None) -> Conversation:
+        """The handle of one conversation (a new id when none is given). Its sandbox is created
+        by its first run. ``tenant`` overrides the client's."""
+        conv = new_id() if conversation_id is None else conversation_id
+        if not valid_id(conv):
+            raise ValueError(f"conversation {conv!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        t = self.tenant if tenant is None else tenant
+        if not valid_id(t):
+            raise ValueError(f"tenant {t!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        return Conversation(self, conv, t)
+
+    async def close(self) -> None:
+        """Drains and closes the connection if ``connect`` made it; a connection handed to the
+        constructor is the caller's to close."""
+        if self._owns_nc and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _request(self, subject: str, payload: bytes, per_attempt: float, request_id: str) -> bytes:
+        """Sends a request, retrying transport failures with the same payload (so the same id)."""
+        last: Exception | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                msg = await self.nc.request(subject, payload, timeout=per_attempt)
+                return msg.data
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError) as e:
+                # Nobody answered, or the answer was lost with a dispatcher or the connection:
+                # the same id makes a resend safe.
+                last = e
+            if attempt < self.attempts:
+                # Back off a little: no dispatcher may be up yet, or one is being replaced.
+                await asyncio.sleep(0.1 * attempt)
+        msg = f"no answer on {subject} after {self.attempts} attempts ({_describe(last)}): is a codefleet dispatcher running on this NATS?"
+        if request_id:
+            msg += f" Retry with request id {request_id} to get the run's result without running it twice"
+        raise TransportError(
+            msg,
+            subject=subject,
+            request_id=request_id,
+            attempts=self.attempts,
+        ) from last
+
+
+class Conversation:
+    """One conversation: one sandbox, created by the first run, destroyed by ``close``.
+
+    Runs of one conversation execute one at a time, in the order the worker receives them; each
+    is a fresh process, and files persist between them."""
+
+    def __init__(self, client: Client, conversation_id: str, tenant: str) -> None:
+        self.client = client
+        self.id = conversation_id
+        self.tenant = tenant
+
+    async def run(
+        self,
+        code: str,
+        language: str,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        sandbox: SandboxOptions | None = None,
+    ) -> RunResult:
+        """Runs code and returns its result.
+
+        ``timeout`` is in seconds (None: the server's 60 s); ``env`` is this run's environment;
+        ``sandbox`` applies when this run creates the sandbox. ``request_id`` identifies the run
+        for retries (generated when None): send a run whose result you did not get again with the
+        same id, and it will not run twice.
+
+        Raises FleetError when the fleet could not run the code (``.result`` holds the reply),
+        TransportError when no answer came."""
+        rid = new_id() if request_id is None else request_id
+        req = run_request(rid, code, language, timeout, env, sandbox)
+        per_attempt = (DEFAULT_TIMEOUT if timeout is None else timeout) + self.client.overhead
+        data = await self.client._request(
+            self.client.subjects.run(self.tenant, self.id), json.dumps(req).encode(), per_attempt, rid
+        )
+        res = decode_run_result(data)
+        if res.error is not None:
+            raise FleetError(res.error.code, res.error.message, res)
+        return res
+
+    async def close(self) -> CloseResult:
+        """Destroys the conversation's sandbox. Closing one without a sandbox is not an error."""
+        data = await self.client._request(
+            self.client.subjects.close(self.tenant, self.id), b"{}", self.client.overhead, ""
+        )
+        res = decode_close_result(data)
+        if res.error is not None:
+            raise FleetError(res.error.code, res.error.message, res)
+        return res
+
+
+def _check_options(tenant: str, prefix: str, attempts: int, overhead: float) -> None:
+    if not valid_id(tenant):
+        raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+    check_prefix(prefix)
+    if attempts < 1:
+        raise ValueError("attempts must be at least 1")
+    if overhead < 0:
+        raise ValueError("overhead must not be negative")
+
+
+def _describe(e: Exception | None) -> str:
+    if isinstance(e, nats.errors.NoRespondersError):
+        return "nats: no responders"
+    if isinstance(e, nats.errors.TimeoutError):
+        return "nats: timeout"
+    return str(e) or type(e).__name__
+
+
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_OVERHEAD",
+    "DEFAULT_CONNECT_WAIT",
+    "Client",
+    "ConnectError",
+    "Conversation",
+    "TransportError",
+    "new_id",
+]

@@ -1,0 +1,319 @@
+"""The v1 wire contract of codefleet, as a Python client needs it (docs/protocol.md).
+
+Subjects, the messages a client sends and decodes, the error codes and what a client does about
+each. The contract only changes additively: decoding ignores fields it does not know, and an
+error code it does not know is treated as any error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+DEFAULT_PREFIX = "codefleet"
+DEFAULT_TENANT = "default"
+
+#: Languages a run may name, in the contract's order.
+LANGUAGES: tuple[str, ...] = ("python", "bash", "javascript", "typescript")
+
+MAX_ID_LEN = 128
+MAX_CODE_BYTES = 512 << 10
+#: The server's timeout when a request names none, in seconds.
+DEFAULT_TIMEOUT = 60.0
+#: The largest timeout the contract accepts, in seconds (a worker caps it lower).
+MAX_TIMEOUT = 24 * 3600.0
+MAX_ENV_VARS = 256
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LEN)
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+
+
+class ErrorCode:
+    """The error codes of the contract (docs/protocol.md, Errors)."""
+
+    BAD_REQUEST = "bad_request"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    IMAGE_NOT_ALLOWED = "image_not_allowed"
+    CAPACITY = "capacity"
+    BUSY = "busy"
+    SANDBOX_FAILED = "sandbox_failed"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    WORKER_LOST = "worker_lost"
+    INTERNAL = "internal"
+    DISK_LIMIT = "disk_limit"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    FILE_NOT_FOUND = "file_not_found"
+    PATH_REFUSED = "path_refused"
+    FILE_TOO_LARGE = "file_too_large"
+    FILE_FAILED = "file_failed"
+
+
+#: What a client does about each error code: the contract's own words, shortened.
+ADVICE: Mapping[str, str] = {
+    ErrorCode.BAD_REQUEST: "fix the request",
+    ErrorCode.UNSUPPORTED_LANGUAGE: "use another language or image",
+    ErrorCode.IMAGE_NOT_ALLOWED: "use an image on the workers' allow-list",
+    ErrorCode.CAPACITY: "no worker has room for a new sandbox: retry later",
+    ErrorCode.BUSY: "the conversation has too many runs waiting: wait for earlier runs",
+    ErrorCode.SANDBOX_FAILED: "retry: the next run gets a new sandbox, and the files may be gone",
+    ErrorCode.BACKEND_UNAVAILABLE: "the worker cannot reach its sandbox backend: retry later",
+    ErrorCode.WORKER_LOST: (
+        "the worker died during the run, which may or may not have executed: run it again; "
+        "the next run gets a new sandbox, without the files of earlier runs"
+    ),
+    ErrorCode.INTERNAL: "a codefleet fault: retry, and report it if it lasts",
+    ErrorCode.DISK_LIMIT: "the sandbox's files reached its disk limit: remove files, then go on",
+    ErrorCode.QUOTA_EXCEEDED: (
+        "the tenant is at its quota: close conversations you are done with, or send fewer runs at once"
+    ),
+    ErrorCode.FILE_NOT_FOUND: "check the path",
+    ErrorCode.PATH_REFUSED: "use a path inside the workspace with no symbolic link on it",
+    ErrorCode.FILE_TOO_LARGE: "compress or split the file",
+    ErrorCode.FILE_FAILED: "read the message: fix the request, or start the upload over",
+}
+
+
+def valid_id(s: str) -> bool:
+    """Reports whether s is a tenant, conversation or request id: one NATS token."""
+    return isinstance(s, str) and _ID.fullmatch(s) is not None
+
+
+def check_prefix(prefix: str) -> None:
+    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+        raise ValueError(f"prefix {prefix!r} must be one token of [A-Za-z0-9_-], at most 64 characters")
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Every subject a client uses, built in one place."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def run(self, tenant: str, conversation: str) -> str:
+        return f"{self.prefix}.run.{tenant}.{conversation}"
+
+    def close(self, tenant: str, conversation: str) -> str:
+        return f"{self.prefix}.close.{tenant}.{conversation}"
+
+    def files(self, tenant: str, conversation: str) -> str:
+        return f"{self.prefix}.files.{tenant}.{conversation}"
+
+    def stream(self, tenant: str, conversation: str, request_id: str) -> str:
+        return f"{self.prefix}.stream.{tenant}.{conversation}.{request_id}"
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """Options used by the run that creates a conversation's sandbox."""
+
+    backend: str | None = None
+    image: str | None = None
+    env: Mapping[str, str] | None = None
+    variables: Mapping[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.backend:
+            out["backend"] = self.backend
+        if self.image:
+            out["image"] = self.image
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.variables:
+            out["variables"] = dict(self.variables)
+        return out
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why the fleet could not run the code (or, for worker_lost, does not know the outcome)."""
+
+    code: str
+    message: str
+
+    @property
+    def advice(self) -> str:
+        """What a client does about it; empty for a code this client does not know."""
+        return ADVICE.get(self.code, "")
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """The sandbox a run went to."""
+
+    id: str = ""
+    backend: str = ""
+    worker: str = ""
+    #: This run created the sandbox.
+    created: bool = False
+    #: An earlier sandbox of this conversation was lost with its worker: its files are gone.
+    recreated: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run's result. A snippet that fails is a result with its exit code, not an error."""
+
+    id: str
+    output: str = ""
+    exit_code: int = 0
+    #: The run hit its timeout: its processes were killed, the output so far is kept, the
+    #: sandbox and its files survive.
+    timed_out: bool = False
+    #: The output was cut: its head and tail are kept around a line saying what was cut.
+    truncated: bool = False
+    duration_ms: int = 0
+    sandbox: SandboxInfo | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    """The answer to a close: whether a sandbox was destroyed, and which."""
+
+    closed: bool = False
+    sandbox: SandboxInfo | None = None
+    error: ErrorInfo | None = None
+
+
+def run_request(
+    request_id: str,
+    code: str,
+    language: str,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    sandbox: SandboxOptions | None,
+) -> dict[str, Any]:
+    """Builds a RunRequest, checked as a dispatcher checks it: what the contract refuses is
+    never sent. Raises FleetError naming the field."""
+    if not valid_id(request_id):
+        raise FleetError(ErrorCode.BAD_REQUEST, f"id {request_id!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+    if not isinstance(code, str) or code == "":
+        raise FleetError(ErrorCode.BAD_REQUEST, "code is empty")
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size > MAX_CODE_BYTES:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"code is {size} bytes, more than {MAX_CODE_BYTES}")
+    if language not in LANGUAGES:
+        raise FleetError(
+            ErrorCode.UNSUPPORTED_LANGUAGE,
+            f"language {language!r} is not supported; supported: {', '.join(LANGUAGES)}",
+        )
+    req: dict[str, Any] = {"id": request_id, "code": code, "language": language}
+    if timeout is not None:
+        if timeout <= 0 or timeout > MAX_TIMEOUT:
+            raise FleetError(ErrorCode.BAD_REQUEST, f"timeout is {timeout} s, it must be in (0, {MAX_TIMEOUT:.0f}]")
+        req["timeout_ms"] = max(int(timeout * 1000), 1)
+    if env:
+        req["env"] = _env("env", env)
+    if sandbox is not None:
+        opts = sandbox.to_json()
+        if "env" in opts:
+            opts["env"] = _env("sandbox.env", opts["env"])
+        if opts:
+            req["sandbox"] = opts
+    return req
+
+
+def _env(field: str, env: Mapping[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENV_VARS:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} has {len(env)} entries, more than {MAX_ENV_VARS}")
+    for k, v in env.items():
+        if not isinstance(k, str) or _ENV_KEY.fullmatch(k) is None:
+            raise FleetError(ErrorCode.BAD_REQUEST, f"{field} key {k!r} must match [A-Za-z_][A-Za-z0-9_]* (at most 256 bytes)")
+        if not isinstance(v, str):
+            raise FleetError(ErrorCode.BAD_REQUEST, f"{field}[{k!r}] must be a string, not {type(v).__name__}")
+    return dict(env)
+
+
+class CodeFleetError(Exception):
+    """The base of every error this package raises."""
+
+
+class FleetError(CodeFleetError):
+    """The fleet could not run the code (for worker_lost: does not know whether it ran), or the
+    request was refused before it was sent, with the code a dispatcher would answer.
+
+    ``result`` is the reply that carried the error (None when refused before sending)."""
+
+    def __init__(self, code: str, message: str, result: "RunResult | CloseResult | None" = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.error = ErrorInfo(code, message)
+        self.result = result
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+    @property
+    def message(self) -> str:
+        return self.error.message
+
+
+class MalformedReply(CodeFleetError):
+    """A reply that is not a message of the contract."""
+
+
+def decode_run_result(data: bytes) -> RunResult:
+    obj = _object(data, "RunResult")
+    return RunResult(
+        id=_field(obj, "id", str, ""),
+        output=_field(obj, "output", str, ""),
+        exit_code=_field(obj, "exit_code", int, 0),
+        timed_out=_field(obj, "timed_out", bool, False),
+        truncated=_field(obj, "truncated", bool, False),
+        duration_ms=_field(obj, "duration_ms", int, 0),
+        sandbox=_sandbox(obj),
+        error=_error(obj),
+    )
+
+
+def decode_close_result(data: bytes) -> CloseResult:
+    obj = _object(data, "CloseResult")
+    return CloseResult(closed=_field(obj, "closed", bool, False), sandbox=_sandbox(obj), error=_error(obj))
+
+
+def _object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise MalformedReply(f"{what}: not JSON: {e}: {data[:200]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedReply(f"{what}: a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _field(obj: Mapping[str, Any], name: str, typ: type, default: Any) -> Any:
+    v = obj.get(name)
+    if v is None:
+        return default
+    # bool is an int in Python: an integer field must not take true, nor a bool field 1.
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise MalformedReply(f"field {name}: a {type(v).__name__}, not a {typ.__name__}")
+    return v
+
+
+def _sandbox(obj: Mapping[str, Any]) -> SandboxInfo | None:
+    sb = obj.get("sandbox")
+    if sb is None:
+        return None
+    if not isinstance(sb, dict):
+        raise MalformedReply(f"field sandbox: a {type(sb).__name__}, not an object")
+    return SandboxInfo(
+        id=_field(sb, "id", str, ""),
+        backend=_field(sb, "backend", str, ""),
+        worker=_field(sb, "worker", str, ""),
+        created=_field(sb, "created", bool, False),
+        recreated=_field(sb, "recreated", bool, False),
+    )
+
+
+def _error(obj: Mapping[str, Any]) -> ErrorInfo | None:
+    e = obj.get("error")
+    if e is None:
+        return None
+    if not isinstance(e, dict):
+        raise MalformedReply(f"field error: a {type(e).__name__}, not an object")
+    return ErrorInfo(code=_field(e, "code", str, ErrorCode.INTERNAL), message=_field(e, "message", str, ""))
