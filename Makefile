@@ -28,7 +28,13 @@ IMAGES_ARCH  ?= $(shell $(GO) env GOARCH)
 REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # make bench: the harness's flags, e.g. BENCH_ARGS='-quick -out -' (a short run, printed).
 BENCH_ARGS   ?=
-PYTHON_DOCKER ?= /usr/bin/python3
+# Debian's Python, with its packages: python3-docker (make bench), python3-pytest and python3-build
+# (the Python client: make pytest, make wheel).
+PYTHON       ?= /usr/bin/python3
+PYCLIENT     ?= clients/python
+# The Python client's tests need nats-py, which no Debian package holds: without it they are
+# skipped, loudly. REQUIRE_PYTHON_TESTS=1 turns the skip into a failure.
+REQUIRE_PYTHON_TESTS ?=
 # make gobench: the Go benchmarks.
 BENCH_PKGS   ?= ./pkg/worker/
 BENCH        ?= .
@@ -36,7 +42,7 @@ BENCHTIME    ?= 2s
 FUZZTIME     ?= 30s
 RUN_ARGS     ?=
 
-.PHONY: help build image images test bench gobench fuzz run clean lint
+.PHONY: help build image images test pytest wheel bench gobench fuzz run clean lint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -59,16 +65,36 @@ images: ## build the images codefleet-worker and codefleet-dispatcher (IMAGES_TA
 		echo "built $(IMAGES_REPO)codefleet-$$target:$(IMAGES_TAG)"; \
 	done
 
-test: image lint ## gofmt check and go vet, then every test (needs Docker) under the race detector
+test: image lint ## gofmt check and go vet, then every test (needs Docker) under the race detector, then make pytest
 	@[ -n "$(RACE)" ] || echo "make test: without the race detector (cgo is off, or RACE= was given)" >&2
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(TEST_PKGS)
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(INTEGRATION_PKGS)
+	@$(MAKE) --no-print-directory pytest
+
+pytest: image build ## the Python client's tests, against codefleet dev on a free port (needs nats-py importable)
+	@if ! $(PYTHON) -c 'import nats' 2>/dev/null; then \
+		printf '\n%s\n%s\n%s\n\n' \
+			'!!!! SKIPPED: the Python client'"'"'s tests ($(PYCLIENT)/tests) did not run.' \
+			'!!!! $(PYTHON) cannot import nats (nats-py), which no Debian package holds. Put its' \
+			'!!!! source on PYTHONPATH: PYTHONPATH=/path/to/nats.py/nats/src make pytest' >&2; \
+		[ -z "$(REQUIRE_PYTHON_TESTS)" ] || { echo "make pytest: REQUIRE_PYTHON_TESTS is set: failing" >&2; exit 1; }; \
+		exit 0; \
+	fi; \
+	$(PYTHON) -c 'import pytest' 2>/dev/null || { echo "make pytest: $(PYTHON) cannot import pytest: apt-get install python3-pytest" >&2; exit 1; }; \
+	cd $(PYCLIENT) && CODEFLEET_BIN=$(abspath $(BIN))/codefleet CODEFLEET_IMAGE=$(IMAGE) PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} \
+		$(PYTHON) -m pytest -p no:cacheprovider -ra tests
+
+wheel: ## build the Python client's wheel into bin/dist, offline (Debian's python3-build and python3-setuptools)
+	@$(PYTHON) -c 'import build' 2>/dev/null || { echo "make wheel: $(PYTHON) cannot import build: apt-get install python3-build" >&2; exit 1; }
+	rm -rf $(BIN)/dist
+	$(PYTHON) -m build --no-isolation --wheel --outdir $(abspath $(BIN))/dist $(PYCLIENT)
+	rm -rf $(PYCLIENT)/build $(PYCLIENT)/src/*.egg-info
 
 # The fleet (nats-server, dispatcher, worker as processes) beside AG2's path (docker-py's exec_run,
 # Debian's python3-docker) and the docker CLI, on one daemon and image; bench/main.go says how.
 bench: image ## codefleet vs docker-py vs docker exec, a few minutes: a new section in docs/benchmarks.md
-	@$(PYTHON_DOCKER) -c 'import docker' 2>/dev/null || { echo "make bench: $(PYTHON_DOCKER) cannot import docker: apt-get install python3-docker" >&2; exit 1; }
-	CODEFLEET_IMAGE=$(IMAGE) $(GO) run ./bench -python $(PYTHON_DOCKER) $(BENCH_ARGS)
+	@$(PYTHON) -c 'import docker' 2>/dev/null || { echo "make bench: $(PYTHON) cannot import docker: apt-get install python3-docker" >&2; exit 1; }
+	CODEFLEET_IMAGE=$(IMAGE) $(GO) run ./bench -python $(PYTHON) $(BENCH_ARGS)
 
 gobench: image ## Go benchmarks of BENCH_PKGS (BENCH=regexp, BENCHTIME=2s)
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout $(TEST_TIMEOUT) $(BENCH_PKGS)

@@ -139,6 +139,22 @@ async def test_two_environments_are_two_sandboxes(fleet: Fleet) -> None:
         assert a.sandbox.id != b.sandbox.id
 
 
+async def test_environments_share_one_client(fleet: Fleet) -> None:
+    """Many conversations on one NATS connection: the client is the caller's, left open."""
+    async with await Client.connect(fleet.url, tenant="shared") as client:
+        envs = [CodeFleetEnvironment(client=client) for _ in range(3)]
+        results = await asyncio.gather(*(env.run(f"echo {i} > me.txt; cat me.txt", "bash") for i, env in enumerate(envs)))
+        assert [r.output for r in results] == ["0\n", "1\n", "2\n"]
+        assert len({env.sandbox.id for env in envs if env.sandbox}) == 3
+        assert all(env.tenant == "shared" for env in envs)
+        for env in envs:
+            await env.aclose()
+        assert not client.nc.is_closed
+        conv = client.conversation()
+        assert (await conv.run("echo still", "bash")).output == "still\n"
+        await conv.close()
+
+
 async def test_aclose_removes_the_sandbox(fleet: Fleet) -> None:
     env = CodeFleetEnvironment(nats_url=fleet.url)
     assert (await env.run("echo x > f.txt", "bash")).exit_code == 0

@@ -87,13 +87,15 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
     """A ``CodeEnvironment`` whose runs go to a codefleet fleet over NATS.
 
     Keywords:
-        nats_url: the fleet's NATS (default $CODEFLEET_NATS_URL, $NATS_URL, nats://127.0.0.1:4222).
+        nats_url: the fleet's NATS: a URL, comma-separated URLs or a list (default
+            $CODEFLEET_NATS_URL, $NATS_URL, nats://127.0.0.1:4222).
         creds: a NATS .creds file (needs nats-py's nkeys extra); ``connect_options`` takes any
             other option of ``nats.connect`` (``token``, ``user``, ``password``, ``tls``, ...).
         client: a ``codefleet.Client`` to share one connection between environments (then
             ``nats_url``, ``creds`` and ``connect_options`` are not used, and the client is yours
             to close).
-        tenant: the tenant (str or Variable; default "default"); the fleet's quotas count per tenant.
+        tenant: the tenant (str or Variable; default the client's, else "default"); the fleet's
+            quotas count per tenant.
         conversation: the conversation id (default: a new one), one NATS token.
         image, backend, env_vars, variables: the sandbox's image (str or Variable; default the
             workers'), backend ("docker" or "daytona"; default the workers'), environment (dict or
@@ -111,11 +113,11 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
     def __init__(
         self,
         *,
-        nats_url: str | None = None,
+        nats_url: str | list[str] | None = None,
         creds: str | os.PathLike[str] | None = None,
         connect_options: Mapping[str, Any] | None = None,
         client: Client | None = None,
-        tenant: str | Variable = DEFAULT_TENANT,
+        tenant: str | Variable | None = None,
         conversation: str | None = None,
         image: str | Variable | None = None,
         backend: str | None = None,
@@ -141,14 +143,16 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             raise ValueError(f"backend {backend!r} must be 'docker' or 'daytona'")
         check_prefix(prefix)
 
-        self._nats_url = nats_url or os.environ.get("CODEFLEET_NATS_URL") or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+        url = nats_url or os.environ.get("CODEFLEET_NATS_URL") or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+        # nats-py takes a list of servers, not the comma-separated string the nats CLI takes.
+        self._nats_url = [u.strip() for u in url.split(",")] if isinstance(url, str) and "," in url else url
         self._connect_options = dict(connect_options or {})
         if creds is not None:
             self._connect_options["user_credentials"] = os.fspath(creds)
         self._connect_options.setdefault("name", "codefleet-ag2")
         self._shared_client = client
         self._prefix = prefix if client is None else client.subjects.prefix
-        self._tenant_spec = tenant
+        self._tenant_spec: str | Variable = tenant if tenant is not None else (client.tenant if client is not None else DEFAULT_TENANT)
         self._image = image
         self._backend = backend
         self._env_vars = env_vars
