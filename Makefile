@@ -71,7 +71,12 @@ test: image lint ## gofmt check and go vet, then every test (needs Docker) under
 	CODEFLEET_IMAGE=$(IMAGE) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(INTEGRATION_PKGS)
 	@$(MAKE) --no-print-directory pytest
 
-pytest: image build ## the Python client's tests, against codefleet dev on a free port (needs nats-py importable)
+pytest: image build ## the Python client's type check (mypy --strict) and tests, against codefleet dev on a free port (needs nats-py)
+	@if $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
+		echo "mypy --strict $(PYCLIENT)/src"; cd $(PYCLIENT) && $(PYTHON) -m mypy src; \
+	else \
+		echo "make pytest: $(PYTHON) has no mypy (apt-get install mypy): the type check of $(PYCLIENT) did not run" >&2; \
+	fi
 	@if ! $(PYTHON) -c 'import nats' 2>/dev/null; then \
 		printf '\n%s\n%s\n%s\n\n' \
 			'!!!! SKIPPED: the Python client'"'"'s tests ($(PYCLIENT)/tests) did not run.' \

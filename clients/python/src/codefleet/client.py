@@ -169,7 +169,8 @@ class Client:
         for attempt in range(1, self.attempts + 1):
             try:
                 msg = await self.nc.request(subject, payload, timeout=per_attempt)
-                return msg.data
+                data: bytes = msg.data
+                return data
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError) as e:
                 # Nobody answered, or the answer was lost with a dispatcher or the connection:
                 # the same id makes a resend safe.
@@ -177,11 +178,11 @@ class Client:
             if attempt < self.attempts:
                 # Back off a little: no dispatcher may be up yet, or one is being replaced.
                 await asyncio.sleep(0.1 * attempt)
-        msg = f"no answer on {subject} after {self.attempts} attempts ({_describe(last)}): is a codefleet dispatcher running on this NATS?"
+        why = f"no answer on {subject} after {self.attempts} attempts ({_describe(last)}): is a codefleet dispatcher running on this NATS?"
         if request_id:
-            msg += f" Retry with request id {request_id} to get the run's result without running it twice"
+            why += f" Retry with request id {request_id} to get the run's result without running it twice"
         raise TransportError(
-            msg,
+            why,
             subject=subject,
             request_id=request_id,
             attempts=self.attempts,
