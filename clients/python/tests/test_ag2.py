@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from codefleet import Client, ErrorCode, ErrorInfo, FleetError, RunResult
-from codefleet.ag2 import HAVE_AG2, CodeFleetEnvironment, CodeRunResult, Variable, _error_result
+from codefleet import Client, ErrorCode, ErrorInfo, FleetError, RunResult, SandboxInfo
+from codefleet.ag2 import HAVE_AG2, CodeFleetEnvironment, CodeRunResult, Variable, _error_result, _run_result
 from helpers import CAPPED_TENANT, Context, Fleet, container_exists, eventually, free_port
 
 
@@ -139,6 +139,22 @@ async def test_two_environments_are_two_sandboxes(fleet: Fleet) -> None:
         assert a.sandbox.id != b.sandbox.id
 
 
+async def test_first_runs_at_once_make_one_connection_and_one_sandbox(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    connects = []
+    real = Client.connect.__func__  # type: ignore[attr-defined]
+
+    async def counting(cls: type[Client], *args: object, **kwargs: object) -> Client:
+        connects.append(args)
+        return await real(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Client, "connect", classmethod(counting))
+    async with CodeFleetEnvironment(nats_url=fleet.url) as env:
+        results = await asyncio.gather(*(env.run(f"echo {i} >> log.txt; hostname", "bash") for i in range(4)))
+        assert len({r.output for r in results}) == 1 and all(r.exit_code == 0 for r in results)
+        assert len(connects) == 1
+        assert (await env.run("sort log.txt | tr -d '\\n'", "bash")).output == "0123"
+
+
 async def test_environments_share_one_client(fleet: Fleet) -> None:
     """Many conversations on one NATS connection: the client is the caller's, left open."""
     async with await Client.connect(fleet.url, tenant="shared") as client:
@@ -243,6 +259,7 @@ async def test_is_an_ag2_code_environment(fleet: Fleet) -> None:
         (ErrorCode.BUSY, "", 0, 1, ["busy", "wait for earlier runs"]),
         (ErrorCode.UNSUPPORTED_LANGUAGE, "", 0, 2, ["unsupported_language", "another language or image"]),
         (ErrorCode.DISK_LIMIT, "wrote 1G\n", 137, 137, ["wrote 1G\ncodefleet could not run", "disk_limit", "remove files"]),
+        (ErrorCode.SANDBOX_FAILED, "", 0, 1, ["sandbox_failed", "the files may be gone"]),
         ("a_code_from_the_future", "", 0, 1, ["a_code_from_the_future", "the message"]),
     ],
 )
@@ -254,3 +271,11 @@ def test_fleet_errors_map_to_a_message_and_an_exit_code(code: str, output: str, 
     assert mapped.exit_code == expect_exit
     for w in words:
         assert w in mapped.output
+
+
+def test_a_recreated_sandbox_is_said_before_the_output() -> None:
+    """After the worker holding the conversation died, the model is told its files are gone."""
+    res = RunResult(id="r", output="hello\n", sandbox=SandboxInfo(id="s", created=True, recreated=True))
+    mapped = _run_result(res, 60)
+    assert mapped.exit_code == 0
+    assert mapped.output.startswith("[codefleet: this conversation's sandbox was lost") and mapped.output.endswith("]\nhello\n")

@@ -171,6 +171,7 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         #: The sandbox of the last run (None before the first run and after aclose).
         self.sandbox: SandboxInfo | None = None
         self._close_on_exit = close_on_exit
@@ -250,8 +251,10 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         """The conversation on a connection of the running loop; the first call resolves the
         Variables from ``context``."""
         loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            self._lock = asyncio.Lock()
+        if self._lock is None or self._lock_loop is not loop:
+            # An asyncio.Lock belongs to one loop too. Made before any await, so the first runs
+            # sent at once on a new loop all wait on this one: one connection, one resolution.
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             if self._tenant is None:
                 self._resolve(context)
@@ -365,7 +368,7 @@ def _close_at_exit() -> None:
     for env in list(_open_environments):
         if not env._sent or env._shared_client is not None:
             continue  # no sandbox; or a shared client, whose loop is gone: its owner closes
-        env._client, env._loop, env._lock = None, None, None  # their loop has ended
+        env._client, env._loop, env._lock, env._lock_loop = None, None, None, None  # their loop has ended
         try:
             asyncio.run(asyncio.wait_for(env.aclose(), 10))
         except Exception as e:  # noqa: BLE001 - at exit, say it and go on with the others
