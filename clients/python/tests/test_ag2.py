@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 
+import nats.errors
+
 from codefleet import Client, ErrorCode, ErrorInfo, FleetError, RunResult, SandboxInfo
+from codefleet.protocol import ADVICE
 from codefleet.ag2 import HAVE_AG2, CodeFleetEnvironment, CodeRunResult, Variable, _error_result, _run_result
 from helpers import CAPPED_TENANT, Context, Fleet, container_exists, eventually, free_port
 
@@ -61,7 +67,7 @@ async def test_timeout_keeps_output_so_far_and_the_sandbox(fleet: Fleet) -> None
         assert res.exit_code == 124
         assert res.output.startswith("started\n")
         assert "never" not in res.output
-        assert "Execution timed out after 2s" in res.output
+        assert re.search(r"\nExecution timed out after 2(\.\d)?s ", res.output), res.output
         # Unlike AG2's DockerCodeEnvironment, the sandbox and its files survive a timeout.
         res = await env.run("cat before.txt", "bash")
         assert (res.output, res.exit_code) == ("kept", 0)
@@ -97,11 +103,19 @@ async def test_variables_resolve_from_the_context(fleet: Fleet) -> None:
         env_vars=Variable("tenant_env"),
         variables={"region": Variable("region"), "plan": Variable("plan", default="free")},
     )
+    # Values of a dict may be Variables too, with defaults.
+    plain = CodeFleetEnvironment(nats_url=fleet.url, env_vars={"REGION": Variable("region"), "PLAN": Variable("plan", default="free")})
+    async with plain:
+        res = await plain.run("echo $REGION $PLAN", "bash", context=ctx)
+        assert (res.output, res.exit_code) == ("eu free\n", 0)
     async with env:
         assert env.tenant is None  # not resolved before the first run
         res = await env.run("echo $GREETING", "bash", context=ctx)
         assert (res.output, res.exit_code) == ("hello from acme\n", 0)
         assert env.tenant == CAPPED_TENANT
+        # sandbox.variables, which only the workers read (Daytona's ${name} placeholders):
+        # what this environment sends.
+        assert env._sandbox_options is not None and env._sandbox_options.variables == {"region": "eu", "plan": "free"}
         # Later runs keep what the first one resolved, whatever context they get.
         res = await env.run("echo $GREETING", "bash", context=Context(variables={}))
         assert res.output == "hello from acme\n"
@@ -187,21 +201,29 @@ async def test_aclose_removes_the_sandbox(fleet: Fleet) -> None:
     await env.aclose()
 
 
-def test_sandbox_destroyed_at_exit_when_not_closed(fleet: Fleet) -> None:
-    """As AG2's environments do with atexit: a script that forgets aclose leaves no sandbox."""
+def run_script(fleet: Fleet, close_on_exit: bool) -> tuple[str, str]:
+    """Runs a script that makes a sandbox and exits without aclose; returns its conversation
+    and sandbox. The URL names the host, as a user's would: resolved at exit too."""
+    url = fleet.url.replace("127.0.0.1", "localhost")
     script = textwrap.dedent(
         f"""
         import asyncio
         from codefleet.ag2 import CodeFleetEnvironment
-        env = CodeFleetEnvironment(nats_url={fleet.url!r})
+        env = CodeFleetEnvironment(nats_url={url!r}, close_on_exit={close_on_exit!r})
         res = asyncio.run(env.run("echo $HOSTNAME", "bash"))
         assert res.exit_code == 0, res
         print(env.conversation_id, env.sandbox.id)
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=os.environ)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0 and "could not close" not in out.stderr, out.stderr
     conversation, sandbox = out.stdout.split()
+    return conversation, sandbox
+
+
+def test_sandbox_destroyed_at_exit_when_not_closed(fleet: Fleet) -> None:
+    """As AG2's environments do with atexit: a script that forgets aclose leaves no sandbox."""
+    conversation, sandbox = run_script(fleet, close_on_exit=True)
     assert not container_exists(sandbox), "the sandbox outlived the process"
 
     async def check() -> None:
@@ -211,6 +233,19 @@ def test_sandbox_destroyed_at_exit_when_not_closed(fleet: Fleet) -> None:
             await c.conversation(conversation).close()
 
     asyncio.run(check())
+
+
+def test_close_on_exit_false_keeps_the_sandbox_for_a_later_process(fleet: Fleet) -> None:
+    conversation, sandbox = run_script(fleet, close_on_exit=False)
+    assert container_exists(sandbox)
+
+    async def later() -> None:
+        async with CodeFleetEnvironment(nats_url=fleet.url, conversation=conversation) as env:
+            res = await env.run("echo again", "bash")
+            assert res.exit_code == 0 and env.sandbox is not None and env.sandbox.id == sandbox
+
+    asyncio.run(later())
+    assert not container_exists(sandbox)
 
 
 def test_runs_from_successive_event_loops(fleet: Fleet) -> None:
@@ -271,11 +306,56 @@ def test_fleet_errors_map_to_a_message_and_an_exit_code(code: str, output: str, 
     assert mapped.exit_code == expect_exit
     for w in words:
         assert w in mapped.output
+    assert ("What to do" in mapped.output) == (code in ADVICE)
+
+
+class FakeNATS:
+    """A connection whose requests answer what a test says: for what a fleet does not answer."""
+
+    is_closed = False
+    max_payload = 1 << 20
+
+    def __init__(self, answer: Callable[[], Awaitable[object]]) -> None:
+        self.answer = answer
+        self.sent = 0
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> object:
+        self.sent += 1
+        return await self.answer()
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        ("no responders", ["no dispatcher answered on codefleet.run.default.", "is codefleet running"]),
+        ("timeout", ["lost the answer to this run", "may or may not have executed"]),
+        ("malformed", ["MalformedReply", "not JSON"]),
+        ("closed", ["ConnectionClosedError"]),
+    ],
+)
+async def test_transport_failures_are_results(answer: str, words: list[str]) -> None:
+    async def reply() -> object:
+        if answer == "no responders":
+            raise nats.errors.NoRespondersError
+        if answer == "timeout":
+            raise nats.errors.TimeoutError
+        if answer == "closed":
+            raise nats.errors.ConnectionClosedError
+        return SimpleNamespace(data=b"<html>")
+
+    nc = FakeNATS(reply)
+    env = CodeFleetEnvironment(client=Client(nc, attempts=2))  # type: ignore[arg-type]
+    res = await env.run("print(1)", "python")
+    assert res.exit_code == 1
+    for w in words:
+        assert w in res.output
+    assert "request id" not in res.output  # the model cannot give one
+    assert nc.sent == (2 if answer in ("no responders", "timeout") else 1)
 
 
 def test_a_recreated_sandbox_is_said_before_the_output() -> None:
     """After the worker holding the conversation died, the model is told its files are gone."""
     res = RunResult(id="r", output="hello\n", sandbox=SandboxInfo(id="s", created=True, recreated=True))
-    mapped = _run_result(res, 60)
+    mapped = _run_result(res)
     assert mapped.exit_code == 0
     assert mapped.output.startswith("[codefleet: this conversation's sandbox was lost") and mapped.output.endswith("]\nhello\n")

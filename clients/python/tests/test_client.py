@@ -17,7 +17,7 @@ from codefleet import (
     TransportError,
     new_id,
 )
-from codefleet.protocol import decode_run_result
+from codefleet.protocol import decode_close_result, decode_run_result, run_request
 from helpers import Fleet, free_port
 
 
@@ -72,6 +72,13 @@ async def test_fleet_errors_are_raised_with_their_result(fleet: Fleet) -> None:
         ({"code": "x", "language": "bash", "request_id": "a.b"}, ErrorCode.BAD_REQUEST, "id 'a.b'"),
         ({"code": "x", "language": "bash", "timeout": -1}, ErrorCode.BAD_REQUEST, "timeout"),
         ({"code": "x", "language": "bash", "env": {"BAD KEY": "1"}}, ErrorCode.BAD_REQUEST, "env key 'BAD KEY'"),
+        ({"code": "x", "language": "bash", "env": {"A": "a\x00b"}}, ErrorCode.BAD_REQUEST, "env['A'] contains a NUL byte"),
+        ({"code": "x", "language": "bash", "env": {"A": "x" * (64 << 10)}}, ErrorCode.BAD_REQUEST, "the limit is 65536"),
+        ({"code": "x", "language": "bash", "timeout": float("nan")}, ErrorCode.BAD_REQUEST, "timeout is nan"),
+        ({"code": "x", "language": "bash", "sandbox": SandboxOptions(backend="k8s")}, ErrorCode.BAD_REQUEST, "sandbox.backend 'k8s'"),
+        ({"code": "x", "language": "bash", "sandbox": SandboxOptions(image="a b")}, ErrorCode.BAD_REQUEST, "whitespace"),
+        ({"code": "x", "language": "bash", "sandbox": SandboxOptions(variables={"bad key": "v"})}, ErrorCode.BAD_REQUEST, "sandbox.variables key 'bad key'"),
+        ({"code": "print('\ud800')", "language": "python"}, ErrorCode.BAD_REQUEST, "not valid Unicode"),
     ],
 )
 async def test_requests_the_contract_refuses_are_not_sent(kwargs: dict, code: str, field: str) -> None:
@@ -131,9 +138,32 @@ async def test_a_dropped_reply_is_retried_and_still_runs_once(fleet: Fleet) -> N
         await conv.close()
 
 
+def test_the_body_is_compact_utf8() -> None:
+    """Code of 512 KiB fits a NATS message whatever its characters: "é" is two bytes, not
+    the six of \\u00e9. A timeout of 0 is the server's default, as in the Go client."""
+    body = run_request("r", "é" * 200_000, "python", 0, None, None)
+    assert len(body) < 400_100 and b"timeout_ms" not in body
+    assert json.loads(body)["code"] == "é" * 200_000
+
+
+async def test_unicode_round_trip(fleet: Fleet) -> None:
+    async with await Client.connect(fleet.url) as c:
+        conv = c.conversation()
+        res = await conv.run("print('héllo, 世界')", "python")
+        assert res.output == "héllo, 世界\n"
+        await conv.close()
+
+
 def test_decoding_ignores_unknown_fields_and_refuses_wrong_types() -> None:
     res = decode_run_result(b'{"id":"a","output":"x","exit_code":3,"new_field":{"any":1},"sandbox":{"id":"s","future":true}}')
     assert (res.id, res.output, res.exit_code, res.sandbox and res.sandbox.id) == ("a", "x", 3, "s")
     for bad in (b"not json", b"[1]", b'{"exit_code":"3"}', b'{"exit_code":true}', b'{"error":"x"}'):
         with pytest.raises(MalformedReply):
             decode_run_result(bad)
+
+
+def test_decoding_a_close_result() -> None:
+    res = decode_close_result(b'{"closed":true,"sandbox":{"id":"s1","backend":"docker","worker":"w"}}')
+    assert res.closed and res.sandbox is not None and res.sandbox.id == "s1" and res.error is None
+    res = decode_close_result(b'{"closed":false,"error":{"code":"internal","message":"m"}}')
+    assert not res.closed and res.error is not None and res.error.code == "internal"

@@ -4,7 +4,7 @@
 ``codefleet.ag2.CodeFleetEnvironment`` is AG2's CodeEnvironment on top of it.
 """
 
-from .client import DEFAULT_ATTEMPTS, DEFAULT_CONNECT_WAIT, DEFAULT_OVERHEAD, Client, ConnectError, Conversation, TransportError, new_id
+from .client import DEFAULT_ATTEMPTS, DEFAULT_CONNECT_WAIT, DEFAULT_NATS_URL, DEFAULT_OVERHEAD, Client, ConnectError, Conversation, TransportError, new_id
 from .protocol import (
     LANGUAGES,
     CloseResult,
@@ -19,11 +19,10 @@ from .protocol import (
     Subjects,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_CONNECT_WAIT",
+    "DEFAULT_NATS_URL",
     "DEFAULT_OVERHEAD",
     "LANGUAGES",
     "Client",

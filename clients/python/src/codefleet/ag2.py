@@ -20,23 +20,26 @@ import asyncio
 import atexit
 import logging
 import os
+import socket
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .client import Client, ConnectError, Conversation, TransportError, new_id
+import nats.errors
+
+from .client import DEFAULT_NATS_URL, Client, ConnectError, Conversation, TransportError, new_id
 from .protocol import (
     DEFAULT_PREFIX,
     DEFAULT_TENANT,
     LANGUAGES,
-    MAX_ID_LEN,
+    CodeFleetError,
     ErrorCode,
     FleetError,
     RunResult,
     SandboxInfo,
     SandboxOptions,
+    check_id,
     check_prefix,
-    valid_id,
 )
 
 if TYPE_CHECKING:
@@ -44,13 +47,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("codefleet.ag2")
 
-try:  # AG2's own types when AG2 is installed: SandboxCodeTool then takes this environment as its own.
-    from autogen.beta.annotations import Variable
+# AG2's own types when AG2 is installed: SandboxCodeTool then takes this environment as its own.
+# Equal stand-ins when it is not, so the package works (and is tested) without AG2. Imported one
+# module at a time: one that moved must not turn the others into stand-ins.
+try:
     from autogen.beta.tools.code import CodeEnvironment as _Base
     from autogen.beta.tools.code import CodeRunResult
 
     HAVE_AG2 = True
-except ImportError:  # Equal stand-ins, so the package works (and is tested) without AG2.
+except ImportError:
     HAVE_AG2 = False
     _Base = object  # type: ignore[misc,assignment]
 
@@ -61,6 +66,11 @@ except ImportError:  # Equal stand-ins, so the package works (and is tested) wit
         output: str
         exit_code: int
 
+
+try:
+    from autogen.beta.annotations import Variable
+except ImportError:
+
     @dataclass(frozen=True)
     class Variable:  # type: ignore[no-redef]
         """AG2's Variable marker: a value taken from ``context.variables[name]`` on the first
@@ -70,10 +80,6 @@ except ImportError:  # Equal stand-ins, so the package works (and is tested) wit
         default: Any = ...
         default_factory: Any = ...
 
-
-#: Where the environment connects when given neither ``nats_url`` nor ``client``:
-#: $CODEFLEET_NATS_URL, else $NATS_URL, else this.
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 #: The exit code of a run that hit its timeout, as AG2's environments give it.
 EXIT_TIMEOUT = 124
@@ -135,10 +141,10 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             raise ValueError(f"languages {unknown} are not codefleet's; it runs {list(LANGUAGES)}")
         if not languages:
             raise ValueError("`languages` is empty")
-        if isinstance(tenant, str) and not valid_id(tenant):
-            raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
-        if conversation is not None and not valid_id(conversation):
-            raise ValueError(f"conversation {conversation!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        if isinstance(tenant, str):
+            check_id("tenant", tenant)
+        if conversation is not None:
+            check_id("conversation", conversation)
         if backend not in (None, "docker", "daytona"):
             raise ValueError(f"backend {backend!r} must be 'docker' or 'daytona'")
         check_prefix(prefix)
@@ -221,25 +227,38 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         except FleetError as e:
             return _error_result(e)
         except TransportError as e:
-            return CodeRunResult(output=f"codefleet: {e}", exit_code=EXIT_ERROR)
+            # Said to the model, which cannot give a request id: no retry advice with one.
+            if e.no_responders:
+                msg = f"codefleet could not reach the fleet: no dispatcher answered on {e.subject} (is codefleet running on this NATS?)"
+            else:
+                msg = f"codefleet lost the answer to this run ({e.__cause__ or 'no answer'}): it may or may not have executed"
+            return CodeRunResult(output=msg, exit_code=EXIT_ERROR)
+        except (CodeFleetError, nats.errors.Error) as e:  # a malformed reply, a closed connection, ...
+            return CodeRunResult(output=f"codefleet: {type(e).__name__}: {e}", exit_code=EXIT_ERROR)
         self.sandbox = res.sandbox
-        return _run_result(res, self._timeout)
+        return _run_result(res)
 
     async def aclose(self) -> None:
         """Destroys the sandbox (if a run made one) and closes the connection this environment
         made. A run after it starts a new sandbox. Raises CodeFleetError if the fleet could not
         be told; its idle reaper then ends the sandbox."""
+        self.sandbox = None
         try:
             if self._sent:
-                conv = await self._conversation(None)
-                await conv.close()
+                # Cleared first: a run sent while the close is under way sets it again.
                 self._sent = False
+                conv = await self._conversation(None)
+                try:
+                    await conv.close()
+                except BaseException:
+                    self._sent = True
+                    raise
         finally:
-            self.sandbox = None
-            if self._client is not None and self._loop is asyncio.get_running_loop():
-                await self._client.close()
-            self._client = None
-            _open_environments.discard(self)
+            client, self._client = self._client, None
+            if not self._sent:
+                _open_environments.discard(self)
+            if client is not None and self._loop is asyncio.get_running_loop():
+                await client.close()
 
     async def __aenter__(self) -> CodeFleetEnvironment:
         return self
@@ -257,7 +276,7 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             if self._tenant is None:
-                self._resolve(context)
+                self._resolve_options(context)
             if self._close_on_exit:
                 _open_environments.add(self)
             client = self._shared_client
@@ -270,10 +289,11 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             assert self._tenant is not None
             return client.conversation(self.conversation_id, tenant=self._tenant)
 
-    def _resolve(self, context: Any) -> None:
+    def _resolve_options(self, context: Any) -> None:
         tenant = _resolve(self._tenant_spec, context, "tenant")
-        if not isinstance(tenant, str) or not valid_id(tenant):
-            raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+        if not isinstance(tenant, str):
+            raise ValueError(f"tenant must be a str, not {type(tenant).__name__}")
+        check_id("tenant", tenant)
         image = _resolve(self._image, context, "image")
         if image is not None and not isinstance(image, str):
             raise ValueError(f"image must be a str, not {type(image).__name__}")
@@ -291,7 +311,10 @@ def _resolve(value: Any, context: Any, param: str) -> Any:
     any other value as it is."""
     if not isinstance(value, Variable):
         return value
-    key = value.name or param
+    # AG2's Variable: name (None: the parameter's), default and default_factory (... when unset).
+    key = getattr(value, "name", None) or param
+    default = getattr(value, "default", ...)
+    default_factory = getattr(value, "default_factory", ...)
     if context is None:
         raise RuntimeError(
             f"codefleet `{param}` given as Variable({key!r}) but no context to resolve it: Variables "
@@ -300,10 +323,10 @@ def _resolve(value: Any, context: Any, param: str) -> Any:
     variables = getattr(context, "variables", None) or {}
     if key in variables:
         return variables[key]
-    if value.default is not Ellipsis:
-        return value.default
-    if value.default_factory is not Ellipsis:
-        return value.default_factory()
+    if default is not Ellipsis:
+        return default
+    if default_factory is not Ellipsis and default_factory is not None:
+        return default_factory()
     raise KeyError(f"Context variable {key!r} not found and no default provided")
 
 
@@ -322,7 +345,7 @@ def _resolve_map(value: Any, context: Any, param: str) -> dict[str, str] | None:
     return out
 
 
-def _run_result(res: RunResult, timeout: float) -> CodeRunResult:
+def _run_result(res: RunResult) -> CodeRunResult:
     out = res.output
     if res.sandbox is not None and res.sandbox.recreated:
         out = (
@@ -331,7 +354,8 @@ def _run_result(res: RunResult, timeout: float) -> CodeRunResult:
         )
     if res.timed_out:
         return CodeRunResult(
-            output=_line(out, f"Execution timed out after {timeout:g}s (the process was killed; the sandbox and its files are kept)"),
+            # The run's own duration: the worker may cap a timeout (its --max-timeout).
+            output=_line(out, f"Execution timed out after {round(res.duration_ms / 1000, 1):g}s (the process was killed; the sandbox and its files are kept)"),
             exit_code=EXIT_TIMEOUT,
         )
     return CodeRunResult(output=out, exit_code=res.exit_code)
@@ -365,14 +389,35 @@ _open_environments: weakref.WeakSet[CodeFleetEnvironment] = weakref.WeakSet()
 
 @atexit.register
 def _close_at_exit() -> None:
-    for env in list(_open_environments):
-        if not env._sent or env._shared_client is not None:
-            continue  # no sandbox; or a shared client, whose loop is gone: its owner closes
+    envs = [e for e in _open_environments if e._sent and e._shared_client is None]  # a shared client's owner closes
+    if not envs:
+        return
+    for env in envs:
         env._client, env._loop, env._lock, env._lock_loop = None, None, None, None  # their loop has ended
-        try:
-            asyncio.run(asyncio.wait_for(env.aclose(), 10))
-        except Exception as e:  # noqa: BLE001 - at exit, say it and go on with the others
-            log.warning("codefleet: could not close conversation %s at exit: %s", env.conversation_id, e or type(e).__name__)
+
+    async def close_all() -> None:
+        results = await asyncio.gather(*(env.aclose() for env in envs), return_exceptions=True)
+        for env, r in zip(envs, results):
+            if isinstance(r, BaseException):
+                log.warning("codefleet: could not close conversation %s at exit: %s", env.conversation_id, r or type(r).__name__)
+
+    loop = _ExitLoop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(close_all(), 10))
+    except Exception as e:  # noqa: BLE001 - at exit: say it, never raise
+        log.warning("codefleet: closing %d conversations at exit: %s", len(envs), e or type(e).__name__)
+    finally:
+        loop.close()
+
+
+class _ExitLoop(asyncio.SelectorEventLoop):
+    """The event loop of the close at exit. At exit the default executor takes no work, so
+    asyncio cannot resolve a host name (nats://fleet:4222 would fail "cannot schedule new futures
+    after interpreter shutdown"): this loop resolves in its own thread, blocking, which is fine
+    for the few closes left to send."""
+
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:  # noqa: A002 - asyncio's names
+        return socket.getaddrinfo(host, port, family, type, proto, flags)
 
 
 __all__ = ["HAVE_AG2", "CodeFleetEnvironment", "CodeRunResult", "Variable"]

@@ -17,7 +17,6 @@ code, an unknown language, a bad id) is refused before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from typing import Any, Mapping
@@ -29,22 +28,24 @@ from .protocol import (
     DEFAULT_PREFIX,
     DEFAULT_TENANT,
     DEFAULT_TIMEOUT,
-    MAX_ID_LEN,
     CloseResult,
     CodeFleetError,
+    ErrorCode,
     FleetError,
     RunResult,
     SandboxOptions,
     Subjects,
+    check_id,
     check_prefix,
     decode_close_result,
     decode_run_result,
     run_request,
-    valid_id,
 )
 
 log = logging.getLogger("codefleet")
 
+#: The NATS of a local fleet (`codefleet dev`, `make run`).
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 #: How many times a request is sent before giving up on the transport.
 DEFAULT_ATTEMPTS = 3
 #: Seconds added to a run's timeout to get the time one attempt may take: room for creating the
@@ -59,16 +60,18 @@ class ConnectError(CodeFleetError):
 
 
 class TransportError(CodeFleetError):
-    """No answer came: no dispatcher is up, or the answer was lost, after every attempt.
+    """No answer came, after every attempt: no dispatcher is up (``no_responders``), or the
+    answers were lost (a dispatcher or the connection died, or the wait ran out).
 
-    The run may have executed. Send it again with ``request_id`` (the same id) to get its result
+    A run may have executed: send it again with the same ``request_id`` to get its result
     without running it twice."""
 
-    def __init__(self, message: str, *, subject: str, request_id: str, attempts: int) -> None:
+    def __init__(self, message: str, *, subject: str, request_id: str, attempts: int, no_responders: bool) -> None:
         super().__init__(message)
         self.subject = subject
         self.request_id = request_id
         self.attempts = attempts
+        self.no_responders = no_responders
 
 
 def new_id() -> str:
@@ -101,7 +104,7 @@ class Client:
     @classmethod
     async def connect(
         cls,
-        servers: str | list[str] = "nats://127.0.0.1:4222",
+        servers: str | list[str] = DEFAULT_NATS_URL,
         *,
         tenant: str = DEFAULT_TENANT,
         prefix: str = DEFAULT_PREFIX,
@@ -121,6 +124,8 @@ class Client:
         connect_options.setdefault("name", "codefleet-python")
         last: list[Exception] = []
         user_error_cb = connect_options.pop("error_cb", None)
+        if user_error_cb is not None and not asyncio.iscoroutinefunction(user_error_cb):
+            raise nats.errors.InvalidCallbackTypeError
 
         async def error_cb(e: Exception) -> None:
             last[:] = [e]
@@ -143,19 +148,17 @@ class Client:
     def conversation(self, conversation_id: str | None = None, *, tenant: str | None = None) -> Conversation:
         """The handle of one conversation (a new id when none is given). Its sandbox is created
         by its first run. ``tenant`` overrides the client's."""
-        conv = new_id() if conversation_id is None else conversation_id
-        if not valid_id(conv):
-            raise ValueError(f"conversation {conv!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
-        t = self.tenant if tenant is None else tenant
-        if not valid_id(t):
-            raise ValueError(f"tenant {t!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
-        return Conversation(self, conv, t)
+        conv = check_id("conversation", new_id() if conversation_id is None else conversation_id)
+        return Conversation(self, conv, check_id("tenant", self.tenant if tenant is None else tenant))
 
     async def close(self) -> None:
         """Drains and closes the connection if ``connect`` made it; a connection handed to the
         constructor is the caller's to close."""
         if self._owns_nc and not self.nc.is_closed:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except nats.errors.Error:  # reconnecting, or the drain timed out: close at once
+                await self.nc.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -171,22 +174,26 @@ class Client:
                 msg = await self.nc.request(subject, payload, timeout=per_attempt)
                 data: bytes = msg.data
                 return data
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError) as e:
-                # Nobody answered, or the answer was lost with a dispatcher or the connection:
-                # the same id makes a resend safe.
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.OutboundBufferLimitError) as e:
+                # Nobody answered; the answer was lost with a dispatcher or the connection; or
+                # the connection is down with its buffer full. The same id makes a resend safe.
                 last = e
+            except nats.errors.MaxPayloadError:
+                raise FleetError(
+                    ErrorCode.BAD_REQUEST,
+                    f"the request is {len(payload)} bytes, more than the NATS server's max payload ({self.nc.max_payload})",
+                ) from None
             if attempt < self.attempts:
                 # Back off a little: no dispatcher may be up yet, or one is being replaced.
                 await asyncio.sleep(0.1 * attempt)
-        why = f"no answer on {subject} after {self.attempts} attempts ({_describe(last)}): is a codefleet dispatcher running on this NATS?"
+        no_responders = isinstance(last, nats.errors.NoRespondersError)
+        if no_responders:
+            why = f"no dispatcher answered on {subject} after {self.attempts} attempts (nats: no responders): is codefleet running on this NATS, with this prefix?"
+        else:
+            why = f"no answer on {subject} after {self.attempts} attempts ({_describe(last)}): the dispatchers or the connection lost it"
         if request_id:
-            why += f" Retry with request id {request_id} to get the run's result without running it twice"
-        raise TransportError(
-            why,
-            subject=subject,
-            request_id=request_id,
-            attempts=self.attempts,
-        ) from last
+            why += f". The run may have executed: send it again with request id {request_id} to get its result without running it twice"
+        raise TransportError(why, subject=subject, request_id=request_id, attempts=self.attempts, no_responders=no_responders) from last
 
 
 class Conversation:
@@ -220,11 +227,9 @@ class Conversation:
         Raises FleetError when the fleet could not run the code (``.result`` holds the reply),
         TransportError when no answer came."""
         rid = new_id() if request_id is None else request_id
-        req = run_request(rid, code, language, timeout, env, sandbox)
-        per_attempt = (DEFAULT_TIMEOUT if timeout is None else timeout) + self.client.overhead
-        data = await self.client._request(
-            self.client.subjects.run(self.tenant, self.id), json.dumps(req).encode(), per_attempt, rid
-        )
+        body = run_request(rid, code, language, timeout, env, sandbox)
+        per_attempt = (timeout or DEFAULT_TIMEOUT) + self.client.overhead
+        data = await self.client._request(self.client.subjects.run(self.tenant, self.id), body, per_attempt, rid)
         res = decode_run_result(data)
         if res.error is not None:
             raise FleetError(res.error.code, res.error.message, res)
@@ -242,8 +247,7 @@ class Conversation:
 
 
 def _check_options(tenant: str, prefix: str, attempts: int, overhead: float) -> None:
-    if not valid_id(tenant):
-        raise ValueError(f"tenant {tenant!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+    check_id("tenant", tenant)
     check_prefix(prefix)
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
@@ -263,6 +267,7 @@ __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_OVERHEAD",
     "DEFAULT_CONNECT_WAIT",
+    "DEFAULT_NATS_URL",
     "Client",
     "ConnectError",
     "Conversation",

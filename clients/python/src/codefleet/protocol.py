@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -25,10 +26,15 @@ DEFAULT_TIMEOUT = 60.0
 #: The largest timeout the contract accepts, in seconds (a worker caps it lower).
 MAX_TIMEOUT = 24 * 3600.0
 MAX_ENV_VARS = 256
+MAX_ENV_BYTES = 64 << 10
+MAX_IMAGE_LEN = 512
+#: Sandbox backends a request may name.
+BACKENDS: tuple[str, ...] = ("docker", "daytona")
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ID_LEN)
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+_VARIABLE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % MAX_ID_LEN)
 
 
 class ErrorCode:
@@ -81,6 +87,13 @@ def valid_id(s: str) -> bool:
     return isinstance(s, str) and _ID.fullmatch(s) is not None
 
 
+def check_id(kind: str, s: str) -> str:
+    """Returns s if it is a valid id, else raises ValueError naming the kind (tenant, conversation)."""
+    if not valid_id(s):
+        raise ValueError(f"{kind} {s!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
+    return s
+
+
 def check_prefix(prefix: str) -> None:
     if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
         raise ValueError(f"prefix {prefix!r} must be one token of [A-Za-z0-9_-], at most 64 characters")
@@ -97,12 +110,6 @@ class Subjects:
 
     def close(self, tenant: str, conversation: str) -> str:
         return f"{self.prefix}.close.{tenant}.{conversation}"
-
-    def files(self, tenant: str, conversation: str) -> str:
-        return f"{self.prefix}.files.{tenant}.{conversation}"
-
-    def stream(self, tenant: str, conversation: str, request_id: str) -> str:
-        return f"{self.prefix}.stream.{tenant}.{conversation}.{request_id}"
 
 
 @dataclass(frozen=True)
@@ -186,46 +193,88 @@ def run_request(
     timeout: float | None,
     env: Mapping[str, str] | None,
     sandbox: SandboxOptions | None,
-) -> dict[str, Any]:
-    """Builds a RunRequest, checked as a dispatcher checks it: what the contract refuses is
-    never sent. Raises FleetError naming the field."""
+) -> bytes:
+    """Builds a RunRequest's body, checked as a dispatcher checks one (pkg/protocol's
+    Validate): what the contract refuses is never sent. Raises FleetError naming the field.
+
+    ``timeout`` None or 0 is the server's default, as in the Go client."""
     if not valid_id(request_id):
         raise FleetError(ErrorCode.BAD_REQUEST, f"id {request_id!r} must match [A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}")
     if not isinstance(code, str) or code == "":
         raise FleetError(ErrorCode.BAD_REQUEST, "code is empty")
     size = len(code.encode("utf-8", "surrogatepass"))
     if size > MAX_CODE_BYTES:
-        raise FleetError(ErrorCode.BAD_REQUEST, f"code is {size} bytes, more than {MAX_CODE_BYTES}")
+        raise FleetError(ErrorCode.BAD_REQUEST, f"code is {size} bytes, the limit is {MAX_CODE_BYTES}")
     if language not in LANGUAGES:
         raise FleetError(
             ErrorCode.UNSUPPORTED_LANGUAGE,
             f"language {language!r} is not supported; supported: {', '.join(LANGUAGES)}",
         )
     req: dict[str, Any] = {"id": request_id, "code": code, "language": language}
-    if timeout is not None:
-        if timeout <= 0 or timeout > MAX_TIMEOUT:
+    if timeout:
+        if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails this too
             raise FleetError(ErrorCode.BAD_REQUEST, f"timeout is {timeout} s, it must be in (0, {MAX_TIMEOUT:.0f}]")
         req["timeout_ms"] = max(int(timeout * 1000), 1)
     if env:
         req["env"] = _env("env", env)
     if sandbox is not None:
         opts = sandbox.to_json()
+        if "backend" in opts and opts["backend"] not in BACKENDS:
+            raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.backend {opts['backend']!r} is not one of {', '.join(BACKENDS)}")
+        if "image" in opts:
+            _image(opts["image"])
         if "env" in opts:
             opts["env"] = _env("sandbox.env", opts["env"])
+        if "variables" in opts:
+            opts["variables"] = _variables(opts["variables"])
         if opts:
             req["sandbox"] = opts
-    return req
+    try:
+        # Not ensure_ascii: "é" would take six bytes as \u00e9 and code of 512 KiB would no
+        # longer fit a NATS message.
+        body = json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"the request is not valid Unicode: {e.reason} at character {e.start}") from None
+    return body
 
 
 def _env(field: str, env: Mapping[str, str]) -> dict[str, str]:
     if len(env) > MAX_ENV_VARS:
-        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} has {len(env)} entries, more than {MAX_ENV_VARS}")
+        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} has {len(env)} entries, the limit is {MAX_ENV_VARS}")
+    total = 0
     for k, v in env.items():
         if not isinstance(k, str) or _ENV_KEY.fullmatch(k) is None:
             raise FleetError(ErrorCode.BAD_REQUEST, f"{field} key {k!r} must match [A-Za-z_][A-Za-z0-9_]* (at most 256 bytes)")
-        if not isinstance(v, str):
-            raise FleetError(ErrorCode.BAD_REQUEST, f"{field}[{k!r}] must be a string, not {type(v).__name__}")
+        _string(f"{field}[{k!r}]", v)
+        total += len(k.encode()) + len(v.encode("utf-8", "surrogatepass"))
+    if total > MAX_ENV_BYTES:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} is {total} bytes (keys and values), the limit is {MAX_ENV_BYTES}")
     return dict(env)
+
+
+def _variables(variables: Mapping[str, str]) -> dict[str, str]:
+    if len(variables) > MAX_ENV_VARS:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.variables has {len(variables)} entries, the limit is {MAX_ENV_VARS}")
+    for k, v in variables.items():
+        if not isinstance(k, str) or _VARIABLE.fullmatch(k) is None:
+            raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.variables key {k!r} must match [A-Za-z0-9_.-]{{1,{MAX_ID_LEN}}}")
+        _string(f"sandbox.variables[{k!r}]", v)
+    return dict(variables)
+
+
+def _string(field: str, v: object) -> None:
+    if not isinstance(v, str):
+        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} must be a string, not {type(v).__name__}")
+    if "\x00" in v:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"{field} contains a NUL byte")
+
+
+def _image(image: str) -> None:
+    if len(image) > MAX_IMAGE_LEN:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.image is {len(image)} characters, the limit is {MAX_IMAGE_LEN}")
+    for i, c in enumerate(image):
+        if c.isspace() or unicodedata.category(c) == "Cc":
+            raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.image {image!r} contains whitespace or a control character at {i}")
 
 
 class CodeFleetError(Exception):
