@@ -72,10 +72,10 @@ test: image lint ## gofmt check and go vet, then every test (needs Docker) under
 	@$(MAKE) --no-print-directory pytest
 
 pytest: image build ## the Python client's type check (mypy --strict) and tests, against codefleet dev on a free port (needs nats-py)
-	@if $(PYTHON) -m mypy --version >/dev/null 2>&1; then \
+	@if $(PYTHON) -I -m mypy --version >/dev/null 2>&1; then \
 		echo "mypy --strict $(PYCLIENT)/src"; cd $(PYCLIENT) && $(PYTHON) -m mypy src; \
 	else \
-		echo "make pytest: $(PYTHON) has no mypy (apt-get install mypy): the type check of $(PYCLIENT) did not run" >&2; \
+		echo "make pytest: $(PYTHON) has no mypy (apt-get install python3-mypy): the type check of $(PYCLIENT) did not run" >&2; \
 	fi
 	@if ! $(PYTHON) -c 'import nats' 2>/dev/null; then \
 		printf '\n%s\n%s\n%s\n\n' \
@@ -85,14 +85,15 @@ pytest: image build ## the Python client's type check (mypy --strict) and tests,
 		[ -z "$(REQUIRE_PYTHON_TESTS)" ] || { echo "make pytest: REQUIRE_PYTHON_TESTS is set: failing" >&2; exit 1; }; \
 		exit 0; \
 	fi; \
-	$(PYTHON) -c 'import pytest' 2>/dev/null || { echo "make pytest: $(PYTHON) cannot import pytest: apt-get install python3-pytest" >&2; exit 1; }; \
+	$(PYTHON) -I -c 'import pytest' 2>/dev/null || { echo "make pytest: $(PYTHON) cannot import pytest: apt-get install python3-pytest" >&2; exit 1; }; \
 	cd $(PYCLIENT) && CODEFLEET_BIN=$(abspath $(BIN))/codefleet CODEFLEET_IMAGE=$(IMAGE) PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} \
 		$(PYTHON) -m pytest -p no:cacheprovider -ra tests
 
 wheel: ## build the Python client's wheel into bin/dist, offline (Debian's python3-build and python3-setuptools)
-	@$(PYTHON) -c 'import build' 2>/dev/null || { echo "make wheel: $(PYTHON) cannot import build: apt-get install python3-build" >&2; exit 1; }
+	@# -I: the repository's build/ directory would be imported as the module build.
+	@$(PYTHON) -I -c 'import build' 2>/dev/null || { echo "make wheel: $(PYTHON) cannot import build: apt-get install python3-build" >&2; exit 1; }
 	rm -rf $(BIN)/dist
-	$(PYTHON) -m build --no-isolation --wheel --outdir $(abspath $(BIN))/dist $(PYCLIENT)
+	$(PYTHON) -I -m build --no-isolation --wheel --outdir $(abspath $(BIN))/dist $(PYCLIENT)
 	rm -rf $(PYCLIENT)/build $(PYCLIENT)/src/*.egg-info
 
 # The fleet (nats-server, dispatcher, worker as processes) beside AG2's path (docker-py's exec_run,
