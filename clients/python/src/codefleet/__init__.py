@@ -5,17 +5,23 @@
 """
 
 from .client import DEFAULT_ATTEMPTS, DEFAULT_CONNECT_WAIT, DEFAULT_NATS_URL, DEFAULT_OVERHEAD, Client, ConnectError, Conversation, TransportError, new_id
+from .files import FileChanged
+from .stream import StreamResult
 from .protocol import (
     LANGUAGES,
     CloseResult,
     CodeFleetError,
     ErrorCode,
     ErrorInfo,
+    FileEntry,
+    FileResult,
     FleetError,
     MalformedReply,
+    OutputChunk,
     RunResult,
     SandboxInfo,
     SandboxOptions,
+    StreamInfo,
     Subjects,
 )
 
@@ -32,11 +38,17 @@ __all__ = [
     "Conversation",
     "ErrorCode",
     "ErrorInfo",
+    "FileChanged",
+    "FileEntry",
+    "FileResult",
     "FleetError",
     "MalformedReply",
+    "OutputChunk",
     "RunResult",
     "SandboxInfo",
     "SandboxOptions",
+    "StreamInfo",
+    "StreamResult",
     "Subjects",
     "TransportError",
     "new_id",

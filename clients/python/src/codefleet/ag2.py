@@ -34,6 +34,7 @@ from .protocol import (
     LANGUAGES,
     CodeFleetError,
     ErrorCode,
+    FileResult,
     FleetError,
     RunResult,
     SandboxInfo,
@@ -43,7 +44,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 log = logging.getLogger("codefleet.ag2")
 
@@ -111,6 +112,8 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         languages: the languages offered to the model (default python, bash, javascript, typescript).
         prefix: the fleet's subject prefix (default "codefleet").
         close_on_exit: destroy the sandbox at interpreter exit if it was not closed (default True).
+        on_output: a function given each run's output as it is produced (to show it live); the
+            result still holds the whole output.
 
     Variables are resolved from ``context.variables`` on the first run, as AG2's own environments
     do; later runs use those values.
@@ -133,6 +136,7 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         languages: Sequence[str] = LANGUAGES,
         prefix: str = DEFAULT_PREFIX,
         close_on_exit: bool = True,
+        on_output: Callable[[str], Any] | None = None,
     ) -> None:
         if timeout < 1:
             raise ValueError("`timeout` must be >= 1 second.")
@@ -181,6 +185,7 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         #: The sandbox of the last run (None before the first run and after aclose).
         self.sandbox: SandboxInfo | None = None
         self._close_on_exit = close_on_exit
+        self._on_output = on_output
         # A run was sent since the last close: the conversation may have a sandbox.
         self._sent = False
 
@@ -223,7 +228,14 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             return CodeRunResult(output=f"codefleet: {e}", exit_code=EXIT_ERROR)
         self._sent = True  # from here a sandbox may exist
         try:
-            res = await conv.run(code, language, request_id=request_id, timeout=self._timeout, sandbox=self._sandbox_options)
+            if self._on_output is None:
+                res = await conv.run(code, language, request_id=request_id, timeout=self._timeout, sandbox=self._sandbox_options)
+            else:
+                on_output = self._on_output
+                streamed = await conv.run_stream(
+                    code, language, lambda c: on_output(c.data), request_id=request_id, timeout=self._timeout, sandbox=self._sandbox_options
+                )
+                res = streamed.result
         except FleetError as e:
             return _error_result(e)
         except TransportError as e:
@@ -237,6 +249,23 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             return CodeRunResult(output=f"codefleet: {type(e).__name__}: {e}", exit_code=EXIT_ERROR)
         self.sandbox = res.sandbox
         return _run_result(res)
+
+    async def put_file(self, path: str, data: bytes, *, mode: int | None = None, context: Any = None) -> FileResult:
+        """Writes a file into the sandbox's workspace (a dataset for the agent, say), making the
+        sandbox if no run has yet. Not part of AG2's protocol; raises FleetError on failure."""
+        conv = await self._conversation(context)
+        self._sent = True
+        res = await conv.put_file(path, data, mode=mode, sandbox=self._sandbox_options)
+        self.sandbox = res.sandbox
+        return res
+
+    async def get_file(self, path: str, *, context: Any = None) -> FileResult:
+        """Reads a file of the sandbox's workspace (what a run wrote): the result's ``data``."""
+        conv = await self._conversation(context)
+        self._sent = True  # a file request makes the sandbox when there is none
+        res = await conv.get_file(path)
+        self.sandbox = res.sandbox
+        return res
 
     async def aclose(self) -> None:
         """Destroys the sandbox (if a run made one) and closes the connection this environment

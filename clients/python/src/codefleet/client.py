@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from . import files, stream
 from .protocol import (
     DEFAULT_PREFIX,
     DEFAULT_TENANT,
@@ -31,7 +33,9 @@ from .protocol import (
     CloseResult,
     CodeFleetError,
     ErrorCode,
+    FileResult,
     FleetError,
+    OutputChunk,
     RunResult,
     SandboxOptions,
     Subjects,
@@ -234,6 +238,48 @@ class Conversation:
         if res.error is not None:
             raise FleetError(res.error.code, res.error.message, res)
         return res
+
+    async def run_stream(
+        self,
+        code: str,
+        language: str,
+        output: Callable[[OutputChunk], Any],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        sandbox: SandboxOptions | None = None,
+        grace: float = stream.DEFAULT_GRACE,
+    ) -> stream.StreamResult:
+        """Runs code as ``run`` does, and hands its output to ``output`` as it is produced:
+        each chunk once, in order, never after this returns. The result says how many chunks
+        were handed on and how many were lost on the way (their output is in the result's
+        ``output``). Raises as ``run`` does."""
+        rid = new_id() if request_id is None else request_id
+        return await stream.run_stream(self, code, language, output, rid, timeout, env, sandbox, grace)
+
+    async def put_file(self, path: str, data: bytes, *, mode: int | None = None, sandbox: SandboxOptions | None = None) -> FileResult:
+        """Writes a file of the workspace (``path`` relative to it, or absolute under it),
+        making the directories on the way; it appears whole, with its SHA-256 checked, or not
+        at all. ``mode`` is its permission bits (default 0o644). The result holds its path,
+        size, SHA-256 and mode. Raises FleetError (path_refused, file_too_large, ...)."""
+        return await files.put(self, path, data, mode, sandbox, new_id(), new_id())
+
+    async def get_file(self, path: str) -> FileResult:
+        """Reads a file of the workspace: the result's ``data`` is the whole file, checked
+        against its SHA-256 (FileChanged when it changed while it was read in pieces). Raises
+        FleetError (file_not_found, path_refused, file_too_large, ...)."""
+        return await files.get(self, path, new_id())
+
+    async def list_files(self, path: str = "", *, recursive: bool = False) -> FileResult:
+        """Lists a directory of the workspace ("" is the workspace): ``entries``, sorted by path,
+        or the whole tree when ``recursive``; symbolic links are listed, never followed."""
+        return await files.request(self, new_id(), "list", path, recursive=recursive)
+
+    async def delete_file(self, path: str, *, recursive: bool = False) -> FileResult:
+        """Deletes a file (a directory with ``recursive``); ``deleted`` says whether anything
+        was there."""
+        return await files.request(self, new_id(), "delete", path, recursive=recursive)
 
     async def close(self) -> CloseResult:
         """Destroys the conversation's sandbox. Closing one without a sandbox is not an error."""

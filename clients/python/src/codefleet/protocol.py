@@ -7,6 +7,7 @@ error code it does not know is treated as any error.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import unicodedata
@@ -28,6 +29,11 @@ MAX_TIMEOUT = 24 * 3600.0
 MAX_ENV_VARS = 256
 MAX_ENV_BYTES = 64 << 10
 MAX_IMAGE_LEN = 512
+#: The most bytes of one put piece or one get answer.
+FILE_CHUNK_BYTES = 512 << 10
+#: The largest file size limit a worker may have.
+MAX_FILE_BYTES = 4 << 30
+MAX_PATH_BYTES = 4096
 #: Sandbox backends a request may name.
 BACKENDS: tuple[str, ...] = ("docker", "daytona")
 
@@ -111,6 +117,12 @@ class Subjects:
     def close(self, tenant: str, conversation: str) -> str:
         return f"{self.prefix}.close.{tenant}.{conversation}"
 
+    def files(self, tenant: str, conversation: str) -> str:
+        return f"{self.prefix}.files.{tenant}.{conversation}"
+
+    def stream(self, tenant: str, conversation: str, request_id: str) -> str:
+        return f"{self.prefix}.stream.{tenant}.{conversation}.{request_id}"
+
 
 @dataclass(frozen=True)
 class SandboxOptions:
@@ -161,6 +173,27 @@ class SandboxInfo:
 
 
 @dataclass(frozen=True)
+class StreamInfo:
+    """What a streamed run published: where, how many chunks (the last seq), and the output
+    left out of the stream for coming faster than it carries (in the result's output)."""
+
+    subject: str = ""
+    chunks: int = 0
+    dropped_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a streamed run's output: ``seq`` numbers them from 1; ``dropped`` counts
+    the bytes left out of the stream since the previous chunk."""
+
+    id: str
+    seq: int
+    data: str
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
 class RunResult:
     """A run's result. A snippet that fails is a result with its exit code, not an error."""
 
@@ -173,6 +206,43 @@ class RunResult:
     #: The output was cut: its head and tail are kept around a line saying what was cut.
     truncated: bool = False
     duration_ms: int = 0
+    sandbox: SandboxInfo | None = None
+    error: ErrorInfo | None = None
+    #: A streamed run's: what was published.
+    stream: StreamInfo | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a list: its path relative to the workspace, its type (file, dir, symlink,
+    other), size, permission bits (octal, "0644") and modification time (RFC 3339)."""
+
+    path: str
+    type: str
+    size: int = 0
+    mode: str = ""
+    mtime: str = ""
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The answer to a file request (docs/protocol.md, Files)."""
+
+    id: str = ""
+    op: str = ""
+    path: str = ""
+    #: put: the bytes the file holds; get: the whole file's size.
+    size: int = 0
+    #: get: the bytes read from ``offset``.
+    data: bytes = b""
+    offset: int = 0
+    eof: bool = False
+    sha256: str = ""
+    mode: str = ""
+    mtime: str = ""
+    entries: tuple[FileEntry, ...] = ()
+    truncated: bool = False
+    deleted: bool = False
     sandbox: SandboxInfo | None = None
     error: ErrorInfo | None = None
 
@@ -193,6 +263,7 @@ def run_request(
     timeout: float | None,
     env: Mapping[str, str] | None,
     sandbox: SandboxOptions | None,
+    stream: bool = False,
 ) -> bytes:
     """Builds a RunRequest's body, checked as a dispatcher checks one (pkg/protocol's
     Validate): what the contract refuses is never sent. Raises FleetError naming the field.
@@ -211,6 +282,8 @@ def run_request(
             f"language {language!r} is not supported; supported: {', '.join(LANGUAGES)}",
         )
     req: dict[str, Any] = {"id": request_id, "code": code, "language": language}
+    if stream:
+        req["stream"] = True
     if timeout:
         if not 0 < timeout <= MAX_TIMEOUT:  # NaN fails this too
             raise FleetError(ErrorCode.BAD_REQUEST, f"timeout is {timeout} s, it must be in (0, {MAX_TIMEOUT:.0f}]")
@@ -236,6 +309,28 @@ def run_request(
     except UnicodeEncodeError as e:
         raise FleetError(ErrorCode.BAD_REQUEST, f"the request is not valid Unicode: {e.reason} at character {e.start}") from None
     return body
+
+
+def file_request(request_id: str, op: str, path: str, sandbox: SandboxOptions | None = None, **fields: Any) -> bytes:
+    """Builds a FileRequest's body; ``fields`` are the op's (data as bytes, offset, size,
+    upload, more, sha256, mode, length, recursive), left out when empty."""
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"path is more than {MAX_PATH_BYTES} bytes")
+    _string("path", path)
+    if op != "list" and path == "":
+        raise FleetError(ErrorCode.BAD_REQUEST, "path is empty")
+    req: dict[str, Any] = {"id": request_id, "op": op}
+    if path:
+        req["path"] = path
+    for k, v in fields.items():
+        if v:
+            req[k] = base64.b64encode(v).decode("ascii") if k == "data" else v
+    if sandbox is not None and (opts := sandbox.to_json()):
+        req["sandbox"] = opts
+    try:
+        return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FleetError(ErrorCode.BAD_REQUEST, f"the path is not valid Unicode: {e.reason} at character {e.start}") from None
 
 
 def _env(field: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -287,7 +382,7 @@ class FleetError(CodeFleetError):
 
     ``result`` is the reply that carried the error (None when refused before sending)."""
 
-    def __init__(self, code: str, message: str, result: "RunResult | CloseResult | None" = None) -> None:
+    def __init__(self, code: str, message: str, result: "RunResult | CloseResult | FileResult | None" = None) -> None:
         super().__init__(f"{code}: {message}")
         self.error = ErrorInfo(code, message)
         self.result = result
@@ -314,6 +409,60 @@ def decode_run_result(data: bytes) -> RunResult:
         timed_out=_field(obj, "timed_out", bool, False),
         truncated=_field(obj, "truncated", bool, False),
         duration_ms=_field(obj, "duration_ms", int, 0),
+        sandbox=_sandbox(obj),
+        error=_error(obj),
+        stream=_stream(obj),
+    )
+
+
+def _stream(obj: Mapping[str, Any]) -> StreamInfo | None:
+    st = obj.get("stream")
+    if st is None:
+        return None
+    if not isinstance(st, dict):
+        raise MalformedReply(f"field stream: a {type(st).__name__}, not an object")
+    return StreamInfo(
+        subject=_field(st, "subject", str, ""),
+        chunks=_field(st, "chunks", int, 0),
+        dropped_bytes=_field(st, "dropped_bytes", int, 0),
+    )
+
+
+def decode_file_result(data: bytes) -> FileResult:
+    obj = _object(data, "FileResult")
+    raw = _field(obj, "data", str, "")
+    try:
+        payload = base64.b64decode(raw, validate=True) if raw else b""
+    except ValueError as e:
+        raise MalformedReply(f"field data: not base64: {e}") from None
+    entries = obj.get("entries")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise MalformedReply("field entries: not an array of objects")
+    return FileResult(
+        id=_field(obj, "id", str, ""),
+        op=_field(obj, "op", str, ""),
+        path=_field(obj, "path", str, ""),
+        size=_field(obj, "size", int, 0),
+        data=payload,
+        offset=_field(obj, "offset", int, 0),
+        eof=_field(obj, "eof", bool, False),
+        sha256=_field(obj, "sha256", str, ""),
+        mode=_field(obj, "mode", str, ""),
+        mtime=_field(obj, "mtime", str, ""),
+        entries=tuple(
+            FileEntry(
+                path=_field(e, "path", str, ""),
+                type=_field(e, "type", str, ""),
+                size=_field(e, "size", int, 0),
+                mode=_field(e, "mode", str, ""),
+                mtime=_field(e, "mtime", str, ""),
+            )
+            for e in entries
+        ),
+        truncated=_field(obj, "truncated", bool, False),
+        deleted=_field(obj, "deleted", bool, False),
         sandbox=_sandbox(obj),
         error=_error(obj),
     )

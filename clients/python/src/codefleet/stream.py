@@ -1,0 +1,133 @@
+"""A streamed run: its output handed to a function as it is produced (docs/protocol.md,
+Streaming output), as pkg/client/stream.go does it.
+
+The chunks are published by the worker on ``<prefix>.stream.<tenant>.<conversation>.<id>``,
+which the client subscribes to before it sends the run. They are handed on in ``seq`` order,
+each once; a chunk that never arrives (a slow consumer's loss) is counted in ``lost``, its output
+being in the result's ``output``, within its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .protocol import DEFAULT_TIMEOUT, FleetError, OutputChunk, RunResult, decode_run_result, run_request
+
+if TYPE_CHECKING:
+    from .client import Conversation
+
+#: How long, once the result is in, to wait for chunks it says were published that have not
+#: arrived (the result and the chunks take different routes).
+DEFAULT_GRACE = 1.0
+#: Chunks held after a missing one before the gap is given up (the run goes on meanwhile).
+MAX_HELD = 64
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """A streamed run's result, and what the output function was given of its stream."""
+
+    result: RunResult
+    #: Chunks given to the output function.
+    delivered: int
+    #: Chunks the fleet published that the output function never saw: their output is in
+    #: ``result.output``.
+    lost: int
+
+
+class _Reorder:
+    def __init__(self, request_id: str, output: Callable[[OutputChunk], Any]) -> None:
+        self.id = request_id
+        self.output = output
+        self.next = 1
+        self.held: dict[int, OutputChunk] = {}
+        self.delivered = 0
+        self.skipped = 0
+        self.moved = asyncio.Event()
+
+    def add(self, data: bytes) -> None:
+        try:
+            obj = json.loads(data)
+            c = OutputChunk(id=str(obj.get("id", "")), seq=int(obj["seq"]), data=str(obj.get("data", "")), dropped=int(obj.get("dropped", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return  # not a chunk: nothing to hand on
+        # Another run's chunk (only a misbehaving publisher sends one), or one handed on or held
+        # already (sent again for a retry): ignored.
+        if (c.id and c.id != self.id) or c.seq < self.next or c.seq in self.held:
+            return
+        self.held[c.seq] = c
+        self._drain()
+        if len(self.held) > MAX_HELD:
+            self.skip()
+
+    def _drain(self) -> None:
+        while self.next in self.held:
+            self.output(self.held.pop(self.next))
+            self.delivered += 1
+            self.next += 1
+        self.moved.set()
+
+    def skip(self) -> None:
+        """Gives up the chunks missing before the first one held."""
+        if self.held:
+            first = min(self.held)
+            self.skipped += first - self.next
+            self.next = first
+            self._drain()
+
+    def flush(self) -> None:
+        while self.held:
+            self.skip()
+
+
+async def run_stream(
+    conv: Conversation,
+    code: str,
+    language: str,
+    output: Callable[[OutputChunk], Any],
+    request_id: str,
+    timeout: float | None,
+    env: Any,
+    sandbox: Any,
+    grace: float,
+) -> StreamResult:
+    c = conv.client
+    body = run_request(request_id, code, language, timeout, env, sandbox, stream=True)
+    r = _Reorder(request_id, output)
+
+    async def on_msg(msg: Any) -> None:
+        r.add(msg.data)
+
+    # Subscribed before the run is sent: NATS gives a subscription only what is published after
+    # it, and the SUB leaves on the connection before the request does.
+    sub = await c.nc.subscribe(c.subjects.stream(conv.tenant, conv.id, request_id), cb=on_msg)
+    try:
+        data = await c._request(c.subjects.run(conv.tenant, conv.id), body, (timeout or DEFAULT_TIMEOUT) + c.overhead, request_id)
+        res = decode_run_result(data)
+        if res.stream is not None:
+            # Published but not here yet: the result may have overtaken them. Wait a little,
+            # never for good (a chunk lost on the way never comes).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while r.next <= res.stream.chunks and (left := deadline - loop.time()) > 0:
+                r.moved.clear()
+                try:
+                    await asyncio.wait_for(r.moved.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+    finally:
+        await sub.unsubscribe()
+    r.flush()
+    lost = max(res.stream.chunks - r.delivered, 0) if res.stream is not None else r.skipped
+    if r.delivered == 0 and res.output:
+        # Nothing came: a fleet that does not stream, or a retry of a run already over, whose
+        # chunks went before this subscription. The function still sees the output, once.
+        output(OutputChunk(id=res.id, seq=1, data=res.output))
+        r.delivered, lost = 1, 0
+    if res.error is not None:
+        raise FleetError(res.error.code, res.error.message, res)
+    return StreamResult(result=res, delivered=r.delivered, lost=lost)
