@@ -6,11 +6,13 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from codefleet import Client, ErrorCode, FileChanged, FileEntry, FleetError, MalformedReply
+from codefleet import Client, CodeFleetError, ErrorCode, FileEntry, FleetError, MalformedReply
 from codefleet.ag2 import CodeFleetEnvironment
 from codefleet.files import FILE_CHUNK_BYTES
 from codefleet.protocol import decode_file_result
@@ -84,23 +86,78 @@ async def test_an_agent_gets_a_dataset_and_hands_back_a_result(fleet: Fleet) -> 
         assert (await env.get_file("totals.txt")).data == b"{'eu': 8, 'us': 4}"
 
 
-async def test_a_file_that_changes_while_it_is_read_is_an_error() -> None:
-    """The first piece says 600 KiB; the second answers for a file that grew meanwhile."""
+class FakeFiles:
+    """A connection answering file requests as a test says, recording what was sent."""
 
-    class Changing:
-        is_closed = False
+    is_closed = False
 
-        async def request(self, subject: str, payload: bytes, timeout: float) -> object:
-            req = json.loads(payload)
-            if req.get("offset", 0) == 0:
-                body = {"op": "get", "path": "f", "size": 600 << 10, "data": base64.b64encode(b"a" * FILE_CHUNK_BYTES).decode(), "sha256": "0" * 64}
-            else:
-                body = {"op": "get", "path": "f", "size": 700 << 10, "offset": req["offset"], "data": base64.b64encode(b"b" * (88 << 10)).decode()}
-            return SimpleNamespace(data=json.dumps(body).encode())
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.answer = answer
+        self.sent: list[dict[str, Any]] = []
 
-    conv = Client(Changing()).conversation()  # type: ignore[arg-type]
-    with pytest.raises(FileChanged, match="changed while it was read"):
+    async def request(self, subject: str, payload: bytes, timeout: float) -> object:
+        req = json.loads(payload)
+        self.sent.append(req)
+        return SimpleNamespace(data=json.dumps(self.answer(req)).encode())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("later", "why"),
+    [
+        ({"size": 700 << 10}, "now 716800"),  # the file grew: its size says so
+        ({"size": 600 << 10, "data": "b"}, "sha256"),  # same size, other bytes: the checksum says so
+        ({"size": 600 << 10, "offset": 1}, "asked for offset 524288, the answer is at 1"),
+    ],
+)
+async def test_a_file_that_changes_while_it_is_read_is_an_error(later: dict[str, Any], why: str) -> None:
+    whole = b"a" * (600 << 10)
+
+    def answer(req: dict[str, Any]) -> dict[str, Any]:
+        off = req.get("offset", 0)
+        if off == 0:
+            return {"op": "get", "size": len(whole), "data": b64(whole[:FILE_CHUNK_BYTES]), "sha256": hashlib.sha256(whole).hexdigest()}
+        data = whole[off:] if later.get("data") is None else b"b" * (len(whole) - off)
+        return {"op": "get", "size": later["size"], "offset": later.get("offset", off), "data": b64(data)}
+
+    conv = Client(FakeFiles(answer)).conversation()  # type: ignore[arg-type]
+    with pytest.raises(CodeFleetError, match=why):
         await conv.get_file("f")
+
+
+@pytest.mark.parametrize("size", [0, 5, FILE_CHUNK_BYTES, FILE_CHUNK_BYTES + 1, 2 * FILE_CHUNK_BYTES, 5 * FILE_CHUNK_BYTES + 7])
+async def test_how_a_put_is_cut_into_pieces(size: int) -> None:
+    data = os.urandom(size)
+    got: dict[int, bytes] = {}
+
+    def answer(req: dict[str, Any]) -> dict[str, Any]:
+        got[req.get("offset", 0)] = base64.b64decode(req.get("data", ""))
+        return {"op": "put", "size": sum(len(v) for v in got.values()), "sha256": req.get("sha256", "")}
+
+    nc = FakeFiles(answer)
+    await Client(nc).conversation().put_file("f", data)  # type: ignore[arg-type]
+    *pieces, last = nc.sent
+    assert b"".join(got[k] for k in sorted(got)) == data
+    assert all(p["more"] and p["upload"] and "sha256" not in p for p in pieces)
+    assert "more" not in last and last["sha256"] == hashlib.sha256(data).hexdigest()
+    assert ("upload" in last) == bool(pieces) and len({p.get("upload") for p in nc.sent}) == 1
+    assert [p.get("offset", 0) for p in nc.sent] == list(range(0, max(size, 1), FILE_CHUNK_BYTES))
+    assert all(p.get("size", 0) == size for p in nc.sent)
+
+
+async def test_a_failed_piece_stops_the_put_before_its_last() -> None:
+    def answer(req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("offset") == FILE_CHUNK_BYTES:
+            return {"op": "put", "error": {"code": "file_failed", "message": "disk full"}}
+        return {"op": "put", "size": 0}
+
+    nc = FakeFiles(answer)
+    with pytest.raises(FleetError, match="disk full"):
+        await Client(nc).conversation().put_file("f", os.urandom(10 * FILE_CHUNK_BYTES + 1))  # type: ignore[arg-type]
+    assert all(p.get("more") for p in nc.sent)  # the last piece, which makes the file, never went
 
 
 def test_decoding_a_file_result() -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from codefleet import Client, OutputChunk
 from codefleet.ag2 import CodeFleetEnvironment
@@ -60,3 +65,54 @@ async def test_chunks_are_handed_on_in_order_each_once() -> None:
     assert out == [1, 2, 3]  # 5 and 6 wait for 4
     r.flush()
     assert out == [1, 2, 3, 5, 6] and r.delivered == 5 and r.skipped == 1
+
+
+class FakeStream:
+    """A connection whose run publishes the given chunks, then answers the given result."""
+
+    is_closed = False
+
+    def __init__(self, seqs: list[int], chunks: int) -> None:
+        self.seqs, self.chunks = seqs, chunks
+        self.unsubscribed = False
+
+    async def subscribe(self, subject: str, cb: Callable[[Any], Awaitable[None]]) -> object:
+        self.cb = cb
+
+        async def unsubscribe() -> None:
+            self.unsubscribed = True
+
+        return SimpleNamespace(unsubscribe=unsubscribe)
+
+    async def flush(self) -> None:
+        pass
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> object:
+        rid = json.loads(payload)["id"]
+        for seq in self.seqs:
+            await self.cb(SimpleNamespace(data=json.dumps({"id": rid, "seq": seq, "data": f"{seq};"}).encode()))
+        out = "".join(f"{i};" for i in range(1, self.chunks + 1))
+        return SimpleNamespace(data=json.dumps({"id": rid, "output": out, "stream": {"subject": subject, "chunks": self.chunks}}).encode())
+
+
+async def test_a_chunk_lost_on_the_way_is_counted_and_the_rest_handed_on() -> None:
+    seen: list[str] = []
+    got = await Client(FakeStream([1, 3, 4], 4)).conversation().run_stream("x", "bash", lambda c: seen.append(c.data), grace=0.05)  # type: ignore[arg-type]
+    assert seen == ["1;", "3;", "4;"] and (got.delivered, got.lost) == (3, 1)
+
+
+async def test_what_the_output_function_raises_is_raised() -> None:
+    nc = FakeStream([1, 2, 3], 3)
+
+    def fail(c: OutputChunk) -> None:
+        raise ValueError(f"cannot show {c.data}")
+
+    with pytest.raises(ValueError, match="cannot show 1;"):
+        await Client(nc).conversation().run_stream("x", "bash", fail)  # type: ignore[arg-type]
+    assert nc.unsubscribed
+
+    async def coroutine(c: OutputChunk) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="plain function"):
+        await Client(nc).conversation().run_stream("x", "bash", coroutine)  # type: ignore[arg-type]

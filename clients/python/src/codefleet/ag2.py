@@ -152,6 +152,8 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         if backend not in (None, "docker", "daytona"):
             raise ValueError(f"backend {backend!r} must be 'docker' or 'daytona'")
         check_prefix(prefix)
+        if on_output is not None and asyncio.iscoroutinefunction(on_output):
+            raise ValueError("on_output must be a plain function: it is called on the event loop as output arrives")
 
         url = nats_url or os.environ.get("CODEFLEET_NATS_URL") or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
         # nats-py takes a list of servers, not the comma-separated string the nats CLI takes.
@@ -263,7 +265,7 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
         """Reads a file of the sandbox's workspace (what a run wrote): the result's ``data``."""
         conv = await self._conversation(context)
         self._sent = True  # a file request makes the sandbox when there is none
-        res = await conv.get_file(path)
+        res = await conv.get_file(path, sandbox=self._sandbox_options)
         self.sandbox = res.sandbox
         return res
 

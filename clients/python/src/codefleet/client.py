@@ -252,34 +252,37 @@ class Conversation:
         grace: float = stream.DEFAULT_GRACE,
     ) -> stream.StreamResult:
         """Runs code as ``run`` does, and hands its output to ``output`` as it is produced:
-        each chunk once, in order, never after this returns. The result says how many chunks
-        were handed on and how many were lost on the way (their output is in the result's
-        ``output``). Raises as ``run`` does."""
+        each chunk once, in order, never after this returns (``output`` is a plain function:
+        it runs on the event loop, keep it short). The result says how many chunks were handed
+        on and how many were lost on the way (their output is in the result's ``output``).
+        Raises as ``run`` does, and what ``output`` raised. A retry with the id of a run whose
+        chunks were already handed on gets its whole output once more, from the result."""
         rid = new_id() if request_id is None else request_id
         return await stream.run_stream(self, code, language, output, rid, timeout, env, sandbox, grace)
 
     async def put_file(self, path: str, data: bytes, *, mode: int | None = None, sandbox: SandboxOptions | None = None) -> FileResult:
         """Writes a file of the workspace (``path`` relative to it, or absolute under it),
         making the directories on the way; it appears whole, with its SHA-256 checked, or not
-        at all. ``mode`` is its permission bits (default 0o644). The result holds its path,
+        at all. ``mode`` is its permission bits (None or 0: 0o644). A file request, as a first
+        run, makes the sandbox when there is none (``sandbox`` applies then). The result holds its path,
         size, SHA-256 and mode. Raises FleetError (path_refused, file_too_large, ...)."""
         return await files.put(self, path, data, mode, sandbox, new_id(), new_id())
 
-    async def get_file(self, path: str) -> FileResult:
+    async def get_file(self, path: str, *, sandbox: SandboxOptions | None = None) -> FileResult:
         """Reads a file of the workspace: the result's ``data`` is the whole file, checked
         against its SHA-256 (FileChanged when it changed while it was read in pieces). Raises
         FleetError (file_not_found, path_refused, file_too_large, ...)."""
-        return await files.get(self, path, new_id())
+        return await files.get(self, path, sandbox, new_id())
 
-    async def list_files(self, path: str = "", *, recursive: bool = False) -> FileResult:
+    async def list_files(self, path: str = "", *, recursive: bool = False, sandbox: SandboxOptions | None = None) -> FileResult:
         """Lists a directory of the workspace ("" is the workspace): ``entries``, sorted by path,
         or the whole tree when ``recursive``; symbolic links are listed, never followed."""
-        return await files.request(self, new_id(), "list", path, recursive=recursive)
+        return await files.request(self, new_id(), "list", path, sandbox, recursive=recursive)
 
-    async def delete_file(self, path: str, *, recursive: bool = False) -> FileResult:
+    async def delete_file(self, path: str, *, recursive: bool = False, sandbox: SandboxOptions | None = None) -> FileResult:
         """Deletes a file (a directory with ``recursive``); ``deleted`` says whether anything
         was there."""
-        return await files.request(self, new_id(), "delete", path, recursive=recursive)
+        return await files.request(self, new_id(), "delete", path, sandbox, recursive=recursive)
 
     async def close(self) -> CloseResult:
         """Destroys the conversation's sandbox. Closing one without a sandbox is not an error."""

@@ -10,10 +10,14 @@ being in the result's ``output``, within its cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import nats.errors
 
 from .protocol import DEFAULT_TIMEOUT, FleetError, OutputChunk, RunResult, decode_run_result, run_request
 
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_GRACE = 1.0
 #: Chunks held after a missing one before the gap is given up (the run goes on meanwhile).
 MAX_HELD = 64
+#: Seconds a gap is waited for once chunks are held behind it, as in the Go client.
+GAP_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class StreamResult:
 
 
 class _Reorder:
+    """Hands a run's chunks to output in seq order, each once. A gap is given up GAP_WAIT after
+    chunks were first held behind it, or when MAX_HELD are: a chunk lost on the way must not
+    stop the live output for the rest of the run."""
+
     def __init__(self, request_id: str, output: Callable[[OutputChunk], Any]) -> None:
         self.id = request_id
         self.output = output
@@ -48,6 +58,9 @@ class _Reorder:
         self.delivered = 0
         self.skipped = 0
         self.moved = asyncio.Event()
+        #: What output raised: nothing more is handed to it, and run_stream raises it.
+        self.error: BaseException | None = None
+        self._gap: asyncio.TimerHandle | None = None
 
     def add(self, data: bytes) -> None:
         try:
@@ -66,10 +79,24 @@ class _Reorder:
 
     def _drain(self) -> None:
         while self.next in self.held:
-            self.output(self.held.pop(self.next))
-            self.delivered += 1
+            c = self.held.pop(self.next)
             self.next += 1
+            if self.error is None:
+                try:
+                    self.output(c)
+                    self.delivered += 1
+                except Exception as e:  # noqa: BLE001 - raised to the caller by run_stream
+                    self.error = e
         self.moved.set()
+        if not self.held and self._gap is not None:
+            self._gap.cancel()
+            self._gap = None
+        elif self.held and self._gap is None:
+            self._gap = asyncio.get_running_loop().call_later(GAP_WAIT, self._gap_timeout)
+
+    def _gap_timeout(self) -> None:
+        self._gap = None
+        self.skip()
 
     def skip(self) -> None:
         """Gives up the chunks missing before the first one held."""
@@ -82,6 +109,9 @@ class _Reorder:
     def flush(self) -> None:
         while self.held:
             self.skip()
+        if self._gap is not None:
+            self._gap.cancel()
+            self._gap = None
 
 
 async def run_stream(
@@ -95,6 +125,8 @@ async def run_stream(
     sandbox: Any,
     grace: float,
 ) -> StreamResult:
+    if inspect.iscoroutinefunction(output):
+        raise TypeError("output must be a plain function, not a coroutine function: it is called on the event loop, as each chunk arrives")
     c = conv.client
     body = run_request(request_id, code, language, timeout, env, sandbox, stream=True)
     r = _Reorder(request_id, output)
@@ -102,10 +134,11 @@ async def run_stream(
     async def on_msg(msg: Any) -> None:
         r.add(msg.data)
 
-    # Subscribed before the run is sent: NATS gives a subscription only what is published after
-    # it, and the SUB leaves on the connection before the request does.
+    # Subscribed before the run is sent, and flushed: NATS gives a subscription only what is
+    # published after the server knows it (in a cluster, a worker on another server).
     sub = await c.nc.subscribe(c.subjects.stream(conv.tenant, conv.id, request_id), cb=on_msg)
     try:
+        await c.nc.flush()
         data = await c._request(c.subjects.run(conv.tenant, conv.id), body, (timeout or DEFAULT_TIMEOUT) + c.overhead, request_id)
         res = decode_run_result(data)
         if res.stream is not None:
@@ -113,15 +146,18 @@ async def run_stream(
             # never for good (a chunk lost on the way never comes).
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            while r.next <= res.stream.chunks and (left := deadline - loop.time()) > 0:
+            while r.next <= res.stream.chunks and r.error is None and (left := deadline - loop.time()) > 0:
                 r.moved.clear()
                 try:
                     await asyncio.wait_for(r.moved.wait(), left)
                 except asyncio.TimeoutError:
                     break
     finally:
-        await sub.unsubscribe()
-    r.flush()
+        with contextlib.suppress(nats.errors.Error):  # a connection closed meanwhile: nothing to undo
+            await sub.unsubscribe()
+        r.flush()  # on an error too: output has every chunk that arrived
+        if r.error is not None:
+            raise r.error
     lost = max(res.stream.chunks - r.delivered, 0) if res.stream is not None else r.skipped
     if r.delivered == 0 and res.output:
         # Nothing came: a fleet that does not stream, or a retry of a run already over, whose
