@@ -29,6 +29,7 @@ import nats.errors
 
 from .client import DEFAULT_NATS_URL, Client, ConnectError, Conversation, TransportError, new_id
 from .protocol import (
+    BACKENDS,
     DEFAULT_PREFIX,
     DEFAULT_TENANT,
     LANGUAGES,
@@ -149,8 +150,8 @@ class CodeFleetEnvironment(_Base):  # type: ignore[misc,valid-type]
             check_id("tenant", tenant)
         if conversation is not None:
             check_id("conversation", conversation)
-        if backend not in (None, "docker", "daytona"):
-            raise ValueError(f"backend {backend!r} must be 'docker' or 'daytona'")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)}")
         check_prefix(prefix)
         if on_output is not None and asyncio.iscoroutinefunction(on_output):
             raise ValueError("on_output must be a plain function: it is called on the event loop as output arrives")

@@ -12,6 +12,9 @@ It mirrors the Go client (pkg/client)::
 dispatcher or the connection) with the same request id, so a retried run never runs twice: the
 worker answers a repeated id with the first run's result. A request the contract refuses (empty
 code, an unknown language, a bad id) is refused before anything is sent.
+
+``run_stream`` hands the output on as it is produced (stream.py); ``put_file``, ``get_file``,
+``list_files`` and ``delete_file`` move files in and out of the workspace (files.py).
 """
 
 from __future__ import annotations
