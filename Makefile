@@ -28,8 +28,8 @@ IMAGES_ARCH  ?= $(shell $(GO) env GOARCH)
 REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # make bench: the harness's flags, e.g. BENCH_ARGS='-quick -out -' (a short run, printed).
 BENCH_ARGS   ?=
-# Debian's Python, with its packages: python3-docker (make bench), python3-pytest and python3-build
-# (the Python client: make pytest, make wheel).
+# Debian's Python, with its packages: python3-docker (make bench); python3-pytest, python3-mypy and
+# python3-build (the Python client: make pytest, make wheel).
 PYTHON       ?= /usr/bin/python3
 PYCLIENT     ?= clients/python
 # The Python client's tests need nats-py, which no Debian package holds: without it they are
