@@ -191,22 +191,22 @@ func (a *Agent) putFile(req *wire.FileRequest) (*wire.FileResponse, error) {
 	if len(tmp) > 255 {
 		tmp = ".codefleet-upload-" + upload
 	}
+	key := rel + "\x00" + upload // the upload's entry in a.uploads
 	if a.Disk != nil && len(req.Data) > 0 {
 		if err := a.Disk.Admit(int64(len(req.Data))); err != nil {
 			unix.Unlinkat(dir, tmp, 0) // it cannot be finished: what it holds goes
-			a.uploads.forget(rel + "\x00" + upload)
+			a.uploads.forget(key)
 			return nil, failed("%s: %v; the upload was given up", rel, err)
 		}
 	}
 	if req.Offset == 0 && req.Upload != "" {
 		removeStaleUploads(dir) // only uploads in pieces are left behind: a lone piece's file goes with it
 	}
-	key := rel + "\x00" + upload
 	if !req.More && req.Upload != "" {
 		var st unix.Stat_t
 		if errors.Is(unix.Fstatat(dir, tmp, &st, unix.AT_SYMLINK_NOFOLLOW), unix.ENOENT) {
 			// The last piece sent again after it landed (its answer was lost).
-			if fr := a.uploads.landedAnswer(req, rel); fr != nil {
+			if fr := a.uploads.landedAnswer(key, req); fr != nil {
 				return fr, nil
 			}
 		}
@@ -427,10 +427,9 @@ func (b *uploadBook) landed(key string, req *wire.FileRequest, fr wire.FileRespo
 }
 
 // landedAnswer returns the answer of the upload whose last piece req is again, or nil.
-func (b *uploadBook) landedAnswer(req *wire.FileRequest, rel string) *wire.FileResponse {
+func (b *uploadBook) landedAnswer(key string, req *wire.FileRequest) *wire.FileResponse {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	key := rel + "\x00" + req.Upload
 	for _, u := range b.done {
 		if u.key == key && u.offset == req.Offset && u.end == req.Offset+int64(len(req.Data)) {
 			fr := u.fr

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from codefleet import Client, CodeFleetError, ErrorCode, FileEntry, FleetError, MalformedReply
+from codefleet import Client, CodeFleetError, ErrorCode, FileEntry, FleetError, MalformedReply, SandboxOptions
 from codefleet.ag2 import CodeFleetEnvironment
 from codefleet.files import FILE_CHUNK_BYTES
 from codefleet.protocol import decode_file_result
@@ -66,6 +66,9 @@ async def test_paths_out_of_the_workspace_and_links_are_refused(fleet: Fleet) ->
         with pytest.raises(FleetError) as e:
             await conv.put_file("x", b"", mode=0o1777)
         assert e.value.code == ErrorCode.BAD_REQUEST and e.value.result is None  # refused before sending
+        with pytest.raises(FleetError) as e:
+            await conv.get_file("x", sandbox=SandboxOptions(backend="k8s"))
+        assert e.value.code == ErrorCode.BAD_REQUEST and "sandbox.backend 'k8s'" in e.value.message and e.value.result is None
         await conv.close()
 
 

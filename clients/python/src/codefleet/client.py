@@ -44,6 +44,7 @@ from .protocol import (
     Subjects,
     check_id,
     check_prefix,
+    checked,
     decode_close_result,
     decode_run_result,
     run_request,
@@ -237,10 +238,7 @@ class Conversation:
         body = run_request(rid, code, language, timeout, env, sandbox)
         per_attempt = (timeout or DEFAULT_TIMEOUT) + self.client.overhead
         data = await self.client._request(self.client.subjects.run(self.tenant, self.id), body, per_attempt, rid)
-        res = decode_run_result(data)
-        if res.error is not None:
-            raise FleetError(res.error.code, res.error.message, res)
-        return res
+        return checked(decode_run_result(data))
 
     async def run_stream(
         self,
@@ -292,10 +290,7 @@ class Conversation:
         data = await self.client._request(
             self.client.subjects.close(self.tenant, self.id), b"{}", self.client.overhead, ""
         )
-        res = decode_close_result(data)
-        if res.error is not None:
-            raise FleetError(res.error.code, res.error.message, res)
-        return res
+        return checked(decode_close_result(data))
 
 
 def _check_options(tenant: str, prefix: str, attempts: int, overhead: float) -> None:

@@ -23,6 +23,7 @@ from .protocol import (
     FileResult,
     FleetError,
     SandboxOptions,
+    checked,
     decode_file_result,
     file_request,
 )
@@ -43,10 +44,7 @@ async def request(conv: Conversation, request_id: str, op: str, path: str, sandb
     """Sends one file request and decodes its answer; FleetError when it failed."""
     c = conv.client
     body = file_request(request_id, op, path, sandbox, **fields)
-    res = decode_file_result(await c._request(c.subjects.files(conv.tenant, conv.id), body, c.overhead, ""))
-    if res.error is not None:
-        raise FleetError(res.error.code, res.error.message, res)
-    return res
+    return checked(decode_file_result(await c._request(c.subjects.files(conv.tenant, conv.id), body, c.overhead, "")))
 
 
 async def _in_order(offsets: Sequence[int], send: Callable[[int], Awaitable[FileResult]]) -> AsyncGenerator[tuple[int, FileResult], None]:

@@ -8,11 +8,12 @@ error code it does not know is treated as any error.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 DEFAULT_PREFIX = "codefleet"
 DEFAULT_TENANT = "default"
@@ -134,15 +135,19 @@ class SandboxOptions:
     variables: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The request's ``sandbox`` object, checked as a dispatcher checks it (FleetError)."""
         out: dict[str, Any] = {}
         if self.backend:
+            if self.backend not in BACKENDS:
+                raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
             out["backend"] = self.backend
         if self.image:
+            _image(self.image)
             out["image"] = self.image
         if self.env:
-            out["env"] = dict(self.env)
+            out["env"] = _env("sandbox.env", self.env)
         if self.variables:
-            out["variables"] = dict(self.variables)
+            out["variables"] = _variables(self.variables)
         return out
 
 
@@ -150,8 +155,8 @@ class SandboxOptions:
 class ErrorInfo:
     """Why the fleet could not run the code (or, for worker_lost, does not know the outcome)."""
 
-    code: str
-    message: str
+    code: str = ErrorCode.INTERNAL
+    message: str = ""
 
     @property
     def advice(self) -> str:
@@ -187,9 +192,9 @@ class OutputChunk:
     """A piece of a streamed run's output: ``seq`` numbers them from 1; ``dropped`` counts
     the bytes left out of the stream since the previous chunk."""
 
-    id: str
-    seq: int
-    data: str
+    id: str = ""
+    seq: int = 0
+    data: str = ""
     dropped: int = 0
 
 
@@ -197,7 +202,7 @@ class OutputChunk:
 class RunResult:
     """A run's result. A snippet that fails is a result with its exit code, not an error."""
 
-    id: str
+    id: str = ""
     output: str = ""
     exit_code: int = 0
     #: The run hit its timeout: its processes were killed, the output so far is kept, the
@@ -217,8 +222,8 @@ class FileEntry:
     """One entry of a list: its path relative to the workspace, its type (file, dir, symlink,
     other), size, permission bits (octal, "0644") and modification time (RFC 3339)."""
 
-    path: str
-    type: str
+    path: str = ""
+    type: str = ""
     size: int = 0
     mode: str = ""
     mtime: str = ""
@@ -290,25 +295,9 @@ def run_request(
         req["timeout_ms"] = max(int(timeout * 1000), 1)
     if env:
         req["env"] = _env("env", env)
-    if sandbox is not None:
-        opts = sandbox.to_json()
-        if "backend" in opts and opts["backend"] not in BACKENDS:
-            raise FleetError(ErrorCode.BAD_REQUEST, f"sandbox.backend {opts['backend']!r} is not one of {', '.join(BACKENDS)}")
-        if "image" in opts:
-            _image(opts["image"])
-        if "env" in opts:
-            opts["env"] = _env("sandbox.env", opts["env"])
-        if "variables" in opts:
-            opts["variables"] = _variables(opts["variables"])
-        if opts:
-            req["sandbox"] = opts
-    try:
-        # Not ensure_ascii: "é" would take six bytes as \u00e9 and code of 512 KiB would no
-        # longer fit a NATS message.
-        body = json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise FleetError(ErrorCode.BAD_REQUEST, f"the request is not valid Unicode: {e.reason} at character {e.start}") from None
-    return body
+    if sandbox is not None and (opts := sandbox.to_json()):
+        req["sandbox"] = opts
+    return _encode(req)
 
 
 def file_request(request_id: str, op: str, path: str, sandbox: SandboxOptions | None = None, **fields: Any) -> bytes:
@@ -327,10 +316,16 @@ def file_request(request_id: str, op: str, path: str, sandbox: SandboxOptions | 
             req[k] = base64.b64encode(v).decode("ascii") if k == "data" else v
     if sandbox is not None and (opts := sandbox.to_json()):
         req["sandbox"] = opts
+    return _encode(req)
+
+
+def _encode(req: dict[str, Any]) -> bytes:
     try:
+        # Not ensure_ascii: "é" would take six bytes as \u00e9 and code of 512 KiB would no
+        # longer fit a NATS message.
         return json.dumps(req, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise FleetError(ErrorCode.BAD_REQUEST, f"the path is not valid Unicode: {e.reason} at character {e.start}") from None
+        raise FleetError(ErrorCode.BAD_REQUEST, f"the request is not valid Unicode: {e.reason} at character {e.start}") from None
 
 
 def _env(field: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -400,32 +395,20 @@ class MalformedReply(CodeFleetError):
     """A reply that is not a message of the contract."""
 
 
+# Decoding. A message's scalar fields are its dataclass's fields with a str, int or bool
+# default: the default is the value of a field left out, and its type the JSON type the field
+# must have (wrong types are MalformedReply; unknown fields are ignored).
+
+
 def decode_run_result(data: bytes) -> RunResult:
     obj = _object(data, "RunResult")
-    return RunResult(
-        id=_field(obj, "id", str, ""),
-        output=_field(obj, "output", str, ""),
-        exit_code=_field(obj, "exit_code", int, 0),
-        timed_out=_field(obj, "timed_out", bool, False),
-        truncated=_field(obj, "truncated", bool, False),
-        duration_ms=_field(obj, "duration_ms", int, 0),
-        sandbox=_sandbox(obj),
-        error=_error(obj),
-        stream=_stream(obj),
-    )
+    return _decode(RunResult, obj, sandbox=_nested(obj, "sandbox", SandboxInfo), error=_nested(obj, "error", ErrorInfo),
+                   stream=_nested(obj, "stream", StreamInfo))
 
 
-def _stream(obj: Mapping[str, Any]) -> StreamInfo | None:
-    st = obj.get("stream")
-    if st is None:
-        return None
-    if not isinstance(st, dict):
-        raise MalformedReply(f"field stream: a {type(st).__name__}, not an object")
-    return StreamInfo(
-        subject=_field(st, "subject", str, ""),
-        chunks=_field(st, "chunks", int, 0),
-        dropped_bytes=_field(st, "dropped_bytes", int, 0),
-    )
+def decode_close_result(data: bytes) -> CloseResult:
+    obj = _object(data, "CloseResult")
+    return _decode(CloseResult, obj, sandbox=_nested(obj, "sandbox", SandboxInfo), error=_nested(obj, "error", ErrorInfo))
 
 
 def decode_file_result(data: bytes) -> FileResult:
@@ -440,37 +423,42 @@ def decode_file_result(data: bytes) -> FileResult:
         entries = []
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise MalformedReply("field entries: not an array of objects")
-    return FileResult(
-        id=_field(obj, "id", str, ""),
-        op=_field(obj, "op", str, ""),
-        path=_field(obj, "path", str, ""),
-        size=_field(obj, "size", int, 0),
-        data=payload,
-        offset=_field(obj, "offset", int, 0),
-        eof=_field(obj, "eof", bool, False),
-        sha256=_field(obj, "sha256", str, ""),
-        mode=_field(obj, "mode", str, ""),
-        mtime=_field(obj, "mtime", str, ""),
-        entries=tuple(
-            FileEntry(
-                path=_field(e, "path", str, ""),
-                type=_field(e, "type", str, ""),
-                size=_field(e, "size", int, 0),
-                mode=_field(e, "mode", str, ""),
-                mtime=_field(e, "mtime", str, ""),
-            )
-            for e in entries
-        ),
-        truncated=_field(obj, "truncated", bool, False),
-        deleted=_field(obj, "deleted", bool, False),
-        sandbox=_sandbox(obj),
-        error=_error(obj),
-    )
+    return _decode(FileResult, obj, data=payload, entries=tuple(_decode(FileEntry, e) for e in entries),
+                   sandbox=_nested(obj, "sandbox", SandboxInfo), error=_nested(obj, "error", ErrorInfo))
 
 
-def decode_close_result(data: bytes) -> CloseResult:
-    obj = _object(data, "CloseResult")
-    return CloseResult(closed=_field(obj, "closed", bool, False), sandbox=_sandbox(obj), error=_error(obj))
+def decode_output_chunk(data: bytes) -> OutputChunk:
+    return _decode(OutputChunk, _object(data, "OutputChunk"))
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R", RunResult, CloseResult, FileResult)
+
+
+def _decode(cls: type[_T], obj: Mapping[str, Any], **nested: Any) -> _T:
+    """cls from obj's scalar fields (see above) and the ``nested`` values given."""
+    scalars = {
+        f.name: _field(obj, f.name, type(f.default), f.default)
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if isinstance(f.default, (str, int, bool)) and f.name not in nested
+    }
+    return cls(**scalars, **nested)
+
+
+def _nested(obj: Mapping[str, Any], name: str, cls: type[_T]) -> _T | None:
+    sub = obj.get(name)
+    if sub is None:
+        return None
+    if not isinstance(sub, dict):
+        raise MalformedReply(f"field {name}: a {type(sub).__name__}, not an object")
+    return _decode(cls, sub)
+
+
+def checked(res: _R) -> _R:
+    """res, or FleetError when it carries an error."""
+    if res.error is not None:
+        raise FleetError(res.error.code, res.error.message, res)
+    return res
 
 
 def _object(data: bytes, what: str) -> dict[str, Any]:
@@ -491,27 +479,3 @@ def _field(obj: Mapping[str, Any], name: str, typ: type, default: Any) -> Any:
     if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
         raise MalformedReply(f"field {name}: a {type(v).__name__}, not a {typ.__name__}")
     return v
-
-
-def _sandbox(obj: Mapping[str, Any]) -> SandboxInfo | None:
-    sb = obj.get("sandbox")
-    if sb is None:
-        return None
-    if not isinstance(sb, dict):
-        raise MalformedReply(f"field sandbox: a {type(sb).__name__}, not an object")
-    return SandboxInfo(
-        id=_field(sb, "id", str, ""),
-        backend=_field(sb, "backend", str, ""),
-        worker=_field(sb, "worker", str, ""),
-        created=_field(sb, "created", bool, False),
-        recreated=_field(sb, "recreated", bool, False),
-    )
-
-
-def _error(obj: Mapping[str, Any]) -> ErrorInfo | None:
-    e = obj.get("error")
-    if e is None:
-        return None
-    if not isinstance(e, dict):
-        raise MalformedReply(f"field error: a {type(e).__name__}, not an object")
-    return ErrorInfo(code=_field(e, "code", str, ErrorCode.INTERNAL), message=_field(e, "message", str, ""))

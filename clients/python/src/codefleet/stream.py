@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
 
-from .protocol import DEFAULT_TIMEOUT, FleetError, OutputChunk, RunResult, decode_run_result, run_request
+from .protocol import DEFAULT_TIMEOUT, MalformedReply, OutputChunk, RunResult, checked, decode_output_chunk, decode_run_result, run_request
 
 if TYPE_CHECKING:
     from .client import Conversation
@@ -64,9 +63,8 @@ class _Reorder:
 
     def add(self, data: bytes) -> None:
         try:
-            obj = json.loads(data)
-            c = OutputChunk(id=str(obj.get("id", "")), seq=int(obj["seq"]), data=str(obj.get("data", "")), dropped=int(obj.get("dropped", 0)))
-        except (ValueError, KeyError, TypeError, AttributeError):
+            c = decode_output_chunk(data)
+        except MalformedReply:
             return  # not a chunk: nothing to hand on
         # Another run's chunk (only a misbehaving publisher sends one), or one handed on or held
         # already (sent again for a retry): ignored.
@@ -164,6 +162,4 @@ async def run_stream(
         # chunks went before this subscription. The function still sees the output, once.
         output(OutputChunk(id=res.id, seq=1, data=res.output))
         r.delivered, lost = 1, 0
-    if res.error is not None:
-        raise FleetError(res.error.code, res.error.message, res)
-    return StreamResult(result=res, delivered=r.delivered, lost=lost)
+    return StreamResult(result=checked(res), delivered=r.delivered, lost=lost)
